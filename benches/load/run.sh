@@ -1,0 +1,561 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: gatehouse vs NGINX vs HAProxy, in front of the
+# same NGINX origin, on loopback only. See docs/benchmarks.md.
+#
+#   benches/load/run.sh
+#
+# Environment:
+#   BENCH_DURATION     seconds per measured wrk run      (default 10)
+#   BENCH_ROUNDS       interleaved rounds                (default 3)
+#   BENCH_CONNECTIONS  keep-alive connections for wrk    (default 64)
+#   BENCH_PROXIES      proxies to run, space separated   (default "gatehouse nginx haproxy")
+#
+# CPU layout: the proxy under test is pinned to CPU 0; the origin and wrk share CPU 1.
+# The markdown table goes to stdout and to target/bench-load/results.md; progress
+# goes to stderr. Exit status: 0 on success, 3 if any proxy returned errors (the
+# table is still written), 1 on a setup failure.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+# ---------------------------------------------------------------- parameters
+DURATION=${BENCH_DURATION:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+PROXIES_RAW=${BENCH_PROXIES:-gatehouse nginx haproxy}
+
+WARMUP_SECS=2      # warm-up before each measured run, discarded
+IDLE_SECS=1        # idle time between "port is open" and reading idle RSS
+READY_TIMEOUT=10   # seconds a process gets to accept connections
+STOP_TIMEOUT=10    # seconds a process gets to exit after SIGTERM before SIGKILL
+
+PROXY_CPU=0
+LOAD_CPU=1
+
+ORIGIN_PORT=18090
+GATEHOUSE_PORT=18081
+NGINX_PORT=18082
+HAPROXY_PORT=18083
+
+GATEHOUSE_CONFIG=benches/load/gatehouse.toml
+OUT="$ROOT/target/bench-load"
+RESULTS="$OUT/results.md"
+RUNS_TSV="$OUT/runs.tsv"
+
+SCENARIOS=(1k 64k)
+declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536)
+declare -A SCENARIO_LABEL=([1k]="1 KiB GET" [64k]="64 KiB GET")
+declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+declare -A PROXY_COMM=([gatehouse]=gatehouse [nginx]=nginx [haproxy]=haproxy)
+
+log() { printf '[bench-load] %s\n' "$*" >&2; }
+die() { printf '[bench-load] error: %s\n' "$*" >&2; exit 1; }
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+is_uint "$DURATION" && ((DURATION >= 1 && DURATION <= 3600)) ||
+    die "BENCH_DURATION must be 1..3600 seconds (got '$DURATION')"
+is_uint "$ROUNDS" && ((ROUNDS >= 1 && ROUNDS <= 50)) ||
+    die "BENCH_ROUNDS must be 1..50 (got '$ROUNDS')"
+is_uint "$CONNECTIONS" && ((CONNECTIONS >= 1 && CONNECTIONS <= 10000)) ||
+    die "BENCH_CONNECTIONS must be 1..10000 (got '$CONNECTIONS')"
+
+PROXIES=()
+for p in $PROXIES_RAW; do
+    case $p in
+        gatehouse | nginx | haproxy) ;;
+        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy)" ;;
+    esac
+    [[ " ${PROXIES[*]-} " == *" $p "* ]] || PROXIES+=("$p")
+done
+((${#PROXIES[@]} > 0)) || die "BENCH_PROXIES selects no proxy"
+
+# --------------------------------------------------------------- prerequisites
+NGINX_BIN=$(command -v nginx || true)
+[[ -n $NGINX_BIN ]] || NGINX_BIN=/usr/sbin/nginx
+HAPROXY_BIN=$(command -v haproxy || true)
+[[ -n $HAPROXY_BIN ]] || HAPROXY_BIN=/usr/sbin/haproxy
+WRK_BIN=$(command -v wrk || true)
+[[ -n $WRK_BIN ]] || WRK_BIN=/usr/bin/wrk
+if [[ ! -x $NGINX_BIN || ! -x $HAPROXY_BIN || ! -x $WRK_BIN ]]; then
+    echo "nginx, haproxy and wrk are required: apt-get install -y nginx haproxy wrk" >&2
+    exit 1
+fi
+for tool in taskset curl timeout getconf awk; do
+    command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
+done
+(($(nproc --all 2>/dev/null || echo 1) >= 2)) || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, origin+wrk on CPU $LOAD_CPU)"
+CLK_TCK=$(getconf CLK_TCK)
+is_uint "$CLK_TCK" && ((CLK_TCK > 0)) || die "getconf CLK_TCK returned '$CLK_TCK'"
+
+# ------------------------------------------------------------ process control
+# Every process this script starts is recorded here (pid -> name) and is the
+# only thing it ever signals. The pids are our own unreaped children, so they
+# cannot be recycled while they are in this table.
+declare -A STARTED=()
+LAST_PID=
+
+alive() {
+    local state
+    state=$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+start_bg() { # name logfile cmd...
+    local name=$1 logfile=$2
+    shift 2
+    "$@" >"$logfile" 2>&1 </dev/null &
+    LAST_PID=$!
+    STARTED[$LAST_PID]=$name
+}
+
+stop_pid() {
+    local pid=$1 i
+    [[ -n ${STARTED[$pid]+x} ]] || return 0
+    if alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        if alive "$pid"; then
+            log "${STARTED[$pid]} (pid $pid) ignored SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "STARTED[$pid]"
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${!STARTED[@]}"; do
+        log "stopping ${STARTED[$pid]} (pid $pid)"
+        stop_pid "$pid"
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+port_in_use() {
+    if command -v ss >/dev/null; then
+        [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]] && return 0
+    fi
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+wait_port() { # pid port name logfile
+    local pid=$1 port=$2 name=$3 logfile=$4 deadline=$((SECONDS + READY_TIMEOUT))
+    while ((SECONDS <= deadline)); do
+        if ! alive "$pid"; then
+            tail -n 20 "$logfile" >&2 || true
+            die "$name exited during startup (log: $logfile)"
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$logfile" >&2 || true
+    die "$name did not accept connections on 127.0.0.1:$port within ${READY_TIMEOUT}s (log: $logfile)"
+}
+
+cpu_ticks() { # utime + stime of the whole process, in clock ticks
+    awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+status_kb() { # pid field -> kB
+    awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+
+# ----------------------------------------------------------------- workspace
+[[ $OUT == "$ROOT/target/bench-load" ]] || die "unexpected output directory $OUT"
+rm -rf "$OUT/origin" "$OUT/nginx" "$OUT/haproxy" "$OUT/gatehouse" "$OUT/docroot" "$OUT/wrk"
+mkdir -p "$OUT"/{origin,nginx,haproxy,gatehouse,docroot,wrk}
+for d in origin nginx; do
+    mkdir -p "$OUT/$d"/{logs,tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi}
+done
+
+for port in "$ORIGIN_PORT" "${PROXY_PORT[@]}"; do
+    if port_in_use "$port"; then
+        ss -Htlnp "sport = :$port" >&2 2>/dev/null || true
+        die "port 127.0.0.1:$port is already in use; stop whatever holds it and retry"
+    fi
+done
+
+head -c 1024 /dev/zero | tr '\0' 'a' >"$OUT/docroot/1k"
+head -c 65536 /dev/zero | tr '\0' 'b' >"$OUT/docroot/64k"
+
+temp_paths() { # prefix
+    cat <<EOF
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path       $1/tmp/proxy;
+    fastcgi_temp_path     $1/tmp/fastcgi;
+    uwsgi_temp_path       $1/tmp/uwsgi;
+    scgi_temp_path        $1/tmp/scgi;
+EOF
+}
+
+# Origin: a single nginx process (master_process off) serving the two files.
+cat >"$OUT/origin/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/origin/nginx.pid;
+error_log $OUT/origin/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    open_file_cache max=16;
+$(temp_paths "$OUT/origin")
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
+        root $OUT/docroot;
+        location / { }
+    }
+}
+EOF
+
+# NGINX under test: one process (master_process off), so one PID does all the work.
+cat >"$OUT/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+$(temp_paths "$OUT/nginx")
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+}
+EOF
+
+# HAProxy under test: one thread, connection reuse to the origin, no logging.
+cat >"$OUT/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    maxconn 4096
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-request 60s
+    timeout http-keep-alive 300s
+
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend origin
+
+backend origin
+    http-reuse always
+    server origin 127.0.0.1:$ORIGIN_PORT
+EOF
+
+"$NGINX_BIN" -t -q -p "$OUT/origin" -e "$OUT/origin/logs/error.log" -c "$OUT/origin/nginx.conf" ||
+    die "origin nginx config is invalid ($OUT/origin/nginx.conf)"
+if [[ " ${PROXIES[*]} " == *" nginx "* ]]; then
+    "$NGINX_BIN" -t -q -p "$OUT/nginx" -e "$OUT/nginx/logs/error.log" -c "$OUT/nginx/nginx.conf" ||
+        die "nginx config is invalid ($OUT/nginx/nginx.conf)"
+fi
+if [[ " ${PROXIES[*]} " == *" haproxy "* ]]; then
+    "$HAPROXY_BIN" -c -q -f "$OUT/haproxy/haproxy.cfg" ||
+        die "haproxy config is invalid ($OUT/haproxy/haproxy.cfg)"
+fi
+
+GATEHOUSE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/gatehouse"
+if [[ " ${PROXIES[*]} " == *" gatehouse "* ]]; then
+    grep -q "127.0.0.1:$GATEHOUSE_PORT" "$GATEHOUSE_CONFIG" && grep -q "127.0.0.1:$ORIGIN_PORT" "$GATEHOUSE_CONFIG" ||
+        die "$GATEHOUSE_CONFIG must listen on 127.0.0.1:$GATEHOUSE_PORT and point at 127.0.0.1:$ORIGIN_PORT"
+    log "building gatehouse (cargo build --release)"
+    cargo build --release >&2 || die "cargo build --release failed"
+    [[ -x $GATEHOUSE_BIN ]] || die "no gatehouse binary at $GATEHOUSE_BIN after the build"
+fi
+
+# ------------------------------------------------------------------- helpers
+start_proxy() { # proxy -> LAST_PID
+    local proxy=$1 logfile="$OUT/$1/run.log"
+    case $proxy in
+        gatehouse)
+            start_bg gatehouse "$logfile" env RUST_LOG=warn \
+                taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_CONFIG" ;;
+        nginx)
+            start_bg nginx "$logfile" taskset -c "$PROXY_CPU" \
+                "$NGINX_BIN" -p "$OUT/nginx" -e "$OUT/nginx/logs/error.log" -c "$OUT/nginx/nginx.conf" ;;
+        haproxy)
+            start_bg haproxy "$logfile" taskset -c "$PROXY_CPU" \
+                "$HAPROXY_BIN" -db -f "$OUT/haproxy/haproxy.cfg" ;;
+    esac
+    wait_port "$LAST_PID" "${PROXY_PORT[$proxy]}" "$proxy" "$logfile"
+    local comm
+    comm=$(cat "/proc/$LAST_PID/comm" 2>/dev/null || true)
+    [[ $comm == "${PROXY_COMM[$proxy]}"* ]] ||
+        die "pid $LAST_PID is '$comm', expected the $proxy process itself"
+}
+
+# check_response port scenario -> prints "ok" or a short description of what is wrong
+check_response() {
+    local got
+    got=$(curl -sS -o /dev/null --max-time 5 -w '%{http_code} %{size_download}' \
+        "http://127.0.0.1:$1/$2" 2>&1) || true
+    if [[ $got == "200 ${SCENARIO_BYTES[$2]}" ]]; then
+        echo ok
+    else
+        echo "bad response (${got//[$'\n\t']/ })"
+    fi
+}
+
+# run_wrk port scenario seconds outfile -> exit status of wrk (bounded by timeout)
+run_wrk() {
+    local rc=0
+    start_bg wrk "$4" timeout -k 5 $(($3 + 30)) \
+        taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNECTIONS" -d"$3"s --latency \
+        "http://127.0.0.1:$1/$2"
+    local pid=$LAST_PID
+    wait "$pid" || rc=$?
+    unset "STARTED[$pid]"
+    return "$rc"
+}
+
+# parse_wrk file -> "rps p50_ms p99_ms requests bytes_read bytes_read_max non2xx socket_errors"
+parse_wrk() {
+    awk '
+    function to_ms(v,   n, u) {
+        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n / 1000
+        if (u == "ms") return n + 0
+        if (u == "s")  return n * 1000
+        if (u == "m")  return n * 60000
+        if (u == "h")  return n * 3600000
+        return -1
+    }
+    # wrk rounds the byte count (e.g. "3.30GB"); hi is the largest value it can stand for.
+    function to_bytes(v,   n, u, m, d) {
+        n = v; sub(/[A-Za-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+        m = -1
+        if (u == "B")  m = 1
+        if (u == "KB") m = 1024
+        if (u == "MB") m = 1048576
+        if (u == "GB") m = 1073741824
+        if (u == "TB") m = 1099511627776
+        d = 0
+        if (index(n, ".")) d = length(n) - index(n, ".")
+        hi = (n + 0.5 / (10 ^ d)) * m
+        return n * m
+    }
+    BEGIN { rps = 0; p50 = -1; p99 = -1; req = 0; bytes = 0; hi = 0; non2xx = 0; sock = 0 }
+    $1 == "50%"            { p50 = to_ms($2) }
+    $1 == "99%"            { p99 = to_ms($2) }
+    $2 == "requests" && $3 == "in" { req = $1; bytes = to_bytes($5) }
+    $1 == "Requests/sec:"  { rps = $2 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    $1 == "Socket" && $2 == "errors:" { sock = ($4 + 0) + ($6 + 0) + ($8 + 0) + ($10 + 0) }
+    END { printf "%s %s %s %d %.0f %.0f %d %d\n", rps, p50, p99, req, bytes, hi, non2xx, sock }
+    ' "$1"
+}
+
+# ------------------------------------------------------------------- origin
+log "starting origin nginx on 127.0.0.1:$ORIGIN_PORT (CPU $LOAD_CPU)"
+start_bg origin "$OUT/origin/run.log" taskset -c "$LOAD_CPU" \
+    "$NGINX_BIN" -p "$OUT/origin" -e "$OUT/origin/logs/error.log" -c "$OUT/origin/nginx.conf"
+ORIGIN_PID=$LAST_PID
+wait_port "$ORIGIN_PID" "$ORIGIN_PORT" origin "$OUT/origin/run.log"
+for s in "${SCENARIOS[@]}"; do
+    [[ $(check_response "$ORIGIN_PORT" "$s") == ok ]] || die "origin does not serve /$s correctly"
+done
+
+# --------------------------------------------------------------------- runs
+printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\tcpu_ticks\tcpu_ms_per_1k\tidle_rss_kb\tpeak_rss_kb\tnon2xx\tsocket_errors\tbytes_per_response\tproblems\n' >"$RUNS_TSV"
+
+n=${#PROXIES[@]}
+total_runs=$((ROUNDS * ${#SCENARIOS[@]} * n))
+run_no=0
+for ((r = 0; r < ROUNDS; r++)); do
+    order=()
+    for ((i = 0; i < n; i++)); do order+=("${PROXIES[(i + r) % n]}"); done
+    log "round $((r + 1))/$ROUNDS: ${order[*]}"
+    for s in "${SCENARIOS[@]}"; do
+        for p in "${order[@]}"; do
+            run_no=$((run_no + 1))
+            port=${PROXY_PORT[$p]}
+            log "  [$run_no/$total_runs] $p ${SCENARIO_LABEL[$s]}: start, ${IDLE_SECS}s idle, ${WARMUP_SECS}s warm-up, ${DURATION}s measured"
+            problems=()
+
+            alive "$ORIGIN_PID" || die "the origin exited (log: $OUT/origin/logs/error.log)"
+            start_proxy "$p"
+            pid=$LAST_PID
+            sleep "$IDLE_SECS"
+            idle_kb=$(status_kb "$pid" VmRSS)
+
+            check=$(check_response "$port" "$s")
+            [[ $check == ok ]] || problems+=("$check")
+
+            tag="r$((r + 1))-$s-$p"
+            run_wrk "$port" "$s" "$WARMUP_SECS" "$OUT/wrk/$tag-warmup.txt" ||
+                problems+=("warm-up wrk exit $?")
+
+            if alive "$pid"; then
+                t0=$(cpu_ticks "$pid")
+                wrk_rc=0
+                run_wrk "$port" "$s" "$DURATION" "$OUT/wrk/$tag.txt" || wrk_rc=$?
+                ((wrk_rc == 0)) || problems+=("wrk exit $wrk_rc")
+                if alive "$pid"; then
+                    t1=$(cpu_ticks "$pid")
+                    peak_kb=$(status_kb "$pid" VmHWM)
+                else
+                    t1=$t0
+                    peak_kb=0
+                    problems+=("proxy died during the run")
+                fi
+                read -r rps p50 p99 requests bytes bytes_hi non2xx sockerr < <(parse_wrk "$OUT/wrk/$tag.txt")
+            else
+                problems+=("proxy died during warm-up")
+                rps=0 p50=-1 p99=-1 requests=0 bytes=0 bytes_hi=0 non2xx=0 sockerr=0 t0=0 t1=0 peak_kb=0
+            fi
+            stop_pid "$pid"
+
+            ticks=$((t1 - t0))
+            if ((requests > 0)); then
+                cpu_per_1k=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" \
+                    'BEGIN { printf "%.3f", (t * 1000 / hz) / (n / 1000) }')
+                bpr=$(awk -v b="$bytes" -v n="$requests" 'BEGIN { printf "%.0f", b / n }')
+                # Every response must at least carry the full body; less means
+                # truncated or empty responses that would make a proxy look fast.
+                awk -v hi="$bytes_hi" -v n="$requests" -v body="${SCENARIO_BYTES[$s]}" \
+                    'BEGIN { exit !(hi >= n * body) }' ||
+                    problems+=("short responses (${bpr} B/response read)")
+            else
+                cpu_per_1k=-1
+                bpr=0
+                problems+=("no completed requests")
+            fi
+            ((non2xx == 0)) || problems+=("$non2xx non-2xx")
+            ((sockerr == 0)) || problems+=("$sockerr socket errors")
+            [[ $p50 != -1 && $p99 != -1 ]] || problems+=("no latency distribution")
+
+            problem_text=ok
+            if ((${#problems[@]} > 0)); then
+                problem_text=$(printf '%s; ' "${problems[@]}")
+                problem_text=${problem_text%; }
+                log "    PROBLEM: $problem_text"
+            fi
+            log "    $(printf '%.0f req/s, p50 %s ms, p99 %s ms, %s CPU-ms/1k req, idle %s kB, peak %s kB' \
+                "$rps" "$p50" "$p99" "$cpu_per_1k" "$idle_kb" "$peak_kb")"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+                $((r + 1)) "$s" "$p" "$rps" "$p50" "$p99" "$requests" "$ticks" "$cpu_per_1k" \
+                "$idle_kb" "$peak_kb" "$non2xx" "$sockerr" "$bpr" "$problem_text" >>"$RUNS_TSV"
+        done
+    done
+done
+
+stop_pid "$ORIGIN_PID"
+
+# -------------------------------------------------------------------- report
+ver() { "$@" 2>&1 | head -n 1 || true; }
+if [[ " ${PROXIES[*]} " == *" gatehouse "* ]]; then
+    if git_rev=$(git rev-parse --short HEAD 2>/dev/null); then
+        git diff --quiet HEAD 2>/dev/null || git_rev="$git_rev + uncommitted changes"
+    else
+        git_rev="no commit yet"
+    fi
+else
+    git_rev="not run"
+fi
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+
+{
+    echo "## Load benchmark results"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(uname -sr), ${cpu_model:-unknown CPU}, $(nproc --all) CPUs"
+    echo "- gatehouse: $git_rev; $(ver "$NGINX_BIN" -v); $(ver "$HAPROXY_BIN" -v | sed 's/ - https.*//'); $(ver "$WRK_BIN" -v | awk '{ print $1, $2 }')"
+    echo "- wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency; ${ROUNDS} interleaved round(s); ${WARMUP_SECS}s warm-up per run; proxy on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
+    echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
+    echo
+    awk -F'\t' -v proxies="${PROXIES[*]}" -v scenarios="${SCENARIOS[*]}" \
+        -v l1k="${SCENARIO_LABEL[1k]}" -v l64k="${SCENARIO_LABEL[64k]}" '
+    function median(key,   n, i, j, t, a) {
+        n = cnt[key]
+        for (i = 1; i <= n; i++) a[i] = val[key, i]
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        if (n == 0) return -1
+        if (n % 2) return a[(n + 1) / 2]
+        return (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function add(s, p, m, v,   k) {
+        if (v < 0) return
+        k = s SUBSEP p SUBSEP m
+        val[k, ++cnt[k]] = v + 0
+    }
+    function cell(s, p, m, fmt,   v, b) {
+        v = median(s SUBSEP p SUBSEP m)
+        if (v < 0) return "n/a"
+        out = sprintf(fmt, v)
+        if (("nginx" in have) && p != "nginx") {
+            b = median(s SUBSEP "nginx" SUBSEP m)
+            out = out sprintf(" (%s)", (b > 0) ? sprintf("%.2f×", v / b) : "n/a")
+        } else if (p == "nginx") {
+            out = out " (1.00×)"
+        }
+        return out
+    }
+    NR == 1 { next }
+    {
+        s = $2; p = $3
+        add(s, p, "rps", $4); add(s, p, "p50", $5); add(s, p, "p99", $6)
+        add(s, p, "cpu", $9); add(s, p, "idle", $10 / 1024); add(s, p, "peak", ($11 > 0) ? $11 / 1024 : -1)
+        runs[s, p]++
+        if ($15 != "ok") { bad[s, p]++; why[s, p] = why[s, p] (why[s, p] == "" ? "" : "; ") "r" $1 ": " $15 }
+    }
+    END {
+        np = split(proxies, P, " "); ns = split(scenarios, S, " ")
+        for (i = 1; i <= np; i++) have[P[i]] = 1
+        label["1k"] = l1k; label["64k"] = l64k
+        print "| Scenario | Proxy | req/s | p50 ms | p99 ms | CPU-ms / 1k req | Peak RSS MiB | Idle RSS MiB | Errors |"
+        print "|---|---|---:|---:|---:|---:|---:|---:|---|"
+        for (i = 1; i <= ns; i++) for (j = 1; j <= np; j++) {
+            s = S[i]; p = P[j]
+            if (bad[s, p]) {
+                name = "**" p " ⚠**"
+                err = sprintf("**%d/%d runs failed**: %s", bad[s, p], runs[s, p], why[s, p])
+                anybad = 1
+            } else { name = p; err = "none" }
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label[s], name,
+                cell(s, p, "rps", "%.0f"), cell(s, p, "p50", "%.2f"), cell(s, p, "p99", "%.2f"),
+                cell(s, p, "cpu", "%.1f"), cell(s, p, "peak", "%.1f"), cell(s, p, "idle", "%.1f"), err
+        }
+        if (anybad) { print ""; print "⚠ Rows marked ⚠ had errors, bad or short responses: their numbers are not comparable." }
+    }' "$RUNS_TSV"
+} >"$RESULTS.tmp"
+mv "$RESULTS.tmp" "$RESULTS"
+cat "$RESULTS"
+log "results: $RESULTS (per-run data: $RUNS_TSV, raw wrk output: $OUT/wrk/)"
+
+if grep -q '⚠' "$RESULTS"; then
+    exit 3
+fi

@@ -1,0 +1,15 @@
+//! gatehouse: a reverse proxy and HTTP load balancer.
+//!
+//! `main` parses the command line ([`cli`]) and calls [`run`]; tests start the same code
+//! in-process with [`Gatehouse::start`] on port 0.
+
+pub mod access_log;
+pub mod cli;
+pub mod demo;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod settings;
+
+pub use server::{run, Gatehouse, StartError};
+pub use settings::Settings;

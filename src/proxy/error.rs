@@ -1,0 +1,71 @@
+//! The one error type of the request path: which side failed, mapped to a status in one place.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
+
+/// Why gatehouse answered a request itself instead of with a server's response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches the request")]
+    NoRoute,
+    #[error("the pool has no server that can take the request")]
+    NoServer,
+    #[error("the request head is larger than max_request_header_size")]
+    HeaderTooLarge,
+    #[error("the request body is larger than the route's max_body_size")]
+    BodyTooLarge,
+    #[error("the client sent a malformed or incomplete request body: {0}")]
+    BadRequestBody(String),
+    #[error("connecting to the server failed: {0}")]
+    Connect(String),
+    #[error("connecting to the server timed out")]
+    ConnectTimeout,
+    #[error("the server sent no response head in time")]
+    ResponseTimeout,
+    #[error("the server failed while the request was exchanged: {0}")]
+    Upstream(String),
+}
+
+impl ProxyError {
+    /// Whether the failure counts against the server (for its counters and, later, ejection).
+    pub fn is_server_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::ConnectTimeout | Self::ResponseTimeout | Self::Upstream(_)
+        )
+    }
+}
+
+impl ResponseError for ProxyError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoServer => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A short, generic page: the reason phrase only, never a server's address or software.
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let mut response = HttpResponseBuilder::new(status);
+        response.insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"));
+        response.insert_header((header::CACHE_CONTROL, "no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if matches!(
+            self,
+            Self::BadRequestBody(_) | Self::HeaderTooLarge | Self::BodyTooLarge
+        ) {
+            // The rest of the request is unread or broken; the connection cannot carry another.
+            response.force_close();
+        }
+        let reason = status.canonical_reason().unwrap_or("Error");
+        response.body(format!("{} {reason}\n", status.as_u16()))
+    }
+}

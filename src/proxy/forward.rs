@@ -1,0 +1,272 @@
+//! Forwarding one request to a server and turning its answer into the client's response.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::uri::{PathAndQuery, Uri};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use awc::error::{ConnectError, SendRequestError};
+use futures_util::future::{select, Either};
+
+use super::body::{BodyFault, RequestBody, ResponseBody};
+use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::{upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
+use crate::pool::Server;
+use crate::settings::PoolSettings;
+
+/// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
+const VIA_HTTP_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
+const VIA_HTTP_11: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
+const VIA_HTTP_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
+
+/// Builds a worker's client for one pool from its settings.
+pub fn client(settings: &PoolSettings) -> awc::Client {
+    let connector = awc::Connector::new()
+        .timeout(settings.connect_timeout.get())
+        .conn_keep_alive(settings.keepalive_timeout.get())
+        .limit(0);
+    awc::Client::builder()
+        .connector(connector)
+        .no_default_headers()
+        .disable_redirects()
+        // The response timeout is gatehouse's own: it starts when the request body is sent.
+        .disable_timeout()
+        .finish()
+}
+
+/// Steps 1-5 of the request path (see the module docs of `proxy`).
+pub async fn forward(
+    req: &HttpRequest,
+    payload: web::Payload,
+    proxy: &Proxy,
+    upstreams: &Upstreams,
+    exchange: &mut Exchange,
+) -> Result<HttpResponse, ProxyError> {
+    admit(req, proxy.max_header_bytes)?;
+    let host = request_host(req);
+    let path = req.uri().path();
+    let route = proxy.routes.find(host, path).ok_or(ProxyError::NoRoute)?;
+    let pool = &route.target;
+    if proxy.log.enabled() {
+        exchange.record.route = Some(route.label.clone());
+        exchange.record.pool = Some(pool.name.clone());
+    }
+    let declared = declared_length(req.headers());
+    if let (Some(limit), Some(length)) = (route.max_body_size, declared) {
+        if length > limit {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let claim = pool.handle.snapshot().pick().ok_or(ProxyError::NoServer)?;
+    let server = claim.server().clone();
+    exchange.record.upstream = Some(server.address.clone());
+    let upstream_headers = upstream_headers(req, host, pool, &exchange.request_id);
+
+    if upgrade::is_websocket(req) {
+        return upgrade::relay(
+            req,
+            payload,
+            &server,
+            upstream_headers,
+            pool,
+            claim,
+            exchange,
+            proxy.log,
+        )
+        .await;
+    }
+
+    let client = &upstreams.clients[pool.index];
+    let mut request = client.request(req.method().clone(), upstream_uri(req, &server));
+    *request.headers_mut() = upstream_headers;
+
+    let sent_at = Instant::now();
+    let (body, fault, body_sent) = RequestBody::new(payload, route.max_body_size);
+    let is_chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    let sending = match declared {
+        _ if is_chunked => request.send_body(BodyStream::new(body)),
+        Some(length) if length > 0 => request.send_body(SizedStream::new(length, body)),
+        _ => {
+            // No body: dropping it ends the wait for the upload, so the deadline runs now.
+            drop(body);
+            request.send_body(actix_web::body::None::new())
+        }
+    };
+    let response_timeout = pool.settings.response_timeout.get();
+    let deadline = async move {
+        let _ = body_sent.await;
+        actix_rt::time::sleep(response_timeout).await;
+    };
+    let outcome = select(sending, Box::pin(deadline)).await;
+    let response = match outcome {
+        Either::Left((Ok(response), _)) => response,
+        Either::Left((Err(err), _)) => {
+            let err = upstream_error(err, &fault);
+            if err.is_server_failure() {
+                claim.failed();
+                log::warn!("upstream {} in pool {}: {err}", server.address, pool.name);
+            }
+            return Err(err);
+        }
+        Either::Right(_) => {
+            claim.failed();
+            log::warn!(
+                "upstream {} in pool {}: no response head within {:?}",
+                server.address,
+                pool.name,
+                response_timeout
+            );
+            return Err(ProxyError::ResponseTimeout);
+        }
+    };
+
+    exchange.record.status = response.status().as_u16();
+    exchange.record.upstream_status = Some(response.status().as_u16());
+    exchange.record.upstream_time = Some(sent_at.elapsed());
+    Ok(respond(
+        req.method(),
+        response,
+        pool,
+        exchange.completion(proxy.log, Some(claim)),
+    ))
+}
+
+/// Step 1: the request head's size against `max_request_header_size`.
+fn admit(req: &HttpRequest, max_header_bytes: usize) -> Result<(), ProxyError> {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len())
+        + 11;
+    let mut size = line;
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + 4;
+        if size > max_header_bytes {
+            return Err(ProxyError::HeaderTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// The host the request is for: the absolute-form target's, else `Host` (RFC 9112 3.2.2).
+fn request_host(req: &HttpRequest) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|authority| authority.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+}
+
+/// The request's `Content-Length`, which actix-http has already checked is a single number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
+/// The server's URI with the request target as received, byte for byte.
+fn upstream_uri(req: &HttpRequest, server: &Server) -> Uri {
+    let target = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme("http")
+        .authority(server.authority.clone())
+        .path_and_query(target)
+        .build()
+        .expect("scheme, authority and target come from parsed parts")
+}
+
+/// The upstream request's headers: end-to-end headers appended (repeats kept), then the
+/// ones gatehouse sets.
+fn upstream_headers(
+    req: &HttpRequest,
+    host: Option<&str>,
+    pool: &PoolTarget,
+    request_id: &HeaderValue,
+) -> HeaderMap {
+    let incoming = req.headers();
+    let mut out = HeaderMap::with_capacity(incoming.len() + 6);
+    for (name, value) in headers::upstream_request_headers(incoming) {
+        out.append(name.clone(), value.clone());
+    }
+    let host_value = host.and_then(|host| HeaderValue::from_str(host).ok());
+    if let Some(value) = pool.host_header.clone().or_else(|| host_value.clone()) {
+        out.insert(header::HOST, value);
+    }
+    if let Some(value) = host_value {
+        out.insert(X_FORWARDED_HOST, value);
+    }
+    if let Some(peer) = req.peer_addr() {
+        if let Some(value) = headers::x_forwarded_for(incoming, &peer.ip().to_string()) {
+            out.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let via = match req.version() {
+        actix_web::http::Version::HTTP_10 => VIA_HTTP_10,
+        actix_web::http::Version::HTTP_2 => VIA_HTTP_2,
+        _ => VIA_HTTP_11,
+    };
+    out.append(header::VIA, via);
+    out.insert(X_REQUEST_ID, request_id.clone());
+    out
+}
+
+/// Maps a failed exchange to the error the client sees, blaming the client when its body broke.
+fn upstream_error(err: SendRequestError, fault: &Rc<RefCell<Option<BodyFault>>>) -> ProxyError {
+    match fault.borrow_mut().take() {
+        Some(BodyFault::TooLarge) => return ProxyError::BodyTooLarge,
+        Some(BodyFault::Client(reason)) => return ProxyError::BadRequestBody(reason),
+        None => {}
+    }
+    match err {
+        SendRequestError::Connect(ConnectError::Timeout) => ProxyError::ConnectTimeout,
+        SendRequestError::Connect(err) => ProxyError::Connect(err.to_string()),
+        SendRequestError::Timeout => ProxyError::ResponseTimeout,
+        other => ProxyError::Upstream(other.to_string()),
+    }
+}
+
+/// Step 5: the client's response from the server's, body streamed with the framing it had.
+fn respond(
+    method: &Method,
+    upstream: awc::ClientResponse,
+    pool: &PoolTarget,
+    completion: super::body::Completion,
+) -> HttpResponse {
+    let status = upstream.status();
+    let length = declared_length(upstream.headers());
+    let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 2);
+    for (name, value) in headers::downstream_response_headers(upstream.headers()) {
+        headers.append(name.clone(), value.clone());
+    }
+    let idle = pool.settings.response_timeout.get();
+    let body = ResponseBody::new(upstream, idle, completion);
+    let body = if headers::response_has_no_body(method, status.as_u16()) {
+        match length {
+            // A HEAD response keeps the length the body would have had.
+            Some(length) if method == Method::HEAD => BoxBody::new(SizedStream::new(length, body)),
+            _ => {
+                drop(body);
+                BoxBody::new(actix_web::body::None::new())
+            }
+        }
+    } else {
+        match length {
+            Some(length) => BoxBody::new(SizedStream::new(length, body)),
+            None => BoxBody::new(BodyStream::new(body)),
+        }
+    };
+    let mut response = HttpResponse::with_body(status, body);
+    *response.headers_mut() = headers;
+    response
+}

@@ -1,0 +1,162 @@
+//! Header rules between downstream and upstream: hop-by-hop removal (RFC 9110 7.6.1)
+//! and the forwarding headers gatehouse adds.
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never the message; removed in both directions.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Headers gatehouse itself sets on the upstream request from the message's own framing.
+const REBUILT_UPSTREAM: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Whether `name` is listed by a `Connection` header in `headers` (its options are hop-by-hop too).
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.get_all(header::CONNECTION).any(|value| {
+        value.to_str().is_ok_and(|list| {
+            list.split(',')
+                .any(|option| option.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+    })
+}
+
+/// Whether a header travels end to end. `keep_upgrade` keeps `Upgrade` for a relayed upgrade.
+pub fn is_end_to_end(headers: &HeaderMap, name: &HeaderName, keep_upgrade: bool) -> bool {
+    if keep_upgrade && name == header::UPGRADE {
+        return true;
+    }
+    !HOP_BY_HOP.contains(name) && !named_by_connection(headers, name)
+}
+
+/// The end-to-end request headers to forward, leaving out those gatehouse rebuilds.
+pub fn upstream_request_headers(
+    incoming: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    incoming.iter().filter(move |(name, _)| {
+        !REBUILT_UPSTREAM.contains(name)
+            && !is_forwarding_header(name)
+            && is_end_to_end(incoming, name, false)
+    })
+}
+
+/// The end-to-end response headers to return, leaving out those gatehouse rebuilds.
+pub fn downstream_response_headers(
+    upstream: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    upstream.iter().filter(move |(name, _)| {
+        *name != header::CONTENT_LENGTH
+            && *name != header::SERVER
+            && *name != X_REQUEST_ID
+            && is_end_to_end(upstream, name, false)
+    })
+}
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Forwarding headers gatehouse writes itself; a client's copies are replaced (`X-Forwarded-For`
+/// is rebuilt with the client's list kept in front).
+fn is_forwarding_header(name: &HeaderName) -> bool {
+    *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
+}
+
+/// `X-Forwarded-For` with the client's address appended to any list it already had.
+pub fn x_forwarded_for(incoming: &HeaderMap, client: &str) -> Option<HeaderValue> {
+    let mut list = String::new();
+    for value in incoming.get_all(X_FORWARDED_FOR) {
+        let value = value.to_str().ok()?.trim();
+        if !value.is_empty() {
+            list.push_str(value);
+            list.push_str(", ");
+        }
+    }
+    list.push_str(client);
+    HeaderValue::from_str(&list).ok()
+}
+
+/// Whether a response status or request method means the message has no body.
+pub fn response_has_no_body(method: &actix_web::http::Method, status: u16) -> bool {
+    method == actix_web::http::Method::HEAD || status == 204 || status == 304 || status < 200
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        map
+    }
+
+    fn names<'a>(it: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> Vec<String> {
+        it.map(|(name, _)| name.to_string()).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_options_are_removed() {
+        let incoming = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic abc"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("accept", "*/*"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ]);
+        assert_eq!(
+            names(upstream_request_headers(&incoming)),
+            ["accept", "cookie", "cookie"]
+        );
+    }
+
+    #[test]
+    fn response_keeps_repeated_set_cookie_and_drops_framing() {
+        let upstream = map(&[
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "10"),
+            ("server", "secret-origin/1.0"),
+            ("trailer", "x-checksum"),
+        ]);
+        assert_eq!(
+            names(downstream_response_headers(&upstream)),
+            ["set-cookie", "set-cookie"]
+        );
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let incoming = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        let value = x_forwarded_for(&incoming, "127.0.0.1").unwrap();
+        assert_eq!(value, "203.0.113.7, 10.0.0.1, 127.0.0.1");
+        assert_eq!(x_forwarded_for(&HeaderMap::new(), "::1").unwrap(), "::1");
+    }
+}

@@ -1,0 +1,219 @@
+//! The request path. Its steps, in order:
+//!
+//! 1. **admit** — check the request head against the listener's limits (431).
+//! 2. **route** — match host and path prefix to a route (404).
+//! 3. **pick** — take a server from the route's pool snapshot (503), counted in flight.
+//! 4. **forward** — build the upstream request (end-to-end headers, forwarding headers, the
+//!    request id) and stream the body up, framed as it came (413 over the route's limit).
+//! 5. **respond** — stream the server's response down, hop-by-hop headers removed (502/504
+//!    when the server fails; an aborted connection when it fails mid-body).
+//! 6. **log** — when the response body ends: the access log line, the server released.
+//!
+//! WebSocket upgrades leave at step 4 for [`upgrade`], which relays bytes both ways.
+
+mod body;
+mod error;
+mod forward;
+mod headers;
+pub mod route;
+mod upgrade;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use actix_web::body::{BodySize, MessageBody as _};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Version;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+
+pub use error::ProxyError;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::pool::{InFlight, PoolHandle};
+use crate::settings::{PoolSettings, Settings};
+use body::Completion;
+use headers::X_REQUEST_ID;
+use route::RouteTable;
+
+/// A pool as the request path needs it.
+#[derive(Clone)]
+pub struct PoolTarget {
+    pub handle: PoolHandle,
+    /// Index of the pool's client in each worker's [`Upstreams`].
+    pub index: usize,
+    pub name: Arc<str>,
+    pub settings: Arc<PoolSettings>,
+    pub host_header: Option<HeaderValue>,
+}
+
+/// Everything the request path reads, shared by all workers; never written after start.
+pub struct Proxy {
+    pub routes: RouteTable<PoolTarget>,
+    pub pools: Vec<PoolTarget>,
+    pub log: AccessLog,
+    pub server_header: Option<HeaderValue>,
+    pub max_header_bytes: usize,
+}
+
+impl Proxy {
+    /// Builds the request path's state from settings and the running pools.
+    pub fn new(settings: &Settings, handles: &[(String, PoolHandle)]) -> Result<Self, String> {
+        let pools: Vec<PoolTarget> = handles
+            .iter()
+            .enumerate()
+            .map(|(index, (name, handle))| {
+                let pool = settings.pools[name].clone();
+                PoolTarget {
+                    handle: handle.clone(),
+                    index,
+                    name: name.as_str().into(),
+                    host_header: pool
+                        .host_header
+                        .as_deref()
+                        .and_then(|h| HeaderValue::from_str(h).ok()),
+                    settings: Arc::new(pool),
+                }
+            })
+            .collect();
+        let routes = RouteTable::new(&settings.routes, |name| {
+            pools.iter().find(|pool| &*pool.name == name).cloned()
+        })?;
+        let server_header = Some(settings.server.server_header.as_str())
+            .filter(|value| !value.is_empty())
+            .and_then(|value| HeaderValue::from_str(value).ok());
+        Ok(Self {
+            routes,
+            pools,
+            log: AccessLog::new(settings.log.access),
+            server_header,
+            max_header_bytes: settings.server.max_request_header_size.get() as usize,
+        })
+    }
+}
+
+/// Each worker's HTTP clients, one per pool, so every pool has its own connection pool and
+/// connect timeout. `awc::Client` is not `Send`: each worker builds its own.
+pub struct Upstreams {
+    clients: Vec<awc::Client>,
+}
+
+impl Upstreams {
+    pub fn new(proxy: &Proxy) -> Self {
+        let clients = proxy
+            .pools
+            .iter()
+            .map(|pool| forward::client(&pool.settings))
+            .collect();
+        Self { clients }
+    }
+}
+
+/// One request on its way through: what the access log and the error page need.
+struct Exchange {
+    started: Instant,
+    request_id: HeaderValue,
+    record: AccessRecord,
+}
+
+impl Exchange {
+    fn new(req: &HttpRequest, log: &AccessLog) -> Self {
+        let request_id = req
+            .headers()
+            .get(X_REQUEST_ID)
+            .filter(|id| is_usable_request_id(id))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let mut record = AccessRecord::default();
+        if log.enabled() {
+            let text = |name| {
+                req.headers()
+                    .get(name)
+                    .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            record = AccessRecord {
+                time: Some(SystemTime::now()),
+                client: req.peer_addr().map(|addr| addr.ip()),
+                method: req.method().to_string(),
+                target: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .to_string(),
+                protocol: protocol_name(req.version()),
+                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                user_agent: text(header::USER_AGENT),
+                referer: text(header::REFERER),
+                ..AccessRecord::default()
+            };
+        }
+        Self {
+            started: Instant::now(),
+            request_id,
+            record,
+        }
+    }
+
+    /// Hands the record to the response body, which logs it when the body ends.
+    fn completion(&mut self, log: AccessLog, claim: Option<InFlight>) -> Completion {
+        Completion {
+            claim,
+            record: std::mem::take(&mut self.record),
+            log,
+            started: self.started,
+        }
+    }
+
+    /// Answers with gatehouse's own error page and logs it.
+    fn refuse(&mut self, req: &HttpRequest, err: &ProxyError, log: AccessLog) -> HttpResponse {
+        log::debug!("{} {}: {err}", req.method(), req.uri());
+        let response = err.error_response();
+        self.record.status = response.status().as_u16();
+        let sent = match response.body().size() {
+            BodySize::Sized(n) => n,
+            _ => 0,
+        };
+        self.completion(log, None).finish(sent);
+        response
+    }
+}
+
+/// Accepts a client's request id if it is short printable ASCII, so logs stay clean.
+fn is_usable_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 200 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Uuid::new_v4();
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    HeaderValue::from_bytes(id.simple().encode_lower(&mut buf).as_bytes())
+        .expect("a hex string is a valid header value")
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The handler for every request on a client listener.
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    proxy: web::Data<Proxy>,
+    upstreams: web::Data<Upstreams>,
+) -> HttpResponse {
+    let mut exchange = Exchange::new(&req, &proxy.log);
+    let result = forward::forward(&req, payload, &proxy, &upstreams, &mut exchange).await;
+    let mut response = result.unwrap_or_else(|err| exchange.refuse(&req, &err, proxy.log));
+    let headers = response.headers_mut();
+    if let Some(server) = &proxy.server_header {
+        headers.insert(header::SERVER, server.clone());
+    }
+    headers.insert(X_REQUEST_ID, exchange.request_id);
+    response
+}

@@ -1,0 +1,195 @@
+//! The route table: which pool serves a request, by host and path prefix.
+
+use crate::settings::RouteSettings;
+
+/// A route's host: exact, a `*.suffix` wildcard, or `*` for any host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// Holds the suffix with its leading dot, e.g. `.example.com`.
+    Suffix(String),
+    Any,
+}
+
+impl HostPattern {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let pattern = pattern.trim().to_ascii_lowercase();
+        if pattern == "*" {
+            return Ok(Self::Any);
+        }
+        let name = pattern.strip_prefix("*.").unwrap_or(&pattern);
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !valid {
+            return Err(
+                "write a host name, \"*.example.com\" or \"*\" (no port, no scheme)".into(),
+            );
+        }
+        Ok(match pattern.strip_prefix('*') {
+            Some(suffix) => Self::Suffix(suffix.to_string()),
+            None => Self::Exact(pattern),
+        })
+    }
+
+    /// Whether a lowercase host without port matches.
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(name) => host == name,
+            Self::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            Self::Any => true,
+        }
+    }
+
+    /// Exact names beat longer wildcards, which beat shorter ones and `*`.
+    fn specificity(&self) -> usize {
+        match self {
+            Self::Exact(_) => usize::MAX,
+            Self::Suffix(suffix) => suffix.len(),
+            Self::Any => 0,
+        }
+    }
+}
+
+/// One route, ready to match; `T` is what it leads to (the pool, on the request path).
+pub struct Route<T> {
+    /// How the route is named in logs: `host` plus `path`.
+    pub label: String,
+    host: HostPattern,
+    path: String,
+    pub target: T,
+    pub max_body_size: Option<u64>,
+}
+
+/// Routes ordered so the first match is the best: most specific host, then longest path.
+pub struct RouteTable<T> {
+    routes: Vec<Route<T>>,
+}
+
+impl<T> RouteTable<T> {
+    /// Builds the table; `target_of` resolves a route's pool name.
+    pub fn new(
+        settings: &[RouteSettings],
+        target_of: impl Fn(&str) -> Option<T>,
+    ) -> Result<Self, String> {
+        let mut routes = Vec::with_capacity(settings.len());
+        for route in settings {
+            let target =
+                target_of(&route.pool).ok_or_else(|| format!("no pool named {:?}", route.pool))?;
+            routes.push(Route {
+                label: format!("{}{}", route.host, route.path),
+                host: HostPattern::parse(&route.host)?,
+                path: route.path.clone(),
+                target,
+                max_body_size: route.max_body_size.map(|size| size.get()),
+            });
+        }
+        routes.sort_by(|a, b| {
+            (b.host.specificity(), b.path.len()).cmp(&(a.host.specificity(), a.path.len()))
+        });
+        Ok(Self { routes })
+    }
+
+    /// The route for a request; `host` may carry a port and any case.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route<T>> {
+        let host = host.map(normalize_host).unwrap_or_default();
+        self.routes
+            .iter()
+            .find(|route| route.host.matches(&host) && path.starts_with(route.path.as_str()))
+    }
+}
+
+/// Lowercases a Host value and drops its port (`[::1]:80` keeps its brackets).
+fn normalize_host(host: &str) -> String {
+    let without_port = match host.rfind(':') {
+        Some(at) if !host[at..].contains(']') => &host[..at],
+        _ => host,
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns_match_as_operators_expect() {
+        let exact = HostPattern::parse("Example.com").unwrap();
+        assert!(exact.matches("example.com"));
+        assert!(!exact.matches("www.example.com"));
+        let wildcard = HostPattern::parse("*.example.com").unwrap();
+        assert!(wildcard.matches("www.example.com"));
+        assert!(wildcard.matches("a.b.example.com"));
+        assert!(!wildcard.matches("example.com"));
+        assert!(!wildcard.matches("badexample.com"));
+        assert!(HostPattern::parse("*").unwrap().matches("anything"));
+        assert!(HostPattern::parse("example.com:80").is_err());
+        assert!(HostPattern::parse("http://example.com").is_err());
+    }
+
+    fn table(routes: &[(&str, &str, &'static str)]) -> RouteTable<&'static str> {
+        let settings: Vec<RouteSettings> = routes
+            .iter()
+            .map(|(host, path, pool)| RouteSettings {
+                host: host.to_string(),
+                path: path.to_string(),
+                pool: pool.to_string(),
+                max_body_size: None,
+            })
+            .collect();
+        let pools: Vec<&'static str> = routes.iter().map(|r| r.2).collect();
+        RouteTable::new(&settings, |name| {
+            pools.iter().find(|p| **p == name).copied()
+        })
+        .unwrap()
+    }
+
+    fn pool_for(table: &RouteTable<&'static str>, host: &str, path: &str) -> Option<&'static str> {
+        table.find(Some(host), path).map(|route| route.target)
+    }
+
+    #[test]
+    fn longest_path_prefix_wins() {
+        let table = table(&[
+            ("*", "/", "web"),
+            ("*", "/api/", "api"),
+            ("*", "/api/v2/", "v2"),
+        ]);
+        assert_eq!(pool_for(&table, "a", "/"), Some("web"));
+        assert_eq!(pool_for(&table, "a", "/api/users"), Some("api"));
+        assert_eq!(pool_for(&table, "a", "/api/v2/users"), Some("v2"));
+        assert_eq!(pool_for(&table, "a", "/apix"), Some("web"));
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_beats_any() {
+        let table = table(&[
+            ("*", "/", "any"),
+            ("*.example.com", "/", "wild"),
+            ("shop.example.com", "/", "shop"),
+        ]);
+        assert_eq!(
+            pool_for(&table, "SHOP.example.com:8080", "/x"),
+            Some("shop")
+        );
+        assert_eq!(pool_for(&table, "www.example.com", "/x"), Some("wild"));
+        assert_eq!(pool_for(&table, "other.org", "/x"), Some("any"));
+    }
+
+    #[test]
+    fn no_matching_route_finds_nothing() {
+        let table = table(&[("example.com", "/app/", "app")]);
+        assert_eq!(pool_for(&table, "example.com", "/other"), None);
+        assert_eq!(pool_for(&table, "other.com", "/app/x"), None);
+        assert!(table.find(None, "/app/x").is_none());
+    }
+
+    #[test]
+    fn hosts_lose_port_and_case() {
+        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
+        assert_eq!(normalize_host("example.com."), "example.com");
+    }
+}

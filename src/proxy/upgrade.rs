@@ -1,0 +1,214 @@
+//! WebSocket upgrades: the handshake goes to the server over a fresh connection, and after
+//! its `101 Switching Protocols` bytes are relayed both ways until either side closes.
+//!
+//! actix-http hands gatehouse the raw client bytes only for `Upgrade: websocket`; other
+//! upgrade tokens are forwarded as ordinary requests with `Upgrade` removed, which a server
+//! must treat as a request that did not ask to upgrade (RFC 9110 7.8).
+
+use std::time::Instant;
+
+use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::body::ResponseBody;
+use super::headers;
+use super::{Exchange, PoolTarget, ProxyError};
+use crate::access_log::AccessLog;
+use crate::pool::{InFlight, Server};
+
+/// The largest response head accepted from a server during a handshake.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEADERS: usize = 96;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Whether the request asks to upgrade to WebSocket over HTTP/1.1.
+pub fn is_websocket(req: &HttpRequest) -> bool {
+    req.version() == actix_web::http::Version::HTTP_11
+        && req.head().upgrade()
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Sends the handshake and, on 101, relays the connection until either side closes.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay(
+    req: &HttpRequest,
+    payload: web::Payload,
+    server: &Server,
+    mut upstream_headers: HeaderMap,
+    pool: &PoolTarget,
+    claim: InFlight,
+    exchange: &mut Exchange,
+    log: AccessLog,
+) -> Result<HttpResponse, ProxyError> {
+    let settings = &pool.settings;
+    if let Some(upgrade) = req.headers().get(header::UPGRADE) {
+        upstream_headers.insert(header::UPGRADE, upgrade.clone());
+    }
+    upstream_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+
+    let connect = TcpStream::connect(&*server.address);
+    let mut socket = match actix_rt::time::timeout(settings.connect_timeout.get(), connect).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(err)) => return Err(failed(&claim, ProxyError::Connect(err.to_string()))),
+        Err(_) => return Err(failed(&claim, ProxyError::ConnectTimeout)),
+    };
+    let _ = socket.set_nodelay(true);
+    let sent_at = Instant::now();
+    let head = request_head(req, &upstream_headers);
+    let handshake = async {
+        socket.write_all(&head).await?;
+        read_response_head(&mut socket).await
+    };
+    let (status, response_headers, leftover) =
+        match actix_rt::time::timeout(settings.response_timeout.get(), handshake).await {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(err)) => return Err(failed(&claim, ProxyError::Upstream(err.to_string()))),
+            Err(_) => return Err(failed(&claim, ProxyError::ResponseTimeout)),
+        };
+    exchange.record.status = status.as_u16();
+    exchange.record.upstream_status = Some(status.as_u16());
+    exchange.record.upstream_time = Some(sent_at.elapsed());
+
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let length = response_headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !switching && length.is_none() && response_headers.contains_key(header::TRANSFER_ENCODING) {
+        // A refused handshake answered with a chunked body: not relayed, see docs/architecture.md.
+        return Err(failed(
+            &claim,
+            ProxyError::Upstream("refused upgrade answered with a chunked body".into()),
+        ));
+    }
+
+    let (upstream_read, mut upstream_write) = socket.into_split();
+    let downstream = stream::once(async move { Ok::<_, std::io::Error>(leftover) }).chain(
+        stream::unfold(upstream_read, |mut upstream_read| async move {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            match upstream_read.read_buf(&mut buf).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(buf.freeze()), upstream_read)),
+                Err(err) => Some((Err(err), upstream_read)),
+            }
+        }),
+    );
+    let downstream = Box::pin(
+        downstream
+            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty()))),
+    );
+    let idle = if switching {
+        settings.upgrade_timeout.get()
+    } else {
+        settings.response_timeout.get()
+    };
+    let body = ResponseBody::new(downstream, idle, exchange.completion(log, Some(claim)));
+
+    let mut response = HttpResponse::with_body(
+        status,
+        match (switching, length) {
+            (true, _) => BoxBody::new(BodyStream::new(body)),
+            (false, Some(length)) => BoxBody::new(SizedStream::new(length, body)),
+            (false, None) => {
+                drop(body);
+                BoxBody::new(actix_web::body::None::new())
+            }
+        },
+    );
+    let out = response.headers_mut();
+    for (name, value) in response_headers.iter() {
+        let keep_upgrade = switching;
+        if *name != header::CONTENT_LENGTH
+            && *name != header::SERVER
+            && headers::is_end_to_end(&response_headers, name, keep_upgrade)
+        {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if switching {
+        // The client's bytes after the handshake belong to the server from here on.
+        actix_rt::spawn(async move {
+            let mut payload = payload;
+            while let Some(Ok(chunk)) = payload.next().await {
+                if upstream_write.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = upstream_write.shutdown().await;
+        });
+    }
+    Ok(response)
+}
+
+fn failed(claim: &InFlight, err: ProxyError) -> ProxyError {
+    claim.failed();
+    log::warn!("upstream {}: upgrade: {err}", claim.server().address);
+    err
+}
+
+/// The HTTP/1.1 request head for the handshake.
+fn request_head(req: &HttpRequest, headers: &HeaderMap) -> Vec<u8> {
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Reads the server's response head; returns it and any bytes that followed it.
+async fn read_response_head(
+    socket: &mut TcpStream,
+) -> std::io::Result<(StatusCode, HeaderMap, Bytes)> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if socket.read_buf(&mut buf).await? == 0 {
+            return Err(invalid("connection closed before the response head"));
+        }
+        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed
+            .parse(&buf)
+            .map_err(|err| invalid(&err.to_string()))?
+        {
+            httparse::Status::Complete(head_len) => {
+                let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
+                    .map_err(|_| invalid("bad status code"))?;
+                let mut headers = HeaderMap::new();
+                for h in parsed.headers.iter() {
+                    let name = HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| invalid("bad header name"))?;
+                    let value = HeaderValue::from_bytes(h.value)
+                        .map_err(|_| invalid("bad header value"))?;
+                    headers.append(name, value);
+                }
+                let leftover = buf.split_off(head_len).freeze();
+                return Ok((status, headers, leftover));
+            }
+            httparse::Status::Partial if buf.len() >= MAX_RESPONSE_HEAD => {
+                return Err(invalid("response head too large"));
+            }
+            httparse::Status::Partial => {}
+        }
+    }
+}

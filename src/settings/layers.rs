@@ -1,0 +1,304 @@
+//! Reads the settings layers with `config`, and reports where each value came from.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use config::{Config, ConfigError, Environment, File, FileFormat, Value, ValueKind};
+
+use super::{validate, Settings, SettingsError};
+
+/// Environment variables with this prefix (and `__` between levels) override settings.
+pub const ENV_PREFIX: &str = "GATEHOUSE";
+const ENV_SEPARATOR: &str = "__";
+const DEFAULT_ORIGIN: &str = "built-in default";
+
+/// Where settings are read from.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// Folder with `default.toml`, `$GATEHOUSE_ENV.toml` and `local.toml`; `settings` if unset.
+    pub settings_dir: Option<PathBuf>,
+    /// The `--config` file or folder of `*.toml` files.
+    pub config: Option<PathBuf>,
+    /// Environment variables; `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+}
+
+/// Valid settings, with the merged layers kept for reporting origins.
+pub struct Loaded {
+    pub settings: Settings,
+    layers: Config,
+}
+
+/// Reads every layer, merges them, and validates the result.
+pub fn load(sources: &Sources) -> Result<Loaded, SettingsError> {
+    let mut builder = Config::builder();
+    for file in layer_files(sources)? {
+        builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
+    }
+    let env = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator(ENV_SEPARATOR)
+        .separator(ENV_SEPARATOR)
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("server.listen")
+        .source(
+            sources
+                .env
+                .clone()
+                .or_else(|| Some(std::env::vars().collect())),
+        );
+    let layers = builder
+        .add_source(env)
+        .build()
+        .map_err(|err| translate(err, None))?;
+    let settings: Settings = layers
+        .clone()
+        .try_deserialize()
+        .map_err(|err| translate(err, Some(&layers.cache)))?;
+    let loaded = Loaded { settings, layers };
+    validate::check(&loaded.settings).map_err(|problem| loaded.invalid(problem))?;
+    Ok(loaded)
+}
+
+/// The layer files that exist, in the order they apply.
+fn layer_files(sources: &Sources) -> Result<Vec<PathBuf>, SettingsError> {
+    let dir = sources
+        .settings_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("settings"));
+    let env_name = match &sources.env {
+        Some(vars) => vars.get("GATEHOUSE_ENV").cloned(),
+        None => std::env::var("GATEHOUSE_ENV").ok(),
+    };
+    let mut files = vec![dir.join("default.toml")];
+    if let Some(name) = env_name.filter(|name| !name.is_empty()) {
+        files.push(dir.join(format!("{name}.toml")));
+    }
+    files.push(dir.join("local.toml"));
+    files.retain(|file| file.is_file());
+    if let Some(path) = &sources.config {
+        files.extend(config_files(path)?);
+    }
+    Ok(files)
+}
+
+/// The `--config` path: one file, or every `*.toml` in a folder in name order.
+fn config_files(path: &Path) -> Result<Vec<PathBuf>, SettingsError> {
+    let unreadable = |reason: String| SettingsError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !path.is_dir() {
+        return Err(unreadable("no such file or folder".into()));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|err| unreadable(err.to_string()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|file| file.extension().is_some_and(|ext| ext == "toml") && file.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Turns a `config` error into one that names key, value and origin.
+fn translate(err: ConfigError, tree: Option<&Value>) -> SettingsError {
+    match err {
+        ConfigError::FileParse { uri, cause } => SettingsError::File {
+            path: uri.unwrap_or_default().into(),
+            reason: cause.to_string(),
+        },
+        ConfigError::At { error, origin, key } => {
+            let key = key.unwrap_or_default();
+            let value = tree.and_then(|tree| lookup(tree, &key)).map(render);
+            invalid(&key, value, origin, inner_message(*error))
+        }
+        ConfigError::Type {
+            origin,
+            unexpected,
+            expected,
+            key,
+        } => {
+            let key = key.unwrap_or_default();
+            let value = tree.and_then(|tree| lookup(tree, &key)).map(render);
+            invalid(
+                &key,
+                value,
+                origin,
+                format!("expected {expected}, found {unexpected}"),
+            )
+        }
+        other => SettingsError::Invalid {
+            key: "(settings)".into(),
+            value: String::new(),
+            origin: "settings".into(),
+            problem: other.to_string(),
+        },
+    }
+}
+
+fn inner_message(err: ConfigError) -> String {
+    match err {
+        ConfigError::At { error, .. } => inner_message(*error),
+        ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {unexpected}"),
+        other => other.to_string(),
+    }
+}
+
+fn invalid(
+    key: &str,
+    value: Option<String>,
+    origin: Option<String>,
+    problem: String,
+) -> SettingsError {
+    SettingsError::Invalid {
+        key: if key.is_empty() {
+            "(top level)".into()
+        } else {
+            key.into()
+        },
+        value: value.unwrap_or_else(|| "(unset)".into()),
+        origin: describe_origin(origin.as_deref(), key),
+        problem,
+    }
+}
+
+/// Names an origin the way an operator finds it: a file path, or the variable's name.
+fn describe_origin(origin: Option<&str>, key: &str) -> String {
+    match origin {
+        Some("the environment") => format!("environment variable {}", env_name(key)),
+        Some(file) => file.to_string(),
+        None => DEFAULT_ORIGIN.into(),
+    }
+}
+
+/// The environment variable that sets `key`, e.g. `GATEHOUSE__SERVER__WORKERS`.
+pub fn env_name(key: &str) -> String {
+    let path = key.replace('.', ENV_SEPARATOR).to_uppercase();
+    format!("{ENV_PREFIX}{ENV_SEPARATOR}{path}")
+}
+
+/// Finds the value at a dotted key with `[index]` parts, as `config` writes keys.
+fn lookup<'a>(tree: &'a Value, key: &str) -> Option<&'a Value> {
+    let mut node = tree;
+    for part in key.split('.').filter(|part| !part.is_empty()) {
+        let (name, indexes) = match part.find('[') {
+            Some(at) => (&part[..at], &part[at..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            node = match &node.kind {
+                ValueKind::Table(table) => table.get(name)?,
+                _ => return None,
+            };
+        }
+        for index in indexes.split(['[', ']']).filter(|i| !i.is_empty()) {
+            let index: usize = index.parse().ok()?;
+            node = match &node.kind {
+                ValueKind::Array(items) => items.get(index)?,
+                _ => return None,
+            };
+        }
+    }
+    Some(node)
+}
+
+/// A value as it would be written in TOML.
+fn render(value: &Value) -> String {
+    match &value.kind {
+        ValueKind::Nil => "(unset)".into(),
+        ValueKind::String(text) => format!("{text:?}"),
+        ValueKind::Array(items) => {
+            let items: Vec<String> = items.iter().map(render).collect();
+            format!("[{}]", items.join(", "))
+        }
+        ValueKind::Table(table) => {
+            let items: Vec<String> = table
+                .iter()
+                .map(|(key, value)| format!("{key} = {}", render(value)))
+                .collect();
+            format!("{{ {} }}", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+impl Loaded {
+    /// Where the value at `key` came from: a file, an environment variable, or the default.
+    pub fn origin(&self, key: &str) -> String {
+        let origin = lookup(&self.layers.cache, key).and_then(|value| leaf_origin(value));
+        describe_origin(origin, key)
+    }
+
+    /// The effective settings, one `key = value  # origin` line each.
+    pub fn effective(&self) -> String {
+        let tree = serde_json::to_value(&self.settings).unwrap_or_default();
+        let mut lines = Vec::new();
+        flatten(&tree, String::new(), &mut lines);
+        lines
+            .into_iter()
+            .map(|(key, value)| format!("{key} = {value}  # {}\n", self.origin(&key)))
+            .collect()
+    }
+
+    fn invalid(&self, problem: validate::Problem) -> SettingsError {
+        SettingsError::Invalid {
+            origin: self.origin(&problem.key),
+            key: problem.key,
+            value: problem.value,
+            problem: problem.problem,
+        }
+    }
+}
+
+/// The origin of a value, or of the first leaf inside it (tables carry none of their own).
+fn leaf_origin(value: &Value) -> Option<&str> {
+    value.origin().or(match &value.kind {
+        ValueKind::Table(table) => table.values().find_map(leaf_origin),
+        ValueKind::Array(items) => items.iter().find_map(leaf_origin),
+        _ => None,
+    })
+}
+
+/// Flattens settings into dotted keys; arrays of tables get `[index]`, plain arrays stay whole.
+fn flatten(value: &serde_json::Value, key: String, out: &mut Vec<(String, String)>) {
+    use serde_json::Value as Json;
+    match value {
+        Json::Object(map) => {
+            for (name, child) in map {
+                let child_key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                flatten(child, child_key, out);
+            }
+        }
+        Json::Array(items) if items.iter().any(Json::is_object) => {
+            for (index, child) in items.iter().enumerate() {
+                flatten(child, format!("{key}[{index}]"), out);
+            }
+        }
+        other => out.push((key, other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_use_double_underscores() {
+        assert_eq!(env_name("server.workers"), "GATEHOUSE__SERVER__WORKERS");
+        assert_eq!(
+            env_name("pools.web.connect_timeout"),
+            "GATEHOUSE__POOLS__WEB__CONNECT_TIMEOUT"
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The running settings: typed structs, their built-in defaults, layering and validation.
+//!
+//! Layers, later wins: built-in defaults < `settings/default.toml` < `settings/$GATEHOUSE_ENV.toml`
+//! < `settings/local.toml` < the `--config` file or folder < `GATEHOUSE__SECTION__KEY` variables.
+
+mod error;
+mod layers;
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::SettingsError;
+pub use layers::{load, Loaded, Sources};
+pub use units::{ByteSize, Duration};
+
+/// Everything gatehouse runs from.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub routes: Vec<RouteSettings>,
+    pub pools: BTreeMap<String, PoolSettings>,
+}
+
+/// `[server]`: the client-facing listeners and their limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Plain-HTTP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Open client connections across all workers.
+    pub max_connections: usize,
+    /// How long an idle keep-alive client connection is kept open.
+    pub keep_alive: Duration,
+    /// The whole request head must arrive within this, or 408 and close.
+    pub client_header_timeout: Duration,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+    /// Request line plus headers larger than this get 431.
+    pub max_request_header_size: ByteSize,
+    /// The `Server` header on every response; empty sends none.
+    pub server_header: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            workers: 0,
+            max_connections: 25_000,
+            keep_alive: Duration::from_secs(75),
+            client_header_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            max_request_header_size: ByteSize::kib(32),
+            server_header: "gatehouse".into(),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The worker count with 0 resolved to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// `[log]`: the access log.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub access: AccessLogFormat,
+}
+
+/// How each request is written to stdout.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// The NGINX/Apache "combined" line.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+    /// No access log.
+    Off,
+}
+
+/// `[[routes]]`: which requests go to which pool.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// `example.com`, `*.example.com` or `*`; case-insensitive, port ignored.
+    #[serde(default = "any_host")]
+    pub host: String,
+    /// Path prefix; the longest matching prefix wins.
+    #[serde(default = "root_path")]
+    pub path: String,
+    /// The pool that serves the route.
+    pub pool: String,
+    /// Request bodies larger than this get 413; absent means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<ByteSize>,
+}
+
+fn any_host() -> String {
+    "*".into()
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+/// `[pools.NAME]`: a group of servers that host the same content.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    pub balance: Balance,
+    /// Deadline for opening a connection to a server.
+    pub connect_timeout: Duration,
+    /// Deadline for the response head, counted from when the request body was sent;
+    /// also the longest pause allowed between two reads of the response body.
+    pub response_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse. Keep it below the servers'
+    /// own keep-alive timeout so gatehouse never reuses a connection the server is closing.
+    pub keepalive_timeout: Duration,
+    /// A relayed upgrade (WebSocket) is closed after this long without data from the server.
+    pub upgrade_timeout: Duration,
+    /// Replaces the client's `Host` header on forwarded requests; absent passes it through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    pub servers: Vec<ServerEntry>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            balance: Balance::default(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(4),
+            upgrade_timeout: Duration::from_secs(3600),
+            host_header: None,
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// How a pool picks a server.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+}
+
+/// One server of a pool.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    /// `host:port` of the server.
+    pub address: String,
+    /// Share of the pool's requests relative to the other servers.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}

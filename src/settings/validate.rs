@@ -1,0 +1,140 @@
+//! Checks across keys that types alone cannot express: references, emptiness, addresses.
+
+use std::collections::HashSet;
+
+use super::Settings;
+use crate::pool::parse_address;
+use crate::proxy::route::HostPattern;
+
+/// One thing wrong with otherwise well-typed settings.
+#[derive(Debug)]
+pub struct Problem {
+    pub key: String,
+    pub value: String,
+    pub problem: String,
+}
+
+fn problem(key: String, value: impl std::fmt::Display, problem: impl Into<String>) -> Problem {
+    Problem {
+        key,
+        value: value.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Returns the first problem found, in the order an operator reads the file.
+pub fn check(settings: &Settings) -> Result<(), Problem> {
+    check_server(settings)?;
+    check_routes(settings)?;
+    check_pools(settings)
+}
+
+fn check_server(settings: &Settings) -> Result<(), Problem> {
+    let server = &settings.server;
+    if server.listen.is_empty() {
+        return Err(problem(
+            "server.listen".into(),
+            "[]",
+            "at least one listen address is needed",
+        ));
+    }
+    if server.max_connections == 0 {
+        return Err(problem(
+            "server.max_connections".into(),
+            0,
+            "must be at least 1",
+        ));
+    }
+    if server.max_request_header_size.get() < 1024 {
+        return Err(problem(
+            "server.max_request_header_size".into(),
+            format!("{:?}", server.max_request_header_size.to_string()),
+            "must be at least 1KiB",
+        ));
+    }
+    if actix_web::http::header::HeaderValue::from_str(&server.server_header).is_err() {
+        return Err(problem(
+            "server.server_header".into(),
+            format!("{:?}", server.server_header),
+            "is not a valid header value",
+        ));
+    }
+    Ok(())
+}
+
+fn check_routes(settings: &Settings) -> Result<(), Problem> {
+    for (index, route) in settings.routes.iter().enumerate() {
+        let key = |field: &str| format!("routes[{index}].{field}");
+        if let Err(reason) = HostPattern::parse(&route.host) {
+            return Err(problem(key("host"), format!("{:?}", route.host), reason));
+        }
+        if !route.path.starts_with('/') {
+            return Err(problem(
+                key("path"),
+                format!("{:?}", route.path),
+                "must start with \"/\"",
+            ));
+        }
+        if !settings.pools.contains_key(&route.pool) {
+            let known: Vec<&str> = settings.pools.keys().map(String::as_str).collect();
+            return Err(problem(
+                key("pool"),
+                format!("{:?}", route.pool),
+                format!("no pool has this name (pools: {})", list_or_none(&known)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_pools(settings: &Settings) -> Result<(), Problem> {
+    for (name, pool) in &settings.pools {
+        let key = |field: &str| format!("pools.{name}.{field}");
+        if pool.servers.is_empty() {
+            return Err(problem(
+                key("servers"),
+                "[]",
+                "a pool needs at least one server",
+            ));
+        }
+        if let Some(host) = &pool.host_header {
+            if actix_web::http::header::HeaderValue::from_str(host).is_err() || host.is_empty() {
+                return Err(problem(
+                    key("host_header"),
+                    format!("{host:?}"),
+                    "is not a valid Host value",
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (index, server) in pool.servers.iter().enumerate() {
+            let key = |field: &str| format!("pools.{name}.servers[{index}].{field}");
+            if let Err(reason) = parse_address(&server.address) {
+                return Err(problem(
+                    key("address"),
+                    format!("{:?}", server.address),
+                    reason,
+                ));
+            }
+            if !seen.insert(server.address.as_str()) {
+                return Err(problem(
+                    key("address"),
+                    format!("{:?}", server.address),
+                    "this server is listed twice in the pool",
+                ));
+            }
+            if server.weight == 0 {
+                return Err(problem(key("weight"), 0, "must be at least 1"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
