@@ -381,6 +381,9 @@ parse_wrk() {
 }
 
 # ------------------------------------------------------------------- origin
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l >= 0.5) }' &&
+    log "warning: load average is $LOAD_BEFORE before starting; other work on this machine will skew the numbers"
 log "starting origin nginx on 127.0.0.1:$ORIGIN_PORT (CPU $LOAD_CPU)"
 start_bg origin "$OUT/origin/run.log" taskset -c "$LOAD_CPU" \
     "$NGINX_BIN" -p "$OUT/origin" -e "$OUT/origin/logs/error.log" -c "$OUT/origin/nginx.conf"
@@ -495,6 +498,7 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(uname -sr), ${cpu_model:-unknown CPU}, $(nproc --all) CPUs"
     echo "- gatehouse: $git_rev; $(ver "$NGINX_BIN" -v); $(ver "$HAPROXY_BIN" -v | sed 's/ - https.*//'); $(ver "$WRK_BIN" -v | awk '{ print $1, $2 }')"
     echo "- wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency; ${ROUNDS} interleaved round(s); ${WARMUP_SECS}s warm-up per run; proxy on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
+    echo "- Load average (1/5/15 min) before the run: $LOAD_BEFORE"
     echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
     echo
     awk -F'\t' -v proxies="${PROXIES[*]}" -v scenarios="${SCENARIOS[*]}" \

@@ -111,9 +111,18 @@ fn translate(err: ConfigError, tree: Option<&Value>) -> SettingsError {
             reason: cause.to_string(),
         },
         ConfigError::At { error, origin, key } => {
-            let key = key.unwrap_or_default();
-            let value = tree.and_then(|tree| lookup(tree, &key)).map(render);
-            invalid(&key, value, origin, inner_message(*error))
+            let mut key = key.unwrap_or_default();
+            let problem = inner_message(*error);
+            if let Some(field) = unknown_field(&problem) {
+                key = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
+            let found = tree.and_then(|tree| lookup(tree, &key));
+            let origin = origin.or_else(|| found.and_then(leaf_origin).map(String::from));
+            invalid(&key, found.map(render), origin, problem)
         }
         ConfigError::Type {
             origin,
@@ -137,6 +146,11 @@ fn translate(err: ConfigError, tree: Option<&Value>) -> SettingsError {
             problem: other.to_string(),
         },
     }
+}
+
+/// The field serde names in "unknown field `name`, expected ...".
+fn unknown_field(problem: &str) -> Option<&str> {
+    problem.strip_prefix("unknown field `")?.split('`').next()
 }
 
 fn inner_message(err: ConfigError) -> String {

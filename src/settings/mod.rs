@@ -83,7 +83,7 @@ pub struct LogSettings {
 
 /// How each request is written to stdout.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum AccessLogFormat {
     /// The NGINX/Apache "combined" line.
     #[default]
@@ -156,12 +156,31 @@ impl Default for PoolSettings {
 
 /// How a pool picks a server.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Balance {
     /// Smooth weighted round robin.
     #[default]
     RoundRobin,
 }
+
+/// Parses a setting that is one word out of a fixed list, naming the list when it is not.
+macro_rules! one_of {
+    ($ty:ty { $($word:literal => $variant:expr),+ $(,)? }) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+
+            fn try_from(word: String) -> Result<Self, String> {
+                match word.as_str() {
+                    $($word => Ok($variant),)+
+                    _ => Err(format!("expected one of: {}", [$($word),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+one_of!(AccessLogFormat { "combined" => AccessLogFormat::Combined, "json" => AccessLogFormat::Json, "off" => AccessLogFormat::Off });
+one_of!(Balance { "round_robin" => Balance::RoundRobin });
 
 /// One server of a pool.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

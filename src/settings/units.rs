@@ -68,7 +68,13 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", bytesize::ByteSize(self.0).display().iec_short())
+        const MIB: u64 = 1024 * 1024;
+        match self.0 {
+            0 => write!(f, "0"),
+            n if n % MIB == 0 => write!(f, "{}MiB", n / MIB),
+            n if n % 1024 == 0 => write!(f, "{}KiB", n / 1024),
+            n => write!(f, "{n}"),
+        }
     }
 }
 
@@ -138,5 +144,8 @@ mod tests {
         assert_eq!("1MiB".parse::<ByteSize>().unwrap(), ByteSize(1_048_576));
         assert_eq!("512".parse::<ByteSize>().unwrap(), ByteSize(512));
         assert!("lots".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(65_536).to_string(), "64KiB");
+        assert_eq!(ByteSize(3 * 1_048_576).to_string(), "3MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
     }
 }
