@@ -110,7 +110,9 @@ mod tests {
     }
 
     fn names<'a>(it: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> Vec<String> {
-        it.map(|(name, _)| name.to_string()).collect()
+        let mut names: Vec<String> = it.map(|(name, _)| name.to_string()).collect();
+        names.sort();
+        names
     }
 
     #[test]
