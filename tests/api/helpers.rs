@@ -1,0 +1,674 @@
+//! Test helpers: real origin servers and a real gatehouse on loopback ephemeral ports, and a
+//! small raw HTTP/1.1 client that shows exactly what crossed the wire.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use gatehouse::settings::{self, Settings, Sources};
+
+/// Deadline for anything that could hang; never a measure of speed.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A folder under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "gatehouse-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Settings from TOML text, through the same layering and validation as the binary
+/// (no settings folder, no environment).
+pub fn settings(toml: &str) -> Settings {
+    let dir = TempDir::new();
+    let file = dir.write("test.toml", toml);
+    let sources = Sources {
+        settings_dir: Some(dir.0.join("none")),
+        config: Some(file),
+        env: Some(HashMap::new()),
+    };
+    match settings::load(&sources) {
+        Ok(loaded) => loaded.settings,
+        Err(err) => panic!("test settings invalid: {err}"),
+    }
+}
+
+/// Settings for one pool `web` of the given servers behind a listener on port 0.
+pub fn one_pool(servers: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{{ address = \"{s}\" }}"))
+        .collect();
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
+         [[routes]]\npool = \"web\"\n[pools.web]\nservers = [{}]\n{extra}",
+        servers.join(", ")
+    )
+}
+
+/// A gatehouse running in-process on its own actix system thread; stopped on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(settings: Settings) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let gatehouse = gatehouse::Gatehouse::start(settings)
+                    .await
+                    .expect("gatehouse starts");
+                tx.send((gatehouse.listeners()[0], gatehouse.handle()))
+                    .unwrap();
+                gatehouse.run_until_stopped().await.unwrap();
+            })
+        });
+        let (addr, handle) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
+        Self {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn from_toml(toml: &str) -> Self {
+        Self::start(settings(toml))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        let _ = thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false))).join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A real origin server (actix-web) that counts requests and offers test endpoints:
+/// - `/name` says the origin's name;
+/// - `/echo` answers JSON with method, target, headers and the body's size;
+/// - `/bytes/N` streams N bytes (`?sized=1` with Content-Length, else chunked);
+/// - `/status/N` answers status N with no body;
+/// - `/sleep/MS` waits before answering;
+/// - `/abort` promises 1 MiB and breaks off after 64 KiB;
+/// - `/cookies` sets two cookies; `/gzip` returns a gzip-encoded body as is.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct OriginState {
+    name: String,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    pub fn start(name: &str) -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let state = OriginState {
+            name: name.to_string(),
+            hits: hits.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(web::Data::new(state.clone()))
+                        .wrap_fn(|req, srv| {
+                            use actix_web::dev::Service;
+                            let state = req.app_data::<web::Data<OriginState>>().unwrap().clone();
+                            state.hits.fetch_add(1, Ordering::SeqCst);
+                            srv.call(req)
+                        })
+                        .route("/name", web::to(name_handler))
+                        .route("/echo", web::to(echo_handler))
+                        .route("/echo/{tail:.*}", web::to(echo_handler))
+                        .route("/bytes/{n}", web::to(bytes))
+                        .route("/status/{n}", web::to(status))
+                        .route("/sleep/{ms}", web::to(sleep))
+                        .route("/abort", web::to(abort))
+                        .route("/cookies", web::to(cookies))
+                        .route("/gzip", web::to(gzip))
+                        .default_service(web::to(echo_handler))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind("127.0.0.1:0")
+                .unwrap();
+                let addr = server.addrs()[0];
+                let server = server.run();
+                tx.send((addr, server.handle())).unwrap();
+                server.await.unwrap();
+            })
+        });
+        let (addr, handle) = rx.recv_timeout(DEADLINE).expect("origin started");
+        Self {
+            addr,
+            hits,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        let _ = thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false))).join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn name_handler(state: web::Data<OriginState>) -> HttpResponse {
+    HttpResponse::Ok().body(state.name.clone())
+}
+
+async fn echo_handler(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: web::Data<OriginState>,
+) -> HttpResponse {
+    let mut received = Vec::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => received.extend_from_slice(&chunk),
+            Err(_) => return HttpResponse::BadRequest().finish(),
+        }
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let reply = serde_json::json!({
+        "origin": state.name,
+        "method": req.method().as_str(),
+        "target": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+        "body_len": received.len(),
+        "body": String::from_utf8_lossy(&received[..received.len().min(4096)]),
+    });
+    HttpResponse::Ok().json(reply)
+}
+
+async fn bytes(req: HttpRequest, path: web::Path<u64>) -> HttpResponse {
+    let total = path.into_inner();
+    let sized = req.query_string().contains("sized=1");
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let stream = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= total {
+                return None;
+            }
+            let n = (total - sent).min(CHUNK);
+            Some((Ok::<_, std::io::Error>(chunk.slice(..n as usize)), sent + n))
+        }
+    });
+    if sized {
+        HttpResponse::Ok().body(actix_web::body::SizedStream::new(total, stream))
+    } else {
+        HttpResponse::Ok().streaming(stream)
+    }
+}
+
+async fn status(path: web::Path<u16>) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(path.into_inner()).unwrap();
+    HttpResponse::build(status)
+        .insert_header(("etag", "\"v1\""))
+        .finish()
+}
+
+async fn sleep(path: web::Path<u64>) -> HttpResponse {
+    actix_rt::time::sleep(Duration::from_millis(path.into_inner())).await;
+    HttpResponse::Ok().body("slept")
+}
+
+async fn abort() -> HttpResponse {
+    let chunks = futures_util::stream::iter(0..2).then(|i| async move {
+        if i == 0 {
+            Ok(Bytes::from(vec![b'a'; 64 * 1024]))
+        } else {
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+            Err(std::io::Error::other("origin dies"))
+        }
+    });
+    HttpResponse::Ok().body(actix_web::body::SizedStream::new(1024 * 1024, chunks))
+}
+
+async fn cookies() -> HttpResponse {
+    HttpResponse::Ok()
+        .append_header(("set-cookie", "a=1; Path=/"))
+        .append_header(("set-cookie", "b=2; Path=/"))
+        .body("cookies")
+}
+
+/// A gzip stream of "hello\n" (RFC 1952), sent as is with Content-Encoding.
+pub const GZIP_HELLO: &[u8] = &[
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xcb, 0x48, 0xcd, 0xc9, 0xc9, 0xe7,
+    0x02, 0x00, 0x20, 0x30, 0x3a, 0x36, 0x06, 0x00, 0x00, 0x00,
+];
+
+async fn gzip() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("content-encoding", "gzip"))
+        .content_type("text/plain")
+        .body(GZIP_HELLO)
+}
+
+/// An origin that answers every request on a connection with the same raw bytes, for
+/// responses a well-behaved server library would not send (hop-by-hop headers, bad framing).
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    /// Every request head it received, as text.
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawOrigin {
+    pub fn start(response: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let seen = seen.clone();
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(DEADLINE));
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            match reader.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            head.push_str(&line);
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        seen.lock().unwrap().push(head);
+                        if stream.write_all(response).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+}
+
+/// A response as read off the wire.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.text()))
+    }
+}
+
+/// What the origin's `/echo` saw.
+pub struct Echo(pub serde_json::Value);
+
+impl Echo {
+    pub fn headers(&self, name: &str) -> Vec<String> {
+        self.0["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pair| pair[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|pair| pair[1].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers(name).into_iter().next()
+    }
+}
+
+/// One keep-alive client connection speaking raw HTTP/1.1.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).expect("write request");
+    }
+
+    /// Reads one response; `head_only` for responses to HEAD.
+    pub fn read(&mut self, head_only: bool) -> Response {
+        self.try_read(head_only).expect("read response")
+    }
+
+    pub fn try_read(&mut self, head_only: bool) -> std::io::Result<Response> {
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if self.reader.read_until(b'\n', &mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" {
+                break;
+            }
+        }
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut parsed = httparse::Response::new(&mut slots);
+        parsed.parse(&head).expect("valid response head");
+        let status = parsed.code.unwrap();
+        let headers: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let mut response = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if status == 100 {
+            return Ok(response);
+        }
+        if head_only || status == 204 || status == 304 {
+            return Ok(response);
+        }
+        if let Some(length) = response.header("content-length") {
+            let mut body = vec![0; length.parse().unwrap()];
+            self.reader.read_exact(&mut body)?;
+            response.body = body;
+        } else if response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
+            response.body = self.read_chunked()?;
+        } else {
+            self.reader.read_to_end(&mut response.body)?;
+        }
+        Ok(response)
+    }
+
+    fn read_chunked(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap(), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                return Ok(body);
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+
+    /// Reads until the peer closes; true if it closed (rather than timing out).
+    pub fn closed_by_peer(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+    }
+}
+
+/// Sends one raw request on a fresh connection and reads the response.
+pub fn raw(addr: SocketAddr, request: &str) -> Response {
+    let mut conn = Conn::open(addr);
+    conn.send(request.as_bytes());
+    conn.read(request.starts_with("HEAD "))
+}
+
+/// A GET with the given path on a fresh connection.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// `/echo` through the proxy with extra request headers (each line ending in \r\n).
+pub fn echo(addr: SocketAddr, extra_headers: &str) -> (Response, Echo) {
+    let response = raw(
+        addr,
+        &format!(
+            "GET /echo HTTP/1.1\r\nHost: test.local\r\n{extra_headers}Connection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = Echo(response.json());
+    (response, echo)
+}
+
+/// A loopback port that nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The gatehouse binary running with a settings file, its stdout (the access log) collected.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl Process {
+    pub fn start(toml: &str) -> Self {
+        let dir = TempDir::new();
+        let config = dir.write("gatehouse.toml", toml);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .arg("--config")
+            .arg(&config)
+            .current_dir(&dir.0)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gatehouse binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let rest = &line[at + "listening on http://".len()..];
+                    let addr = rest.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = stdout_lines.clone();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(DEADLINE)
+            .expect("gatehouse binary listening");
+        Self {
+            child,
+            addr: addr.parse().unwrap(),
+            stdout: stdout_lines,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse().ok())
+            .unwrap()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// Waits for exit, up to the deadline; returns the exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < DEADLINE {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits until at least `n` stdout lines arrived; returns them.
+    pub fn stdout_lines(&self, n: usize) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let lines = self.stdout.lock().unwrap().clone();
+            if lines.len() >= n || started.elapsed() > DEADLINE {
+                return lines;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with args, in `dir`, with extra environment.
+pub fn run_binary(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    command.args(args).current_dir(dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GATEHOUSE") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("gatehouse binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
