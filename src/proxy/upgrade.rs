@@ -136,6 +136,10 @@ pub async fn relay(
         }
     }
     if switching {
+        // Otherwise actix-http would announce "close, upgrade", which clients reject.
+        response
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Upgrade);
         // The client's bytes after the handshake belong to the server from here on.
         actix_rt::spawn(async move {
             let mut payload = payload;

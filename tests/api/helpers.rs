@@ -322,7 +322,17 @@ pub struct RawOrigin {
 }
 
 impl RawOrigin {
+    /// Answers every request on a connection with `response`.
     pub fn start(response: &'static [u8]) -> Self {
+        Self::serve(response, false)
+    }
+
+    /// Answers the first request with `response`, then closes the connection.
+    pub fn start_then_close(response: &'static [u8]) -> Self {
+        Self::serve(response, true)
+    }
+
+    fn serve(response: &'static [u8], close: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -348,7 +358,7 @@ impl RawOrigin {
                             }
                         }
                         seen.lock().unwrap().push(head);
-                        if stream.write_all(response).is_err() {
+                        if stream.write_all(response).is_err() || close {
                             return;
                         }
                     }
