@@ -9,10 +9,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_rt::time::{sleep, Sleep};
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::Version;
 use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::oneshot;
 
+use super::connector;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::pool::InFlight;
 
@@ -118,9 +121,45 @@ impl Completion {
     }
 }
 
+/// How the server delimited a response body, which decides whether the server closing the
+/// connection may end it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// By `Transfer-Encoding: chunked`: it ends with the last chunk.
+    Chunked,
+    /// By `Content-Length`: it ends after that many bytes.
+    Length,
+    /// By neither: it ends when the server closes the connection.
+    Close,
+}
+
+impl Framing {
+    /// The framing awc reads a response body with, from the response's version and headers
+    /// (chunked wins over `Content-Length`, and HTTP/1.0 has no chunked).
+    pub fn of(version: Version, headers: &HeaderMap) -> Self {
+        let chunked = version == Version::HTTP_11
+            && headers
+                .get(header::TRANSFER_ENCODING)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.trim().eq_ignore_ascii_case("chunked"));
+        if chunked {
+            Self::Chunked
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            Self::Length
+        } else {
+            Self::Close
+        }
+    }
+
+    fn ends_before_close(self) -> bool {
+        self != Self::Close
+    }
+}
+
 /// The response body streamed to the client.
 pub struct ResponseBody<S> {
     inner: S,
+    framing: Framing,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     sent: u64,
@@ -128,14 +167,24 @@ pub struct ResponseBody<S> {
 }
 
 impl<S> ResponseBody<S> {
+    /// A body that may end when its stream does, whatever closed the connection.
     pub fn new(inner: S, idle_timeout: Duration, completion: Completion) -> Self {
         Self {
             inner,
+            framing: Framing::Close,
             idle_timeout,
             idle: Box::pin(sleep(idle_timeout)),
             sent: 0,
             completion,
         }
+    }
+
+    /// Sets how the server delimited the body. When that is chunked or `Content-Length`, the
+    /// body's stream ending on the server closing the connection is a fault: awc reports it
+    /// as the body's end, but the body was cut short.
+    pub fn framed_by(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
     }
 
     fn fail(&mut self, fault: ResponseFault) -> Poll<Option<Result<Bytes, ResponseFault>>> {
@@ -155,7 +204,16 @@ where
     type Item = Result<Bytes, ResponseFault>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match Pin::new(&mut self.inner).poll_next(cx) {
+        let framing = self.framing;
+        let (poll, closed) = if framing.ends_before_close() {
+            // An end-of-file seen during this poll is this body's connection's: a body poll
+            // reads that one connection only (awc checks idle pooled ones when a request takes
+            // one, not here), and the worker polls nothing else on this thread meanwhile.
+            connector::watching_eof(|| Pin::new(&mut self.inner).poll_next(cx))
+        } else {
+            (Pin::new(&mut self.inner).poll_next(cx), false)
+        };
+        match poll {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.sent += chunk.len() as u64;
                 let deadline = actix_rt::time::Instant::now() + self.idle_timeout;
@@ -163,6 +221,7 @@ where
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(err))) => self.fail(ResponseFault::Broken(err.to_string())),
+            Poll::Ready(None) if closed => self.fail(ResponseFault::Broken(truncated(framing))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match self.idle.as_mut().poll(cx) {
                 Poll::Ready(()) => self.fail(ResponseFault::Idle),
@@ -172,9 +231,154 @@ where
     }
 }
 
+fn truncated(framing: Framing) -> String {
+    match framing {
+        Framing::Chunked => "connection closed before the last chunk".into(),
+        _ => "connection closed before Content-Length bytes".into(),
+    }
+}
+
 impl<S> Drop for ResponseBody<S> {
     fn drop(&mut self) {
         let sent = self.sent;
         self.completion.finish(sent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::AccessLogFormat;
+    use futures_util::StreamExt;
+
+    fn completion() -> Completion {
+        Completion {
+            claim: None,
+            record: AccessRecord::default(),
+            log: AccessLog::new(AccessLogFormat::Off),
+            started: Instant::now(),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                header::HeaderName::from_static(name),
+                header::HeaderValue::from_static(value),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn framing_follows_what_awc_reads_the_body_by() {
+        let of =
+            |version, pairs: &[(&'static str, &'static str)]| Framing::of(version, &headers(pairs));
+        let chunked = [("transfer-encoding", "Chunked ")];
+        let both = [("content-length", "5"), ("transfer-encoding", "chunked")];
+        let length = [("content-length", "5")];
+        assert_eq!(of(Version::HTTP_11, &chunked), Framing::Chunked);
+        assert_eq!(of(Version::HTTP_11, &both), Framing::Chunked);
+        assert_eq!(of(Version::HTTP_11, &length), Framing::Length);
+        assert_eq!(of(Version::HTTP_10, &both), Framing::Length);
+        assert_eq!(of(Version::HTTP_10, &chunked), Framing::Close);
+        assert_eq!(
+            of(Version::HTTP_11, &[("transfer-encoding", "identity")]),
+            Framing::Close
+        );
+        assert_eq!(of(Version::HTTP_11, &[]), Framing::Close);
+    }
+
+    /// A body stream that yields its chunks, then ends; `eof_at_end` makes its last poll
+    /// read end-of-file, as awc's does when the server closed the connection.
+    fn upstream(
+        chunks: &'static [&'static str],
+        eof_at_end: bool,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        let mut chunks = chunks.iter();
+        futures_util::stream::poll_fn(move |_| match chunks.next() {
+            Some(chunk) => Poll::Ready(Some(Ok(Bytes::from_static(chunk.as_bytes())))),
+            None => {
+                if eof_at_end {
+                    connector::note_eof();
+                }
+                Poll::Ready(None)
+            }
+        })
+    }
+
+    /// The body's items up to its end or first error, where actix-http stops polling it.
+    async fn collect(
+        mut body: ResponseBody<impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin>,
+    ) -> Vec<Result<Bytes, String>> {
+        let mut items = Vec::new();
+        while let Some(item) = body.next().await {
+            let failed = item.is_err();
+            items.push(item.map_err(|err| err.to_string()));
+            if failed {
+                break;
+            }
+        }
+        items
+    }
+
+    #[actix_rt::test]
+    async fn a_framed_body_cut_off_by_the_server_closing_is_broken() {
+        for framing in [Framing::Chunked, Framing::Length] {
+            let body = ResponseBody::new(
+                upstream(&["hello"], true),
+                Duration::from_secs(5),
+                completion(),
+            )
+            .framed_by(framing);
+            let items = collect(body).await;
+            assert_eq!(items.len(), 2, "{items:?}");
+            assert_eq!(items[0], Ok(Bytes::from_static(b"hello")));
+            assert!(
+                items[1]
+                    .as_ref()
+                    .is_err_and(|err| err.contains("connection closed")),
+                "{items:?}"
+            );
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_framed_body_reaching_its_end_is_complete() {
+        for framing in [Framing::Chunked, Framing::Length, Framing::Close] {
+            let body = ResponseBody::new(
+                upstream(&["hel", "lo"], false),
+                Duration::from_secs(5),
+                completion(),
+            )
+            .framed_by(framing);
+            let items = collect(body).await;
+            assert_eq!(
+                items,
+                [
+                    Ok(Bytes::from_static(b"hel")),
+                    Ok(Bytes::from_static(b"lo"))
+                ]
+            );
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_body_delimited_by_close_ends_at_end_of_file() {
+        let body = ResponseBody::new(
+            upstream(&["hello"], true),
+            Duration::from_secs(5),
+            completion(),
+        );
+        assert_eq!(collect(body).await, [Ok(Bytes::from_static(b"hello"))]);
+    }
+
+    #[actix_rt::test]
+    async fn an_end_of_file_read_outside_the_body_poll_is_not_the_body_s() {
+        let body = ResponseBody::new(upstream(&[], false), Duration::from_secs(5), completion())
+            .framed_by(Framing::Chunked);
+        connector::note_eof();
+        assert_eq!(collect(body).await, []);
     }
 }

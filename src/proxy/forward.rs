@@ -12,7 +12,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
 use futures_util::future::{select, Either};
 
-use super::body::{BodyFault, RequestBody, ResponseBody};
+use super::body::{BodyFault, Framing, RequestBody, ResponseBody};
+use super::connector::UpstreamConnector;
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::{upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
 use crate::pool::Server;
@@ -25,7 +26,9 @@ const VIA_HTTP_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 
 /// Builds a worker's client for one pool from its settings.
 pub fn client(settings: &PoolSettings) -> awc::Client {
+    // awc bounds every call of the connector service by `timeout`, name resolution included.
     let connector = awc::Connector::new()
+        .connector(UpstreamConnector::default())
         .timeout(settings.connect_timeout.get())
         .conn_keep_alive(settings.keepalive_timeout.get())
         .limit(0);
@@ -245,12 +248,13 @@ fn respond(
 ) -> HttpResponse {
     let status = upstream.status();
     let length = declared_length(upstream.headers());
+    let framing = Framing::of(upstream.version(), upstream.headers());
     let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 2);
     for (name, value) in headers::downstream_response_headers(upstream.headers()) {
         headers.append(name.clone(), value.clone());
     }
     let idle = pool.settings.response_timeout.get();
-    let body = ResponseBody::new(upstream, idle, completion);
+    let body = ResponseBody::new(upstream, idle, completion).framed_by(framing);
     let body = if headers::response_has_no_body(method, status.as_u16()) {
         match length {
             // A HEAD response keeps the length the body would have had.

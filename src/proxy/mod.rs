@@ -12,6 +12,7 @@
 //! WebSocket upgrades leave at step 4 for [`upgrade`], which relays bytes both ways.
 
 mod body;
+mod connector;
 mod error;
 mod forward;
 mod headers;

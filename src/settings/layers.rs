@@ -105,46 +105,70 @@ fn config_files(path: &Path) -> Result<Vec<PathBuf>, SettingsError> {
 
 /// Turns a `config` error into one that names key, value and origin.
 fn translate(err: ConfigError, tree: Option<&Value>) -> SettingsError {
-    match err {
-        ConfigError::FileParse { uri, cause } => SettingsError::File {
-            path: uri.unwrap_or_default().into(),
-            reason: cause.to_string(),
-        },
-        ConfigError::At { error, origin, key } => {
-            let mut key = key.unwrap_or_default();
-            let problem = inner_message(*error);
-            if let Some(field) = unknown_field(&problem) {
-                key = if key.is_empty() {
-                    field.to_string()
-                } else {
-                    format!("{key}.{field}")
-                };
+    let (key, origin, problem) = match err {
+        ConfigError::FileParse { uri, cause } => {
+            return SettingsError::File {
+                path: uri.unwrap_or_default().into(),
+                reason: cause.to_string(),
             }
-            let found = tree.and_then(|tree| lookup(tree, &key));
-            let origin = origin.or_else(|| found.and_then(leaf_origin).map(String::from));
-            invalid(&key, found.map(render), origin, problem)
+        }
+        ConfigError::At { error, origin, key } => {
+            (key.unwrap_or_default(), origin, inner_message(*error))
         }
         ConfigError::Type {
             origin,
             unexpected,
             expected,
             key,
-        } => {
-            let key = key.unwrap_or_default();
-            let value = tree.and_then(|tree| lookup(tree, &key)).map(render);
-            invalid(
-                &key,
-                value,
-                origin,
-                format!("expected {expected}, found {unexpected}"),
-            )
+        } => (
+            key.unwrap_or_default(),
+            origin,
+            format!("expected {expected}, found {unexpected}"),
+        ),
+        ConfigError::NotFound(key) => (key, None, "this key is required".into()),
+        other => (String::new(), None, other.to_string()),
+    };
+    let mut key = normalize_key(&key);
+    if let Some(field) = unknown_field(&problem) {
+        key = if key.is_empty() {
+            field.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+    }
+    let found = tree.and_then(|tree| lookup(tree, &key));
+    let origin = origin.or_else(|| {
+        tree.and_then(|tree| nearest_origin(tree, &key))
+            .map(String::from)
+    });
+    invalid(&key, found.map(render), origin, problem)
+}
+
+/// `config` writes a field after an index without a dot (`routes[0]pool`); add it.
+fn normalize_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|next| *next != '.' && *next != '[')
+        {
+            out.push('.');
         }
-        other => SettingsError::Invalid {
-            key: "(settings)".into(),
-            value: String::new(),
-            origin: "settings".into(),
-            problem: other.to_string(),
-        },
+    }
+    out
+}
+
+/// The origin of the value at `key`, or of the closest enclosing table that has one.
+fn nearest_origin<'a>(tree: &'a Value, key: &str) -> Option<&'a str> {
+    let mut key = key;
+    loop {
+        if let Some(origin) = lookup(tree, key).and_then(leaf_origin) {
+            return Some(origin);
+        }
+        key = &key[..key.rfind(['.', '['])?];
     }
 }
 
@@ -246,8 +270,7 @@ fn render(value: &Value) -> String {
 impl Loaded {
     /// Where the value at `key` came from: a file, an environment variable, or the default.
     pub fn origin(&self, key: &str) -> String {
-        let origin = lookup(&self.layers.cache, key).and_then(|value| leaf_origin(value));
-        describe_origin(origin, key)
+        describe_origin(nearest_origin(&self.layers.cache, key), key)
     }
 
     /// The effective settings, one `key = value  # origin` line each.
@@ -306,6 +329,17 @@ fn flatten(value: &serde_json::Value, key: String, out: &mut Vec<(String, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_get_a_dot_after_an_index() {
+        assert_eq!(normalize_key("routes[0]pool"), "routes[0].pool");
+        assert_eq!(
+            normalize_key("pools.web.servers[1]weight"),
+            "pools.web.servers[1].weight"
+        );
+        assert_eq!(normalize_key("server.listen[0]"), "server.listen[0]");
+        assert_eq!(normalize_key("a[0][1].b"), "a[0][1].b");
+    }
 
     #[test]
     fn env_names_use_double_underscores() {

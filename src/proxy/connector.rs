@@ -1,0 +1,300 @@
+//! The upstream clients' TCP connector: actix-tls's resolver and connector, with two checks
+//! of gatehouse's own.
+//!
+//! - Each connection's reads are watched for end-of-file, so a response body that awc ends
+//!   because the server closed the connection can be told from one that reached its framed end
+//!   (awc reports both as the body's end).
+//! - A socket connected to itself is refused.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use actix_rt::net::{ActixStream, Ready, TcpStream};
+use actix_service::Service;
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
+use actix_web::http::Uri;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+thread_local! {
+    /// Set when a read on an upstream connection of this thread returned end-of-file.
+    static READ_EOF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `poll` and tells whether a read on an upstream connection returned end-of-file
+/// during it.
+///
+/// Each worker polls its connections on its own thread, one at a time, so what is seen here
+/// was read by `poll` itself and by nothing else.
+pub fn watching_eof<T>(poll: impl FnOnce() -> T) -> (T, bool) {
+    READ_EOF.with(|eof| eof.set(false));
+    let out = poll();
+    (out, READ_EOF.with(|eof| eof.replace(false)))
+}
+
+/// Notes that a read on an upstream connection returned end-of-file.
+pub fn note_eof() {
+    READ_EOF.with(|eof| eof.set(true));
+}
+
+/// A connection to a server: a TCP stream that notes when a read returns end-of-file.
+#[derive(Debug)]
+pub struct UpstreamStream {
+    tcp: TcpStream,
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let room = buf.remaining();
+        let filled = buf.filled().len();
+        let poll = Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf);
+        // Nothing read into a buffer with room is end-of-file; a full buffer proves nothing.
+        if room > 0 && matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() == filled {
+            note_eof();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+impl ActixStream for UpstreamStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        ActixStream::poll_read_ready(&self.tcp, cx)
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        ActixStream::poll_write_ready(&self.tcp, cx)
+    }
+}
+
+/// The connector service for `awc::Connector::connector`. awc races each call against the
+/// pool's connect timeout, resolution included.
+#[derive(Clone, Default)]
+pub struct UpstreamConnector {
+    tcp: ConnectorService,
+}
+
+impl Service<ConnectInfo<Uri>> for UpstreamConnector {
+    type Response = Connection<Uri, UpstreamStream>;
+    type Error = ConnectError;
+    type Future = Connecting;
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<ConnectInfo<Uri>>::poll_ready(&self.tcp, cx)
+    }
+
+    fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
+        Connecting {
+            tcp: self.tcp.call(req),
+        }
+    }
+}
+
+/// A connection being made.
+pub struct Connecting {
+    tcp: <ConnectorService as Service<ConnectInfo<Uri>>>::Future,
+}
+
+impl Future for Connecting {
+    type Output = Result<Connection<Uri, UpstreamStream>, ConnectError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (tcp, uri) = ready!(Pin::new(&mut self.tcp).poll(cx))?.into_parts();
+        if is_self_connect(tcp.local_addr(), tcp.peer_addr()) {
+            return Poll::Ready(Err(ConnectError::Io(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connected to itself: nothing listens on the server's port",
+            ))));
+        }
+        Poll::Ready(Ok(Connection::new(uri, UpstreamStream { tcp })))
+    }
+}
+
+/// Whether a socket is connected to itself. Connecting to a free port in the ephemeral range
+/// on the same host can pick that very port as the local one, and Linux then completes a TCP
+/// simultaneous open with itself: the connect succeeds though nothing listens, and the request
+/// would come back as its own response.
+fn is_self_connect(local: io::Result<SocketAddr>, peer: io::Result<SocketAddr>) -> bool {
+    matches!((local, peer), (Ok(local), Ok(peer)) if local == peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpSocket};
+
+    fn addr(text: &str) -> io::Result<SocketAddr> {
+        Ok(text.parse().unwrap())
+    }
+
+    #[test]
+    fn only_a_socket_whose_ends_are_one_address_is_self_connected() {
+        assert!(is_self_connect(
+            addr("127.0.0.1:40000"),
+            addr("127.0.0.1:40000")
+        ));
+        assert!(is_self_connect(addr("[::1]:40000"), addr("[::1]:40000")));
+        assert!(!is_self_connect(
+            addr("127.0.0.1:40000"),
+            addr("127.0.0.1:40001")
+        ));
+        assert!(!is_self_connect(
+            addr("127.0.0.1:40000"),
+            addr("127.0.0.2:40000")
+        ));
+        let unknown = || Err(io::ErrorKind::NotConnected.into());
+        assert!(!is_self_connect(addr("127.0.0.1:40000"), unknown()));
+        assert!(!is_self_connect(unknown(), unknown()));
+    }
+
+    #[tokio::test]
+    async fn a_socket_bound_to_the_address_it_connects_to_is_self_connected() {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let own = socket.local_addr().unwrap();
+        let Ok(tcp) = socket.connect(own).await else {
+            // Only some systems complete a simultaneous open with the same socket.
+            return;
+        };
+        assert!(is_self_connect(tcp.local_addr(), tcp.peer_addr()));
+    }
+
+    async fn connected(listener: &TcpListener) -> (UpstreamStream, tokio::net::TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (UpstreamStream { tcp: tcp.unwrap() }, accepted.unwrap().0)
+    }
+
+    /// Reads once, as awc does, and tells what the polls that completed the read saw.
+    async fn read_watched(stream: &mut UpstreamStream, buf: &mut [u8]) -> (usize, bool) {
+        let mut buf = ReadBuf::new(buf);
+        poll_fn(|cx| {
+            let (poll, eof) = watching_eof(|| Pin::new(&mut *stream).poll_read(cx, &mut buf));
+            poll.map(|res| {
+                res.unwrap();
+                (buf.filled().len(), eof)
+            })
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn end_of_file_is_seen_only_by_the_read_that_returns_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut upstream, mut server) = connected(&listener).await;
+        server.write_all(b"hello").await.unwrap();
+        drop(server);
+
+        let mut buf = [0; 16];
+        assert_eq!(read_watched(&mut upstream, &mut buf).await, (5, false));
+        assert_eq!(
+            read_watched(&mut upstream, &mut []).await,
+            (0, false),
+            "a read into no room is not end-of-file"
+        );
+
+        assert_eq!(upstream.read(&mut buf).await.unwrap(), 0);
+        let ((), eof) = watching_eof(|| ());
+        assert!(!eof, "a read before the watched call is not reported");
+
+        assert_eq!(read_watched(&mut upstream, &mut buf).await, (0, true));
+    }
+
+    #[actix_rt::test]
+    async fn the_connector_connects_and_refuses_nothing_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let connector = UpstreamConnector::default();
+        let (connection, accepted) =
+            tokio::join!(connector.call(ConnectInfo::new(uri)), listener.accept());
+        let (mut stream, _) = connection.unwrap().into_parts();
+        let (mut server, _) = accepted.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    #[actix_rt::test]
+    async fn awc_bounds_this_connector_by_its_connect_timeout() {
+        use std::time::{Duration, Instant};
+
+        // A listener whose accept queue is full drops further SYNs, so a connect hangs.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        let short = Duration::from_millis(200);
+        loop {
+            match tokio::time::timeout(short, TcpStream::connect(addr)).await {
+                Ok(stream) => queued.push(stream.unwrap()),
+                Err(_) => break,
+            }
+            if queued.len() > 64 {
+                // This system accepts the connections some other way; nothing hangs here.
+                return;
+            }
+        }
+
+        let connector = awc::Connector::new()
+            .connector(UpstreamConnector::default())
+            .timeout(short);
+        let client = awc::Client::builder().connector(connector).finish();
+        let started = Instant::now();
+        let err = client
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                awc::error::SendRequestError::Connect(awc::error::ConnectError::Timeout)
+            ),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(queued);
+    }
+}
