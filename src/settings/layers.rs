@@ -270,7 +270,8 @@ fn render(value: &Value) -> String {
 impl Loaded {
     /// Where the value at `key` came from: a file, an environment variable, or the default.
     pub fn origin(&self, key: &str) -> String {
-        describe_origin(nearest_origin(&self.layers.cache, key), key)
+        let origin = lookup(&self.layers.cache, key).and_then(leaf_origin);
+        describe_origin(origin, key)
     }
 
     /// The effective settings, one `key = value  # origin` line each.
@@ -285,8 +286,12 @@ impl Loaded {
     }
 
     fn invalid(&self, problem: validate::Problem) -> SettingsError {
+        // A key left unset inside a table a file wrote is blamed on that file.
         SettingsError::Invalid {
-            origin: self.origin(&problem.key),
+            origin: describe_origin(
+                nearest_origin(&self.layers.cache, &problem.key),
+                &problem.key,
+            ),
             key: problem.key,
             value: problem.value,
             problem: problem.problem,

@@ -521,7 +521,7 @@ impl Conn {
     /// Reads until the peer closes; true if it closed (rather than timing out).
     pub fn closed_by_peer(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        self.reader.read_to_end(&mut rest).is_ok()
     }
 }
 

@@ -2,4 +2,11 @@
 
 mod helpers;
 
+mod access_log;
+mod failures;
 mod forwarding;
+mod limits;
+mod memory;
+mod settings;
+mod shutdown;
+mod websocket;

@@ -9,6 +9,8 @@ use crate::helpers::*;
 
 /// A WebSocket echo server (tungstenite) that also echoes the request's `X-Forwarded-For`
 /// as its first message.
+// The handshake callback's error type is tungstenite's own, large by its design.
+#[allow(clippy::result_large_err)]
 fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
