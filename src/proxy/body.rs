@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use actix_rt::time::{sleep, Sleep};
+use actix_rt::time::Sleep;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::Version;
 use bytes::Bytes;
@@ -107,7 +107,7 @@ pub struct Completion {
     pub claim: Option<InFlight>,
     pub record: AccessRecord,
     pub log: AccessLog,
-    pub started: Instant,
+    pub started: Option<Instant>,
 }
 
 impl Completion {
@@ -115,7 +115,7 @@ impl Completion {
     pub fn finish(&mut self, bytes_sent: u64) {
         if self.log.enabled() {
             self.record.bytes_sent = bytes_sent;
-            self.record.duration = self.started.elapsed();
+            self.record.duration = self.started.map(|t| t.elapsed()).unwrap_or_default();
             self.log.write(&self.record);
         }
     }
@@ -161,7 +161,8 @@ pub struct ResponseBody<S> {
     inner: S,
     framing: Framing,
     idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    /// Armed only when the server first makes the body wait: most small bodies never do.
+    idle: Option<IdleTimer>,
     sent: u64,
     completion: Completion,
 }
@@ -173,7 +174,7 @@ impl<S> ResponseBody<S> {
             inner,
             framing: Framing::Close,
             idle_timeout,
-            idle: Box::pin(sleep(idle_timeout)),
+            idle: None,
             sent: 0,
             completion,
         }
@@ -216,17 +217,51 @@ where
         match poll {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.sent += chunk.len() as u64;
-                let deadline = actix_rt::time::Instant::now() + self.idle_timeout;
-                self.idle.as_mut().reset(deadline);
+                if let Some(idle) = &mut self.idle {
+                    idle.last_progress = actix_rt::time::Instant::now();
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(err))) => self.fail(ResponseFault::Broken(err.to_string())),
             Poll::Ready(None) if closed => self.fail(ResponseFault::Broken(truncated(framing))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => self.fail(ResponseFault::Idle),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => self.poll_idle(cx),
+        }
+    }
+}
+
+impl<S> ResponseBody<S> {
+    /// Fails the body once the server has sent nothing for `idle_timeout`. The timer is
+    /// pushed back only when it fires, not on every chunk.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ResponseFault>>> {
+        let idle_timeout = self.idle_timeout;
+        // Chunks before the first wait were not timed; the pause starts now.
+        let idle = self.idle.get_or_insert_with(|| IdleTimer::start(idle_timeout));
+        loop {
+            let deadline = idle.last_progress + idle_timeout;
+            if idle.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if actix_rt::time::Instant::now() >= deadline {
+                return self.fail(ResponseFault::Idle);
+            }
+            idle.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// The timer behind a response body's idle timeout.
+struct IdleTimer {
+    sleep: Pin<Box<Sleep>>,
+    last_progress: actix_rt::time::Instant,
+}
+
+impl IdleTimer {
+    fn start(idle_timeout: Duration) -> Self {
+        let now = actix_rt::time::Instant::now();
+        Self {
+            sleep: Box::pin(actix_rt::time::sleep_until(now + idle_timeout)),
+            last_progress: now,
         }
     }
 }
@@ -256,7 +291,7 @@ mod tests {
             claim: None,
             record: AccessRecord::default(),
             log: AccessLog::new(AccessLogFormat::Off),
-            started: Instant::now(),
+            started: None,
         }
     }
 
@@ -380,5 +415,31 @@ mod tests {
             .framed_by(Framing::Chunked);
         connector::note_eof();
         assert_eq!(collect(body).await, []);
+    }
+
+    #[actix_rt::test]
+    async fn a_server_pausing_longer_than_the_idle_timeout_fails_the_body() {
+        tokio::time::pause();
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"a"))]);
+        let stalled = first.chain(futures_util::stream::pending());
+        let mut body = ResponseBody::new(stalled, Duration::from_secs(30), completion());
+        assert!(body.next().await.unwrap().is_ok());
+        // A deadline in paused time, so a timer that never fires fails instead of hanging.
+        let next = tokio::time::timeout(Duration::from_secs(3600), body.next()).await;
+        assert!(matches!(next, Ok(Some(Err(ResponseFault::Idle)))));
+    }
+
+    #[actix_rt::test]
+    async fn a_slow_but_steady_server_is_never_timed_out() {
+        tokio::time::pause();
+        let steady = futures_util::stream::iter(0..5).then(|_| async {
+            actix_rt::time::sleep(Duration::from_secs(20)).await;
+            Ok::<_, std::io::Error>(Bytes::from_static(b"chunk"))
+        });
+        let mut body = ResponseBody::new(Box::pin(steady), Duration::from_secs(30), completion());
+        for _ in 0..5 {
+            assert!(body.next().await.unwrap().is_ok());
+        }
+        assert!(body.next().await.is_none());
     }
 }

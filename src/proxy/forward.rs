@@ -1,7 +1,5 @@
 //! Forwarding one request to a server and turning its answer into the client's response.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Instant;
 
 use actix_web::body::{BodyStream, BoxBody, SizedStream};
@@ -87,55 +85,98 @@ pub async fn forward(
     let mut request = client.request(req.method().clone(), upstream_uri(req, &server));
     *request.headers_mut() = upstream_headers;
 
-    let sent_at = Instant::now();
-    let (body, fault, body_sent) = RequestBody::new(payload, route.max_body_size);
-    let is_chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    let sending = match declared {
-        _ if is_chunked => request.send_body(BodyStream::new(body)),
-        Some(length) if length > 0 => request.send_body(SizedStream::new(length, body)),
-        _ => {
-            // No body: dropping it ends the wait for the upload, so the deadline runs now.
-            drop(body);
-            request.send_body(actix_web::body::None::new())
-        }
-    };
+    let sent_at = proxy.log.enabled().then(Instant::now);
     let response_timeout = pool.settings.response_timeout.get();
-    let deadline = async move {
-        let _ = body_sent.await;
-        actix_rt::time::sleep(response_timeout).await;
-    };
-    let outcome = select(sending, Box::pin(deadline)).await;
-    let response = match outcome {
-        Either::Left((Ok(response), _)) => response,
-        Either::Left((Err(err), _)) => {
-            let err = upstream_error(err, &fault);
+    let framing = RequestFraming::of(req, declared);
+    let response = match send(
+        request,
+        payload,
+        framing,
+        route.max_body_size,
+        response_timeout,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(err) => {
             if err.is_server_failure() {
                 claim.failed();
                 log::warn!("upstream {} in pool {}: {err}", server.address, pool.name);
             }
             return Err(err);
         }
-        Either::Right(_) => {
-            claim.failed();
-            log::warn!(
-                "upstream {} in pool {}: no response head within {:?}",
-                server.address,
-                pool.name,
-                response_timeout
-            );
-            return Err(ProxyError::ResponseTimeout);
-        }
     };
 
     exchange.record.status = response.status().as_u16();
     exchange.record.upstream_status = Some(response.status().as_u16());
-    exchange.record.upstream_time = Some(sent_at.elapsed());
+    exchange.record.upstream_time = sent_at.map(|t| t.elapsed());
     Ok(respond(
         req.method(),
         response,
         pool,
         exchange.completion(proxy.log, Some(claim)),
     ))
+}
+
+/// How the client framed its request body; the upstream request keeps the same framing.
+#[derive(Clone, Copy)]
+enum RequestFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl RequestFraming {
+    fn of(req: &HttpRequest, declared: Option<u64>) -> Self {
+        match declared {
+            _ if req.headers().contains_key(header::TRANSFER_ENCODING) => Self::Chunked,
+            Some(length) if length > 0 => Self::Length(length),
+            _ => Self::None,
+        }
+    }
+}
+
+/// Sends the request and waits for the response head, at most `response_timeout` after the
+/// request body has been sent (an upload of any length does not count against it).
+async fn send(
+    request: awc::ClientRequest,
+    payload: web::Payload,
+    framing: RequestFraming,
+    limit: Option<u64>,
+    response_timeout: std::time::Duration,
+) -> Result<awc::ClientResponse, ProxyError> {
+    let sending = match framing {
+        RequestFraming::None => {
+            let sending = request.send_body(actix_web::body::None::new());
+            return match actix_rt::time::timeout(response_timeout, sending).await {
+                Ok(result) => result.map_err(|err| upstream_error(err, None)),
+                Err(_) => Err(ProxyError::ResponseTimeout),
+            };
+        }
+        RequestFraming::Length(length) => {
+            let (body, fault, sent) = RequestBody::new(payload, limit);
+            (
+                request.send_body(SizedStream::new(length, body)),
+                fault,
+                sent,
+            )
+        }
+        RequestFraming::Chunked => {
+            let (body, fault, sent) = RequestBody::new(payload, limit);
+            (request.send_body(BodyStream::new(body)), fault, sent)
+        }
+    };
+    let (sending, fault, body_sent) = sending;
+    let deadline = std::pin::pin!(async move {
+        let _ = body_sent.await;
+        actix_rt::time::sleep(response_timeout).await;
+    });
+    match select(sending, deadline).await {
+        Either::Left((result, _)) => {
+            result.map_err(|err| upstream_error(err, fault.borrow_mut().take()))
+        }
+        Either::Right(_) => Err(ProxyError::ResponseTimeout),
+    }
 }
 
 /// Step 1: the request head's size against `max_request_header_size`.
@@ -225,8 +266,8 @@ fn upstream_headers(
 }
 
 /// Maps a failed exchange to the error the client sees, blaming the client when its body broke.
-fn upstream_error(err: SendRequestError, fault: &Rc<RefCell<Option<BodyFault>>>) -> ProxyError {
-    match fault.borrow_mut().take() {
+fn upstream_error(err: SendRequestError, fault: Option<BodyFault>) -> ProxyError {
+    match fault {
         Some(BodyFault::TooLarge) => return ProxyError::BodyTooLarge,
         Some(BodyFault::Client(reason)) => return ProxyError::BadRequestBody(reason),
         None => {}

@@ -111,7 +111,8 @@ impl Upstreams {
 
 /// One request on its way through: what the access log and the error page need.
 struct Exchange {
-    started: Instant,
+    /// When the request arrived; only taken when the access log needs it.
+    started: Option<Instant>,
     request_id: HeaderValue,
     record: AccessRecord,
 }
@@ -148,7 +149,7 @@ impl Exchange {
             };
         }
         Self {
-            started: Instant::now(),
+            started: log.enabled().then(Instant::now),
             request_id,
             record,
         }
