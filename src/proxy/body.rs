@@ -236,7 +236,9 @@ impl<S> ResponseBody<S> {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ResponseFault>>> {
         let idle_timeout = self.idle_timeout;
         // Chunks before the first wait were not timed; the pause starts now.
-        let idle = self.idle.get_or_insert_with(|| IdleTimer::start(idle_timeout));
+        let idle = self
+            .idle
+            .get_or_insert_with(|| IdleTimer::start(idle_timeout));
         loop {
             let deadline = idle.last_progress + idle_timeout;
             if idle.sleep.as_mut().poll(cx).is_pending() {

@@ -238,10 +238,7 @@ fn upstream_headers(
     request_id: &HeaderValue,
 ) -> HeaderMap {
     let incoming = req.headers();
-    let mut out = HeaderMap::with_capacity(incoming.len() + 6);
-    for (name, value) in headers::upstream_request_headers(incoming) {
-        out.append(name.clone(), value.clone());
-    }
+    let mut out = headers::upstream_request_headers(incoming);
     let host_value = host.and_then(|host| HeaderValue::from_str(host).ok());
     if let Some(value) = pool.host_header.clone().or_else(|| host_value.clone()) {
         out.insert(header::HOST, value);
@@ -290,10 +287,13 @@ fn respond(
     let status = upstream.status();
     let length = declared_length(upstream.headers());
     let framing = Framing::of(upstream.version(), upstream.headers());
-    let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 2);
-    for (name, value) in headers::downstream_response_headers(upstream.headers()) {
-        headers.append(name.clone(), value.clone());
-    }
+    // The server's header map is taken, not copied: the body no longer needs it.
+    let mut headers = HeaderMap::new();
+    let upstream = upstream.map_body(|head, payload| {
+        headers = std::mem::take(&mut head.headers);
+        payload
+    });
+    headers::downstream_response_headers(&mut headers);
     let idle = pool.settings.response_timeout.get();
     let body = ResponseBody::new(upstream, idle, completion).framed_by(framing);
     let body = if headers::response_has_no_body(method, status.as_u16()) {

@@ -23,45 +23,54 @@ const REBUILT_UPSTREAM: [HeaderName; 4] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Whether `name` is listed by a `Connection` header in `headers` (its options are hop-by-hop too).
-fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers.get_all(header::CONNECTION).any(|value| {
-        value.to_str().is_ok_and(|list| {
-            list.split(',')
-                .any(|option| option.trim().eq_ignore_ascii_case(name.as_str()))
-        })
-    })
-}
-
-/// Whether a header travels end to end. `keep_upgrade` keeps `Upgrade` for a relayed upgrade.
-pub fn is_end_to_end(headers: &HeaderMap, name: &HeaderName, keep_upgrade: bool) -> bool {
-    if keep_upgrade && name == header::UPGRADE {
-        return true;
+/// Header names a message's `Connection` header lists, leaving out the tokens that name no
+/// header gatehouse would otherwise keep (`close`, `keep-alive`, `upgrade`). Most messages
+/// list nothing else, so this rarely allocates.
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(list) = value.to_str() else { continue };
+        for option in list.split(',').map(str::trim) {
+            let common = ["close", "keep-alive", "upgrade", ""]
+                .iter()
+                .any(|token| option.eq_ignore_ascii_case(token));
+            if !common {
+                if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
     }
-    !HOP_BY_HOP.contains(name) && !named_by_connection(headers, name)
+    named
 }
 
-/// The end-to-end request headers to forward, leaving out those gatehouse rebuilds.
-pub fn upstream_request_headers(
-    incoming: &HeaderMap,
-) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-    incoming.iter().filter(move |(name, _)| {
-        !REBUILT_UPSTREAM.contains(name)
-            && !is_forwarding_header(name)
-            && is_end_to_end(incoming, name, false)
-    })
+/// Removes hop-by-hop headers in place: the fixed list and every header `Connection` names.
+/// `keep_upgrade` keeps `Upgrade` for a relayed upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named = connection_options(headers);
+    headers.retain(|name, _| {
+        (keep_upgrade && name == header::UPGRADE)
+            || (!HOP_BY_HOP.contains(name) && !named.contains(name))
+    });
 }
 
-/// The end-to-end response headers to return, leaving out those gatehouse rebuilds.
-pub fn downstream_response_headers(
-    upstream: &HeaderMap,
-) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-    upstream.iter().filter(move |(name, _)| {
-        *name != header::CONTENT_LENGTH
-            && *name != header::SERVER
-            && *name != X_REQUEST_ID
-            && is_end_to_end(upstream, name, false)
-    })
+/// The request headers to forward: the client's end-to-end headers (repeats kept), without
+/// those gatehouse rebuilds.
+pub fn upstream_request_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers, false);
+    for name in REBUILT_UPSTREAM.iter().chain(&FORWARDING) {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// Turns a server's response headers into the client's, in place.
+pub fn downstream_response_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers, false);
+    for name in [header::CONTENT_LENGTH, header::SERVER, X_REQUEST_ID] {
+        headers.remove(name);
+    }
 }
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -71,9 +80,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Forwarding headers gatehouse writes itself; a client's copies are replaced (`X-Forwarded-For`
 /// is rebuilt with the client's list kept in front).
-fn is_forwarding_header(name: &HeaderName) -> bool {
-    *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
-}
+const FORWARDING: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
 
 /// `X-Forwarded-For` with the client's address appended to any list it already had.
 pub fn x_forwarded_for(incoming: &HeaderMap, client: &str) -> Option<HeaderValue> {
@@ -109,8 +116,8 @@ mod tests {
         map
     }
 
-    fn names<'a>(it: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> Vec<String> {
-        let mut names: Vec<String> = it.map(|(name, _)| name.to_string()).collect();
+    fn names(map: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<String> = map.iter().map(|(name, _)| name.to_string()).collect();
         names.sort();
         names
     }
@@ -130,14 +137,14 @@ mod tests {
             ("cookie", "b=2"),
         ]);
         assert_eq!(
-            names(upstream_request_headers(&incoming)),
+            names(&upstream_request_headers(&incoming)),
             ["accept", "cookie", "cookie"]
         );
     }
 
     #[test]
     fn response_keeps_repeated_set_cookie_and_drops_framing() {
-        let upstream = map(&[
+        let mut upstream = map(&[
             ("set-cookie", "a=1"),
             ("set-cookie", "b=2"),
             ("transfer-encoding", "chunked"),
@@ -146,7 +153,10 @@ mod tests {
             ("trailer", "x-checksum"),
         ]);
         assert_eq!(
-            names(downstream_response_headers(&upstream)),
+            {
+                downstream_response_headers(&mut upstream);
+                names(&upstream)
+            },
             ["set-cookie", "set-cookie"]
         );
     }

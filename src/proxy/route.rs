@@ -33,11 +33,15 @@ impl HostPattern {
         })
     }
 
-    /// Whether a lowercase host without port matches.
+    /// Whether a host without port matches, ignoring ASCII case.
     fn matches(&self, host: &str) -> bool {
+        let host = host.as_bytes();
         match self {
-            Self::Exact(name) => host == name,
-            Self::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            Self::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
+            Self::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            }
             Self::Any => true,
         }
     }
@@ -93,20 +97,20 @@ impl<T> RouteTable<T> {
 
     /// The route for a request; `host` may carry a port and any case.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route<T>> {
-        let host = host.map(normalize_host).unwrap_or_default();
+        let host = host.map(without_port).unwrap_or_default();
         self.routes
             .iter()
-            .find(|route| route.host.matches(&host) && path.starts_with(route.path.as_str()))
+            .find(|route| route.host.matches(host) && path.starts_with(route.path.as_str()))
     }
 }
 
-/// Lowercases a Host value and drops its port (`[::1]:80` keeps its brackets).
-fn normalize_host(host: &str) -> String {
-    let without_port = match host.rfind(':') {
+/// A Host value without its port or a trailing dot (`[::1]:80` keeps its brackets).
+fn without_port(host: &str) -> &str {
+    let host = match host.rfind(':') {
         Some(at) if !host[at..].contains(']') => &host[..at],
         _ => host,
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    host.trim_end_matches('.')
 }
 
 #[cfg(test)]
@@ -187,9 +191,15 @@ mod tests {
 
     #[test]
     fn hosts_lose_port_and_case() {
-        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
-        assert_eq!(normalize_host("[::1]:80"), "[::1]");
-        assert_eq!(normalize_host("[::1]"), "[::1]");
-        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(without_port("Example.COM:8080"), "Example.COM");
+        assert_eq!(without_port("[::1]:80"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
+        assert_eq!(without_port("example.com."), "example.com");
+        assert!(HostPattern::parse("*.example.com")
+            .unwrap()
+            .matches("WWW.Example.COM"));
+        assert!(!HostPattern::parse("*.example.com")
+            .unwrap()
+            .matches("é.com"));
     }
 }

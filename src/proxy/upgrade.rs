@@ -125,16 +125,11 @@ pub async fn relay(
             }
         },
     );
-    let out = response.headers_mut();
-    for (name, value) in response_headers.iter() {
-        let keep_upgrade = switching;
-        if *name != header::CONTENT_LENGTH
-            && *name != header::SERVER
-            && headers::is_end_to_end(&response_headers, name, keep_upgrade)
-        {
-            out.append(name.clone(), value.clone());
-        }
-    }
+    let mut response_headers = response_headers;
+    headers::strip_hop_by_hop(&mut response_headers, switching);
+    response_headers.remove(header::CONTENT_LENGTH);
+    response_headers.remove(header::SERVER);
+    *response.headers_mut() = response_headers;
     if switching {
         // Otherwise actix-http would announce "close, upgrade", which clients reject.
         response

@@ -307,3 +307,15 @@ fn keep_alive_connections_carry_many_requests() {
     }
     assert_eq!(origin.hits(), 20);
 }
+
+#[test]
+fn redirects_are_returned_to_the_client_not_followed() {
+    let origin = RawOrigin::start(
+        b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+    );
+    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let response = get(proxy.addr, "/old");
+    assert_eq!(response.status, 302);
+    assert_eq!(response.header("location"), Some("/elsewhere"));
+    assert_eq!(origin.requests.lock().unwrap().len(), 1);
+}
