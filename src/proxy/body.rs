@@ -95,8 +95,8 @@ where
 /// Why a response body stopped early; the client's connection is then aborted.
 #[derive(Debug, thiserror::Error)]
 pub enum ResponseFault {
-    #[error("the server paused longer than response_timeout mid-body")]
-    Idle,
+    #[error("the server sent nothing for {0:?} mid-body")]
+    Idle(Duration),
     #[error("the server broke off the response: {0}")]
     Broken(String),
 }
@@ -245,7 +245,7 @@ impl<S> ResponseBody<S> {
                 return Poll::Pending;
             }
             if actix_rt::time::Instant::now() >= deadline {
-                return self.fail(ResponseFault::Idle);
+                return self.fail(ResponseFault::Idle(idle_timeout));
             }
             idle.sleep.as_mut().reset(deadline);
         }
@@ -428,7 +428,7 @@ mod tests {
         assert!(body.next().await.unwrap().is_ok());
         // A deadline in paused time, so a timer that never fires fails instead of hanging.
         let next = tokio::time::timeout(Duration::from_secs(3600), body.next()).await;
-        assert!(matches!(next, Ok(Some(Err(ResponseFault::Idle)))));
+        assert!(matches!(next, Ok(Some(Err(ResponseFault::Idle(_))))));
     }
 
     #[actix_rt::test]

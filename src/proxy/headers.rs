@@ -82,11 +82,13 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// is rebuilt with the client's list kept in front).
 const FORWARDING: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
 
-/// `X-Forwarded-For` with the client's address appended to any list it already had.
+/// `X-Forwarded-For` with the client's address appended to any list it already had; values
+/// that are not visible ASCII are dropped, never the client's address.
 pub fn x_forwarded_for(incoming: &HeaderMap, client: &str) -> Option<HeaderValue> {
     let mut list = String::new();
     for value in incoming.get_all(X_FORWARDED_FOR) {
-        let value = value.to_str().ok()?.trim();
+        let Ok(value) = value.to_str() else { continue };
+        let value = value.trim();
         if !value.is_empty() {
             list.push_str(value);
             list.push_str(", ");
@@ -170,5 +172,11 @@ mod tests {
         let value = x_forwarded_for(&incoming, "127.0.0.1").unwrap();
         assert_eq!(value, "203.0.113.7, 10.0.0.1, 127.0.0.1");
         assert_eq!(x_forwarded_for(&HeaderMap::new(), "::1").unwrap(), "::1");
+        let mut odd = HeaderMap::new();
+        odd.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
+        assert_eq!(x_forwarded_for(&odd, "127.0.0.1").unwrap(), "127.0.0.1");
     }
 }
