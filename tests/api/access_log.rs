@@ -1,10 +1,6 @@
 //! The access log on the binary's stdout: JSON lines, NGINX combined lines, or nothing.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
@@ -376,48 +372,13 @@ fn combined_access_log_matches_the_nginx_format() {
 /// Runs the binary with `toml`, calls `traffic` with its address, stops it with SIGTERM,
 /// and returns everything it wrote to stdout until it exited.
 fn stdout_until_exit(toml: &str, traffic: impl FnOnce(SocketAddr)) -> String {
-    let dir = TempDir::new();
-    let config = dir.write("gatehouse.toml", toml);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("--config")
-        .arg(&config)
-        .current_dir(&dir.0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gatehouse binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some((_, rest)) = line.split_once("listening on http://") {
-                let addr = rest.split_whitespace().next().unwrap().to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let (out_tx, out_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        let _ = out_tx.send(text);
-    });
-    let addr = match rx.recv_timeout(DEADLINE) {
-        Ok(addr) => addr.parse().unwrap(),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("gatehouse binary not listening");
-        }
-    };
-    traffic(addr);
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+    let process = Process::start(toml);
+    traffic(process.addr);
+    let mut text = process.stdout_until_exit().join("\n");
+    if !text.is_empty() {
+        text.push('\n');
     }
-    let text = out_rx.recv_timeout(DEADLINE);
-    let _ = child.kill();
-    let _ = child.wait();
-    text.expect("stdout closes when gatehouse exits")
+    text
 }
 
 #[test]

@@ -564,6 +564,7 @@ pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
     stdout: Arc<Mutex<Vec<String>>>,
+    stdout_closed: mpsc::Receiver<()>,
     _dir: TempDir,
 }
 
@@ -594,10 +595,12 @@ impl Process {
         let stdout_lines = Arc::new(Mutex::new(Vec::new()));
         let sink = stdout_lines.clone();
         let stdout = child.stdout.take().unwrap();
+        let (closed_tx, stdout_closed) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
+            let _ = closed_tx.send(());
         });
         let addr = rx
             .recv_timeout(DEADLINE)
@@ -606,6 +609,7 @@ impl Process {
             child,
             addr: addr.parse().unwrap(),
             stdout: stdout_lines,
+            stdout_closed,
             _dir: dir,
         }
     }
@@ -641,6 +645,16 @@ impl Process {
             thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Stops the process with SIGTERM and returns every line it wrote to stdout.
+    pub fn stdout_until_exit(self) -> Vec<String> {
+        self.signal(libc::SIGTERM);
+        self.stdout_closed
+            .recv_timeout(DEADLINE)
+            .expect("stdout closes when gatehouse exits");
+        let lines = self.stdout.lock().unwrap().clone();
+        lines
     }
 
     /// Waits until at least `n` stdout lines arrived; returns them.
