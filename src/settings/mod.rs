@@ -22,6 +22,7 @@ pub use units::{ByteSize, Duration};
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub admin: AdminSettings,
     pub log: LogSettings,
     pub routes: Vec<RouteSettings>,
     pub pools: BTreeMap<String, PoolSettings>,
@@ -70,6 +71,25 @@ impl ServerSettings {
         match self.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
+        }
+    }
+}
+
+/// `[admin]`: the admin API.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Where the admin API listens; a non-loopback address requires `token`.
+    pub listen: SocketAddr,
+    /// When set, every admin call needs `Authorization: Bearer TOKEN`.
+    pub token: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token: String::new(),
         }
     }
 }

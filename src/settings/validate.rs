@@ -25,6 +25,7 @@ fn problem(key: String, value: impl std::fmt::Display, problem: impl Into<String
 /// Returns the first problem found, in the order an operator reads the file.
 pub fn check(settings: &Settings) -> Result<(), Problem> {
     check_server(settings)?;
+    check_admin(settings)?;
     check_routes(settings)?;
     check_pools(settings)
 }
@@ -58,6 +59,25 @@ fn check_server(settings: &Settings) -> Result<(), Problem> {
             format!("{:?}", server.server_header),
             "is not a valid header value",
         ));
+    }
+    Ok(())
+}
+
+fn check_admin(settings: &Settings) -> Result<(), Problem> {
+    let admin = &settings.admin;
+    if !admin.listen.ip().is_loopback() && admin.token.is_empty() {
+        return Err(problem(
+            "admin.token".into(),
+            "\"\"",
+            format!(
+                "the admin API listens on {}, beyond loopback: set a token (e.g. from {})",
+                admin.listen,
+                super::layers::env_name("admin.token")
+            ),
+        ));
+    }
+    if admin.token.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(problem("admin.token".into(), "(hidden)", "use visible ASCII characters only"));
     }
     Ok(())
 }
