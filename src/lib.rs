@@ -4,6 +4,7 @@
 //! in-process with [`Gatehouse::start`] on port 0.
 
 pub mod access_log;
+pub mod admin;
 pub mod cli;
 pub mod demo;
 pub mod pool;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix_web::dev::{Server as HttpServerRunning, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
+use crate::admin::{self, Admin};
 use crate::pool::{PoolError, PoolHandle};
 use crate::proxy::{self, Proxy, Upstreams};
 use crate::settings::Settings;
@@ -16,6 +17,11 @@ use crate::settings::Settings;
 pub enum StartError {
     #[error("cannot listen on {address}: {source}")]
     Listen {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot start the admin API on {address}: {source}")]
+    Admin {
         address: SocketAddr,
         source: io::Error,
     },
@@ -29,6 +35,8 @@ pub enum StartError {
 pub struct Gatehouse {
     listeners: Vec<SocketAddr>,
     server: HttpServerRunning,
+    admin: HttpServerRunning,
+    admin_address: SocketAddr,
     pools: Vec<(String, PoolHandle)>,
 }
 
@@ -46,6 +54,13 @@ impl Gatehouse {
             pools.push((name.clone(), handle));
         }
         let proxy = web::Data::new(Proxy::new(&settings, &pools).map_err(StartError::Routes)?);
+        let (admin, admin_address) =
+            admin::start(Admin::new(&settings, &pools), settings.admin.listen).map_err(
+                |source| StartError::Admin {
+                    address: settings.admin.listen,
+                    source,
+                },
+            )?;
         let server = &settings.server;
         let workers = server.worker_count();
         let mut http = HttpServer::new(move || {
@@ -75,6 +90,8 @@ impl Gatehouse {
         Ok(Self {
             listeners,
             server: http.run(),
+            admin,
+            admin_address,
             pools,
         })
     }
@@ -82,6 +99,11 @@ impl Gatehouse {
     /// The addresses the client listeners are bound to.
     pub fn listeners(&self) -> &[SocketAddr] {
         &self.listeners
+    }
+
+    /// The address the admin API is bound to.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_address
     }
 
     /// A pool by name, for tests and the admin side.
@@ -100,12 +122,16 @@ impl Gatehouse {
     /// Runs until stopped by a handle or by SIGTERM/SIGINT (graceful either way).
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
+        let admin = self.admin.handle();
         actix_rt::spawn(async move {
             shutdown_signal().await;
             log::info!("stopping: no new connections; in-flight requests may finish");
             handle.stop(true).await;
         });
-        self.server.await
+        actix_rt::spawn(self.admin);
+        let result = self.server.await;
+        admin.stop(false).await;
+        result
     }
 }
 

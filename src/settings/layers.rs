@@ -281,7 +281,14 @@ impl Loaded {
         flatten(&tree, String::new(), &mut lines);
         lines
             .into_iter()
-            .map(|(key, value)| format!("{key} = {value}  # {}\n", self.origin(&key)))
+            .map(|(key, value)| {
+                // A secret is never printed, only whether it is set.
+                let value = match key.as_str() {
+                    "admin.token" if value != "\"\"" => "(set)".to_string(),
+                    _ => value,
+                };
+                format!("{key} = {value}  # {}\n", self.origin(&key))
+            })
             .collect()
     }
 

@@ -60,12 +60,20 @@ pub fn settings(toml: &str) -> Settings {
     let sources = Sources {
         settings_dir: Some(dir.0.join("none")),
         config: Some(file),
-        env: Some(HashMap::new()),
+        env: Some(test_env()),
     };
     match settings::load(&sources) {
         Ok(loaded) => loaded.settings,
         Err(err) => panic!("test settings invalid: {err}"),
     }
+}
+
+/// The environment every test gatehouse gets: its admin API on an ephemeral port.
+fn test_env() -> HashMap<String, String> {
+    HashMap::from([(
+        "GATEHOUSE__ADMIN__LISTEN".to_string(),
+        "127.0.0.1:0".to_string(),
+    )])
 }
 
 /// Settings for one pool `web` of the given servers behind a listener on port 0.
@@ -84,6 +92,7 @@ pub fn one_pool(servers: &[SocketAddr], extra: &str) -> String {
 /// A gatehouse running in-process on its own actix system thread; stopped on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     handle: actix_web::dev::ServerHandle,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -96,14 +105,15 @@ impl Proxy {
                 let gatehouse = gatehouse::Gatehouse::start(settings)
                     .await
                     .expect("gatehouse starts");
-                tx.send((gatehouse.listeners()[0], gatehouse.handle()))
-                    .unwrap();
+                let addrs = (gatehouse.listeners()[0], gatehouse.admin_address());
+                tx.send((addrs, gatehouse.handle())).unwrap();
                 gatehouse.run_until_stopped().await.unwrap();
             })
         });
-        let (addr, handle) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
+        let ((addr, admin), handle) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
         Self {
             addr,
+            admin,
             handle,
             thread: Some(thread),
         }
@@ -576,6 +586,7 @@ impl Process {
             .arg("--config")
             .arg(&config)
             .current_dir(&dir.0)
+            .envs(test_env())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

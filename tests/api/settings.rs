@@ -529,6 +529,7 @@ fn run_to_exit(dir: &Path, config: &Path) -> (Option<i32>, String) {
         .arg("--config")
         .arg(config)
         .current_dir(dir)
+        .env("GATEHOUSE__ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
