@@ -3,6 +3,7 @@
 mod helpers;
 
 mod access_log;
+mod admin;
 mod failures;
 mod forwarding;
 mod limits;
