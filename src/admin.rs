@@ -34,11 +34,8 @@ impl Admin {
         }
     }
 
-    fn pool(&self, name: &str) -> Result<&PoolHandle, HttpResponse> {
-        self.pools
-            .get(name)
-            .map(|(handle, _)| handle)
-            .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no pool named {name:?}")))
+    fn pool(&self, name: &str) -> Option<&PoolHandle> {
+        self.pools.get(name).map(|(handle, _)| handle)
     }
 
     /// One pool as JSON: its algorithm and every server with its counters.
@@ -64,6 +61,10 @@ impl Admin {
 /// A JSON error body: `{"error": "..."}`.
 fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": message.into() }))
+}
+
+fn no_pool(name: &str) -> HttpResponse {
+    error(StatusCode::NOT_FOUND, format!("no pool named {name:?}"))
 }
 
 /// Whether the caller presented the token, when one is set.
@@ -126,9 +127,8 @@ async fn add_server(
     name: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let pool = match admin.pool(&name) {
-        Ok(pool) => pool,
-        Err(response) => return response,
+    let Some(pool) = admin.pool(&name) else {
+        return no_pool(&name);
     };
     let new: NewServer = match serde_json::from_slice(&body) {
         Ok(new) => new,
@@ -165,9 +165,8 @@ async fn remove_server(
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (name, address) = path.into_inner();
-    let pool = match admin.pool(&name) {
-        Ok(pool) => pool,
-        Err(response) => return response,
+    let Some(pool) = admin.pool(&name) else {
+        return no_pool(&name);
     };
     match pool.remove_server(&address).await {
         Ok(()) => {
