@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use actix_web::dev::Server as RunningServer;
 use actix_web::http::{header, StatusCode};
@@ -14,28 +15,48 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::pool::{PoolError, PoolHandle};
+use crate::proxy::SharedProxy;
 use crate::settings::{Balance, Settings};
+use crate::supervisor::{ReloadError, SupervisorHandle};
 
-/// What the admin handlers read: the pools by name, and the token callers must present.
+/// What the admin handlers read: the running pools (from the request path's published state),
+/// the settings supervisor, and the token callers must present.
 pub struct Admin {
-    pools: BTreeMap<String, (PoolHandle, Balance)>,
+    shared: Arc<SharedProxy>,
+    supervisor: SupervisorHandle,
     token: String,
 }
 
 impl Admin {
-    pub fn new(settings: &Settings, pools: &[(String, PoolHandle)]) -> Self {
-        let pools = pools
-            .iter()
-            .map(|(name, handle)| (name.clone(), (handle.clone(), settings.pools[name].balance)))
-            .collect();
+    pub fn new(
+        settings: &Settings,
+        shared: Arc<SharedProxy>,
+        supervisor: SupervisorHandle,
+    ) -> Self {
         Self {
-            pools,
+            shared,
+            supervisor,
             token: settings.admin.token.clone(),
         }
     }
 
-    fn pool(&self, name: &str) -> Option<&PoolHandle> {
-        self.pools.get(name).map(|(handle, _)| handle)
+    /// The running pools by name.
+    fn pools(&self) -> BTreeMap<String, (PoolHandle, Balance)> {
+        self.shared
+            .load()
+            .pools
+            .iter()
+            .map(|pool| {
+                (
+                    pool.name.to_string(),
+                    (pool.handle.clone(), pool.settings.balance),
+                )
+            })
+            .collect()
+    }
+
+    fn pool(&self, name: &str) -> Option<PoolHandle> {
+        self.pools().remove(name).map(|(handle, _)| handle)
     }
 
     /// One pool as JSON: its algorithm and every server with its counters.
@@ -91,7 +112,7 @@ fn caller(req: &HttpRequest) -> String {
 
 async fn list_pools(admin: web::Data<Admin>) -> HttpResponse {
     let pools: Vec<serde_json::Value> = admin
-        .pools
+        .pools()
         .iter()
         .map(|(name, (handle, balance))| admin.describe(name, handle, *balance))
         .collect();
@@ -99,7 +120,7 @@ async fn list_pools(admin: web::Data<Admin>) -> HttpResponse {
 }
 
 async fn show_pool(admin: web::Data<Admin>, name: web::Path<String>) -> HttpResponse {
-    match admin.pools.get(name.as_str()) {
+    match admin.pools().get(name.as_str()) {
         Some((handle, balance)) => HttpResponse::Ok().json(admin.describe(&name, handle, *balance)),
         None => error(
             StatusCode::NOT_FOUND,
@@ -177,6 +198,16 @@ async fn remove_server(
     }
 }
 
+/// `POST /reload`: the same as SIGHUP; answers what changed, or why nothing did.
+async fn reload(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
+    log::info!("admin {}: reload requested", caller(&req));
+    match admin.supervisor.reload().await {
+        Ok(report) => HttpResponse::Ok().json(report),
+        Err(err @ ReloadError::Settings(_)) => error(StatusCode::BAD_REQUEST, err.to_string()),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
 fn pool_error(err: PoolError) -> HttpResponse {
     let status = match err {
         PoolError::Duplicate(_) => StatusCode::CONFLICT,
@@ -250,6 +281,7 @@ pub fn start(admin: Admin, listen: SocketAddr) -> std::io::Result<(RunningServer
                 "/pools/{name}/servers/{address}",
                 web::delete().to(remove_server),
             )
+            .route("/reload", web::post().to(reload))
             .default_service(web::to(not_found))
     })
     .workers(1)

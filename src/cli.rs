@@ -59,7 +59,7 @@ pub fn main() -> ExitCode {
         eprintln!("gatehouse: settings are valid");
         return ExitCode::SUCCESS;
     }
-    exit(crate::run(loaded.settings))
+    exit(crate::run(loaded.settings, sources))
 }
 
 fn exit(result: std::io::Result<()>) -> ExitCode {

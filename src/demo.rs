@@ -70,6 +70,7 @@ pub fn run() -> io::Result<()> {
         ..Sources::default()
     };
     let loaded = settings::load(&sources).map_err(|err| io::Error::other(err.to_string()))?;
+    let settings = loaded.settings;
     actix_rt::System::new().block_on(async move {
         let mut origins = Vec::new();
         for (index, address) in ORIGINS.iter().enumerate() {
@@ -81,7 +82,7 @@ pub fn run() -> io::Result<()> {
         for server in origins {
             actix_rt::spawn(server);
         }
-        let gatehouse = Gatehouse::start(loaded.settings)
+        let gatehouse = Gatehouse::start_with(settings, sources)
             .await
             .map_err(|err| io::Error::other(err.to_string()))?;
         let address = gatehouse.listeners()[0];

@@ -8,9 +8,10 @@ use actix_web::dev::{Server as HttpServerRunning, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
 use crate::admin::{self, Admin};
-use crate::pool::{PoolError, PoolHandle};
-use crate::proxy::{self, Proxy, Upstreams};
-use crate::settings::Settings;
+use crate::pool::PoolHandle;
+use crate::proxy::{self, Upstreams};
+use crate::settings::{Settings, Sources};
+use crate::supervisor::{ReloadError, SupervisorHandle};
 
 /// Why gatehouse could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +26,8 @@ pub enum StartError {
         address: SocketAddr,
         source: io::Error,
     },
-    #[error("pool {pool}: {source}")]
-    Pool { pool: String, source: PoolError },
-    #[error("routes: {0}")]
-    Routes(String),
+    #[error("{0}")]
+    Settings(ReloadError),
 }
 
 /// A running gatehouse: its bound addresses, and the means to stop it.
@@ -38,35 +37,35 @@ pub struct Gatehouse {
     admin: HttpServerRunning,
     admin_address: SocketAddr,
     pools: Vec<(String, PoolHandle)>,
+    supervisor: SupervisorHandle,
 }
 
 impl Gatehouse {
     /// Starts pools and listeners. Call inside an actix system; port 0 binds a free port.
     pub async fn start(settings: Settings) -> Result<Self, StartError> {
-        let mut pools = Vec::with_capacity(settings.pools.len());
-        for (name, pool) in &settings.pools {
-            let handle = PoolHandle::from_settings(name, pool)
-                .await
-                .map_err(|source| StartError::Pool {
-                    pool: name.clone(),
-                    source,
-                })?;
-            pools.push((name.clone(), handle));
-        }
-        let proxy = web::Data::new(Proxy::new(&settings, &pools).map_err(StartError::Routes)?);
-        let (admin, admin_address) =
-            admin::start(Admin::new(&settings, &pools), settings.admin.listen).map_err(
-                |source| StartError::Admin {
-                    address: settings.admin.listen,
-                    source,
-                },
-            )?;
+        Self::start_with(settings, Sources::default()).await
+    }
+
+    /// Starts from `settings`, re-reading `sources` on each reload (SIGHUP, `POST /reload`).
+    pub async fn start_with(settings: Settings, sources: Sources) -> Result<Self, StartError> {
+        let (supervisor, shared, pools) = SupervisorHandle::start(sources, settings.clone())
+            .await
+            .map_err(StartError::Settings)?;
+        let (admin, admin_address) = admin::start(
+            Admin::new(&settings, shared.clone(), supervisor.clone()),
+            settings.admin.listen,
+        )
+        .map_err(|source| StartError::Admin {
+            address: settings.admin.listen,
+            source,
+        })?;
         let server = &settings.server;
         let workers = server.worker_count();
+        let shared = web::Data::from(shared);
         let mut http = HttpServer::new(move || {
-            let upstreams = web::Data::new(Upstreams::new(&proxy));
+            let upstreams = web::Data::new(Upstreams::default());
             App::new()
-                .app_data(proxy.clone())
+                .app_data(shared.clone())
                 .app_data(upstreams)
                 .default_service(web::to(proxy::handle))
         })
@@ -93,6 +92,7 @@ impl Gatehouse {
             admin,
             admin_address,
             pools,
+            supervisor,
         })
     }
 
@@ -129,6 +129,7 @@ impl Gatehouse {
             handle.stop(true).await;
         });
         actix_rt::spawn(self.admin);
+        actix_rt::spawn(reload_on_hangup(self.supervisor.clone()));
         let result = self.server.await;
         admin.stop(false).await;
         result
@@ -151,10 +152,24 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reloads the settings on every SIGHUP, as long as gatehouse runs.
+async fn reload_on_hangup(supervisor: SupervisorHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        log::error!("cannot listen for SIGHUP; reload with POST /reload on the admin API");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        log::info!("SIGHUP received: reloading settings");
+        // The supervisor logs the outcome.
+        let _ = supervisor.reload().await;
+    }
+}
+
 /// Runs gatehouse from settings until it is stopped; what `main` calls.
-pub fn run(settings: Settings) -> io::Result<()> {
+pub fn run(settings: Settings, sources: Sources) -> io::Result<()> {
     actix_rt::System::new().block_on(async move {
-        let gatehouse = Gatehouse::start(settings)
+        let gatehouse = Gatehouse::start_with(settings, sources)
             .await
             .map_err(|err| io::Error::other(err.to_string()))?;
         gatehouse.run_until_stopped().await

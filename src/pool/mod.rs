@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 pub use balance::{balancer, Balancer};
 pub use server::{parse_address, InFlight, Server, ServerStats};
 
-use crate::settings::{Balance, PoolSettings};
+use crate::settings::{Balance, PoolSettings, ServerEntry};
 
 /// What the request path reads: the pool's servers and its balancing state.
 #[derive(Debug)]
@@ -70,6 +70,15 @@ impl Pool {
         Ok(())
     }
 
+    /// Takes a pool's settings as a whole (a reload): servers whose entry did not change keep
+    /// their object and counters, changed ones start afresh, missing ones leave. One publish.
+    fn reconfigure(&mut self, balance: Balance, wanted: &[ServerEntry]) -> Result<(), PoolError> {
+        self.servers = merge(&self.servers, wanted)?;
+        self.balance = balance;
+        self.publish();
+        Ok(())
+    }
+
     fn remove(&mut self, address: &str) -> Result<(), PoolError> {
         let before = self.servers.len();
         self.servers.retain(|s| &*s.address != address);
@@ -83,6 +92,27 @@ impl Pool {
 
 impl Actor for Pool {
     type Context = Context<Self>;
+}
+
+/// The servers a pool should have: kept from `current` where the entry is unchanged.
+fn merge(current: &[Arc<Server>], wanted: &[ServerEntry]) -> Result<Vec<Arc<Server>>, PoolError> {
+    wanted
+        .iter()
+        .map(|entry| {
+            let unchanged = current
+                .iter()
+                .find(|server| *server.address == *entry.address && server.weight == entry.weight);
+            match unchanged {
+                Some(server) => Ok(server.clone()),
+                None => Server::new(&entry.address, entry.weight)
+                    .map(Arc::new)
+                    .map_err(|reason| PoolError::Address {
+                        address: entry.address.clone(),
+                        reason,
+                    }),
+            }
+        })
+        .collect()
 }
 
 /// Why a membership change was refused.
@@ -104,6 +134,22 @@ pub enum PoolError {
 pub struct AddServer {
     pub address: String,
     pub weight: u32,
+}
+
+/// Replaces the pool's algorithm and servers with those of new settings.
+#[derive(Message)]
+#[rtype(result = "Result<(), PoolError>")]
+pub struct Reconfigure {
+    pub balance: Balance,
+    pub servers: Vec<ServerEntry>,
+}
+
+impl Handler<Reconfigure> for Pool {
+    type Result = Result<(), PoolError>;
+
+    fn handle(&mut self, msg: Reconfigure, _: &mut Context<Self>) -> Self::Result {
+        self.reconfigure(msg.balance, &msg.servers)
+    }
 }
 
 /// Removes a server; requests already on it finish.
@@ -171,6 +217,15 @@ impl PoolHandle {
         self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
     }
 
+    /// Applies a pool's new settings in one step (see [`Reconfigure`]).
+    pub async fn reconfigure(&self, settings: &PoolSettings) -> Result<(), PoolError> {
+        let msg = Reconfigure {
+            balance: settings.balance,
+            servers: settings.servers.clone(),
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+    }
+
     pub async fn remove_server(&self, address: &str) -> Result<(), PoolError> {
         let msg = RemoveServer {
             address: address.into(),
@@ -181,5 +236,38 @@ impl PoolHandle {
     /// The pool as it is now; cheap enough to call per request.
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<PoolSnapshot>> {
         self.published.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(address: &str, weight: u32) -> ServerEntry {
+        ServerEntry {
+            address: address.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn merge_keeps_unchanged_servers_and_their_counters() {
+        let a = Arc::new(Server::new("127.0.0.1:1", 1).unwrap());
+        let b = Arc::new(Server::new("127.0.0.1:2", 1).unwrap());
+        a.stats
+            .requests
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        let wanted = [
+            entry("127.0.0.1:1", 1),
+            entry("127.0.0.1:2", 3),
+            entry("127.0.0.1:3", 1),
+        ];
+        let merged = merge(&[a.clone(), b.clone()], &wanted).unwrap();
+        assert!(Arc::ptr_eq(&merged[0], &a), "unchanged server kept");
+        assert!(!Arc::ptr_eq(&merged[1], &b), "reweighted server replaced");
+        assert_eq!(merged[1].weight, 3);
+        assert_eq!(&*merged[2].address, "127.0.0.1:3");
+        assert_eq!(merge(&merged, &[entry("127.0.0.1:3", 1)]).unwrap().len(), 1);
+        assert!(merge(&[], &[entry("nope", 1)]).is_err());
     }
 }

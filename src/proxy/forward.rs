@@ -81,7 +81,7 @@ pub async fn forward(
         .await;
     }
 
-    let client = &upstreams.clients[pool.index];
+    let client = upstreams.client(pool);
     let mut request = client.request(req.method().clone(), upstream_uri(req, &server));
     *request.headers_mut() = upstream_headers;
 

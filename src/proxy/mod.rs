@@ -19,6 +19,7 @@ mod headers;
 pub mod route;
 mod upgrade;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -40,14 +41,32 @@ use route::RouteTable;
 #[derive(Clone)]
 pub struct PoolTarget {
     pub handle: PoolHandle,
-    /// Index of the pool's client in each worker's [`Upstreams`].
+    /// The pool's slot in each worker's [`Upstreams`]; kept for the pool's whole life, across
+    /// reloads, so its idle connections are kept too.
     pub index: usize,
     pub name: Arc<str>,
     pub settings: Arc<PoolSettings>,
     pub host_header: Option<HeaderValue>,
 }
 
-/// Everything the request path reads, shared by all workers; never written after start.
+impl PoolTarget {
+    pub fn new(index: usize, name: &str, handle: PoolHandle, settings: Arc<PoolSettings>) -> Self {
+        let host_header = settings
+            .host_header
+            .as_deref()
+            .and_then(|host| HeaderValue::from_str(host).ok());
+        Self {
+            handle,
+            index,
+            name: name.into(),
+            settings,
+            host_header,
+        }
+    }
+}
+
+/// Everything the request path reads, shared by all workers. Never written: a reload
+/// publishes a new one, and requests already running keep the one they started with.
 pub struct Proxy {
     pub routes: RouteTable<PoolTarget>,
     pub pools: Vec<PoolTarget>,
@@ -58,24 +77,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds the request path's state from settings and the running pools.
-    pub fn new(settings: &Settings, handles: &[(String, PoolHandle)]) -> Result<Self, String> {
-        let pools: Vec<PoolTarget> = handles
-            .iter()
-            .enumerate()
-            .map(|(index, (name, handle))| {
-                let pool = settings.pools[name].clone();
-                PoolTarget {
-                    handle: handle.clone(),
-                    index,
-                    name: name.as_str().into(),
-                    host_header: pool
-                        .host_header
-                        .as_deref()
-                        .and_then(|h| HeaderValue::from_str(h).ok()),
-                    settings: Arc::new(pool),
-                }
-            })
-            .collect();
+    pub fn new(settings: &Settings, pools: Vec<PoolTarget>) -> Result<Self, String> {
         let routes = RouteTable::new(&settings.routes, |name| {
             pools.iter().find(|pool| &*pool.name == name).cloned()
         })?;
@@ -92,20 +94,35 @@ impl Proxy {
     }
 }
 
+/// The request path's state as published: swapped whole by a reload, read per request.
+pub type SharedProxy = arc_swap::ArcSwap<Proxy>;
+
 /// Each worker's HTTP clients, one per pool, so every pool has its own connection pool and
-/// connect timeout. `awc::Client` is not `Send`: each worker builds its own.
+/// connect timeout. `awc::Client` is not `Send`: each worker builds its own, on first use and
+/// again when a reload changes the pool's settings.
+#[derive(Default)]
 pub struct Upstreams {
-    clients: Vec<awc::Client>,
+    clients: RefCell<Vec<Option<PoolClient>>>,
 }
 
+/// A worker's client for one pool, with the settings it was built from.
+type PoolClient = (Arc<PoolSettings>, awc::Client);
+
 impl Upstreams {
-    pub fn new(proxy: &Proxy) -> Self {
-        let clients = proxy
-            .pools
-            .iter()
-            .map(|pool| forward::client(&pool.settings))
-            .collect();
-        Self { clients }
+    /// The worker's client for `pool` (a cheap handle on a shared connection pool).
+    fn client(&self, pool: &PoolTarget) -> awc::Client {
+        let mut clients = self.clients.borrow_mut();
+        if clients.len() <= pool.index {
+            clients.resize_with(pool.index + 1, || None);
+        }
+        match &clients[pool.index] {
+            Some((settings, client)) if Arc::ptr_eq(settings, &pool.settings) => client.clone(),
+            _ => {
+                let client = forward::client(&pool.settings);
+                clients[pool.index] = Some((pool.settings.clone(), client.clone()));
+                client
+            }
+        }
     }
 }
 
@@ -206,9 +223,10 @@ fn protocol_name(version: Version) -> &'static str {
 pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
-    proxy: web::Data<Proxy>,
+    shared: web::Data<SharedProxy>,
     upstreams: web::Data<Upstreams>,
 ) -> HttpResponse {
+    let proxy = shared.load_full();
     let mut exchange = Exchange::new(&req, &proxy.log);
     let result = forward::forward(&req, payload, &proxy, &upstreams, &mut exchange).await;
     let mut response = result.unwrap_or_else(|err| exchange.refuse(&req, &err, proxy.log));

@@ -77,7 +77,11 @@ fn check_admin(settings: &Settings) -> Result<(), Problem> {
         ));
     }
     if admin.token.bytes().any(|b| !b.is_ascii_graphic()) {
-        return Err(problem("admin.token".into(), "(hidden)", "use visible ASCII characters only"));
+        return Err(problem(
+            "admin.token".into(),
+            "(hidden)",
+            "use visible ASCII characters only",
+        ));
     }
     Ok(())
 }

@@ -573,6 +573,9 @@ pub fn closed_port() -> SocketAddr {
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// The settings file it runs with; rewrite it and send SIGHUP to reload.
+    pub config: PathBuf,
     stdout: Arc<Mutex<Vec<String>>>,
     stdout_closed: mpsc::Receiver<()>,
     _dir: TempDir,
@@ -596,10 +599,14 @@ impl Process {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let rest = &line[at + "listening on http://".len()..];
-                    let addr = rest.split_whitespace().next().unwrap().to_string();
-                    let _ = tx.send(addr);
+                for (kind, marker) in [
+                    ("admin", "admin API on http://"),
+                    ("proxy", "listening on http://"),
+                ] {
+                    if let Some((_, rest)) = line.split_once(marker) {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let _ = tx.send((kind, addr));
+                    }
                 }
             }
         });
@@ -613,12 +620,22 @@ impl Process {
             }
             let _ = closed_tx.send(());
         });
-        let addr = rx
-            .recv_timeout(DEADLINE)
-            .expect("gatehouse binary listening");
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || admin.is_none() {
+            let (kind, bound) = rx
+                .recv_timeout(DEADLINE)
+                .expect("gatehouse binary listening");
+            let bound: SocketAddr = bound.parse().unwrap();
+            match kind {
+                "admin" => admin = Some(bound),
+                _ => addr = Some(bound),
+            }
+        }
         Self {
             child,
-            addr: addr.parse().unwrap(),
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            config,
             stdout: stdout_lines,
             stdout_closed,
             _dir: dir,
