@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix_web::dev::{Server as HttpServerRunning, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::admin::{self, Admin};
 use crate::pool::PoolHandle;
@@ -28,6 +29,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Settings(ReloadError),
+    #[error("cannot listen for signals: {0}")]
+    Signals(io::Error),
 }
 
 /// A running gatehouse: its bound addresses, and the means to stop it.
@@ -38,6 +41,7 @@ pub struct Gatehouse {
     admin_address: SocketAddr,
     pools: Vec<(String, PoolHandle)>,
     supervisor: SupervisorHandle,
+    signals: Signals,
 }
 
 impl Gatehouse {
@@ -48,6 +52,7 @@ impl Gatehouse {
 
     /// Starts from `settings`, re-reading `sources` on each reload (SIGHUP, `POST /reload`).
     pub async fn start_with(settings: Settings, sources: Sources) -> Result<Self, StartError> {
+        let signals = Signals::listen().map_err(StartError::Signals)?;
         let (supervisor, shared, pools) = SupervisorHandle::start(sources, settings.clone())
             .await
             .map_err(StartError::Settings)?;
@@ -93,6 +98,7 @@ impl Gatehouse {
             admin_address,
             pools,
             supervisor,
+            signals,
         })
     }
 
@@ -123,42 +129,52 @@ impl Gatehouse {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let handle = self.server.handle();
         let admin = self.admin.handle();
+        let Signals {
+            terminate,
+            interrupt,
+            hangup,
+        } = self.signals;
         actix_rt::spawn(async move {
-            shutdown_signal().await;
+            shutdown_signal(terminate, interrupt).await;
             log::info!("stopping: no new connections; in-flight requests may finish");
             handle.stop(true).await;
         });
         actix_rt::spawn(self.admin);
-        actix_rt::spawn(reload_on_hangup(self.supervisor.clone()));
+        actix_rt::spawn(reload_on_hangup(hangup, self.supervisor.clone()));
         let result = self.server.await;
         admin.stop(false).await;
         result
     }
 }
 
+/// The signals gatehouse answers, listened for from start-up on, so none that arrives once the
+/// listeners are up can take the default action (which ends the process).
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn listen() -> io::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot listen for SIGTERM/SIGINT; stop gatehouse with SIGKILL");
-        return std::future::pending().await;
-    };
+async fn shutdown_signal(mut terminate: Signal, mut interrupt: Signal) {
     tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM received"),
-        _ = int.recv() => log::info!("SIGINT received"),
+        _ = terminate.recv() => log::info!("SIGTERM received"),
+        _ = interrupt.recv() => log::info!("SIGINT received"),
     }
 }
 
 /// Reloads the settings on every SIGHUP, as long as gatehouse runs.
-async fn reload_on_hangup(supervisor: SupervisorHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        log::error!("cannot listen for SIGHUP; reload with POST /reload on the admin API");
-        return;
-    };
+async fn reload_on_hangup(mut hangup: Signal, supervisor: SupervisorHandle) {
     while hangup.recv().await.is_some() {
         log::info!("SIGHUP received: reloading settings");
         // The supervisor logs the outcome.

@@ -8,6 +8,7 @@ mod failures;
 mod forwarding;
 mod limits;
 mod memory;
+mod reload;
 mod settings;
 mod shutdown;
 mod websocket;

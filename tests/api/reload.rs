@@ -1,0 +1,166 @@
+//! Reloading settings while gatehouse runs: SIGHUP and `POST /reload`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+/// Settings for the binary: pool `web` with `web`, and optionally pool `api` on `/api/`.
+fn settings_for(web: &[SocketAddr], api: Option<SocketAddr>) -> String {
+    let servers: Vec<String> = web
+        .iter()
+        .map(|s| format!("{{ address = \"{s}\" }}"))
+        .collect();
+    let mut toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
+         [[routes]]\npool = \"web\"\n[pools.web]\nservers = [{}]\n",
+        servers.join(", ")
+    );
+    if let Some(api) = api {
+        toml.push_str(&format!(
+            "[[routes]]\npath = \"/api/\"\npool = \"api\"\n[pools.api]\nservers = [{{ address = \"{api}\" }}]\n"
+        ));
+    }
+    toml
+}
+
+fn reload(process: &Process) -> Response {
+    raw(
+        process.admin,
+        "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+}
+
+/// Waits (up to the deadline) until `path` is answered by the origin named `name`.
+fn wait_for_origin(addr: SocketAddr, path: &str, name: &str) {
+    let started = Instant::now();
+    loop {
+        let response = get(addr, path);
+        if response.status == 200 && response.json()["origin"] == name {
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "{path} never reached {name}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_applies_new_servers_routes_and_pools() {
+    let (one, two, api) = (
+        Origin::start("one"),
+        Origin::start("two"),
+        Origin::start("api"),
+    );
+    let process = Process::start(&settings_for(&[one.addr], None));
+    assert_eq!(get(process.addr, "/echo").json()["origin"], "one");
+    assert_eq!(get(process.addr, "/api/echo").json()["origin"], "one");
+
+    std::fs::write(&process.config, settings_for(&[two.addr], Some(api.addr))).unwrap();
+    process.signal(libc::SIGHUP);
+    wait_for_origin(process.addr, "/echo", "two");
+    assert_eq!(get(process.addr, "/api/echo").json()["origin"], "api");
+    let hits = one.hits();
+    for _ in 0..5 {
+        assert_eq!(get(process.addr, "/echo").json()["origin"], "two");
+    }
+    assert_eq!(one.hits(), hits, "a removed server still got requests");
+}
+
+#[test]
+fn post_reload_reports_what_changed() {
+    let (one, api) = (Origin::start("one"), Origin::start("api"));
+    let process = Process::start(&settings_for(&[one.addr], None));
+    let mut changed = settings_for(&[one.addr], Some(api.addr));
+    changed = changed.replace("workers = 1", "workers = 2");
+    std::fs::write(&process.config, changed).unwrap();
+    let response = reload(&process);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let report = response.json();
+    assert_eq!(report["pools_added"], serde_json::json!(["api"]));
+    assert_eq!(report["pools_removed"], serde_json::json!([]));
+    assert_eq!(report["restart_needed"], serde_json::json!(["server"]));
+    assert_eq!(get(process.addr, "/api/echo").json()["origin"], "api");
+}
+
+#[test]
+fn invalid_settings_at_reload_keep_the_running_ones() {
+    let (one, two) = (Origin::start("one"), Origin::start("two"));
+    let process = Process::start(&settings_for(&[one.addr], None));
+    let broken = settings_for(&[two.addr], None).replace("access = \"off\"", "access = \"xml\"");
+    std::fs::write(&process.config, broken).unwrap();
+    let response = reload(&process);
+    assert_eq!(response.status, 400);
+    let error = response.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("log.access") && error.contains("xml"),
+        "{error}"
+    );
+    for _ in 0..3 {
+        assert_eq!(get(process.addr, "/echo").json()["origin"], "one");
+    }
+    // A SIGHUP with the same bad file changes nothing either, and gatehouse keeps running.
+    process.signal(libc::SIGHUP);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(process.addr, "/echo").json()["origin"], "one");
+}
+
+#[test]
+fn unchanged_servers_keep_their_counters_across_a_reload() {
+    let (one, api) = (Origin::start("one"), Origin::start("api"));
+    let process = Process::start(&settings_for(&[one.addr], None));
+    for _ in 0..4 {
+        assert_eq!(get(process.addr, "/name").status, 200);
+    }
+    std::fs::write(&process.config, settings_for(&[one.addr], Some(api.addr))).unwrap();
+    assert_eq!(reload(&process).status, 200);
+    let pools = raw(
+        process.admin,
+        "GET /pools/web HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(pools.json()["servers"][0]["requests"], 4);
+}
+
+#[test]
+fn reloads_under_load_fail_no_request() {
+    let (one, two) = (Origin::start("one"), Origin::start("two"));
+    let process = Process::start(&settings_for(&[one.addr], None));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop, failures) = (process.addr, stop.clone(), failures.clone());
+            thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                // Bounded: at most 5,000 requests per client.
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
+                    match conn.try_read(false) {
+                        Ok(response) if response.status == 200 => {}
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            conn = Conn::open(addr);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let layouts = [vec![one.addr, two.addr], vec![two.addr], vec![one.addr]];
+    for layout in layouts.iter().cycle().take(6) {
+        std::fs::write(&process.config, settings_for(layout, None)).unwrap();
+        assert_eq!(reload(&process).status, 200);
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(one.hits() > 0 && two.hits() > 0);
+}
