@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use serde_json::json;
 use crate::pool::{PoolError, PoolHandle};
 use crate::proxy::SharedProxy;
 use crate::settings::{Balance, Settings};
+use crate::state_file::{self, Membership};
 use crate::supervisor::{ReloadError, SupervisorHandle};
 
 /// What the admin handlers read: the running pools (from the request path's published state),
@@ -25,6 +27,7 @@ pub struct Admin {
     shared: Arc<SharedProxy>,
     supervisor: SupervisorHandle,
     token: String,
+    state_file: Option<PathBuf>,
 }
 
 impl Admin {
@@ -33,11 +36,38 @@ impl Admin {
         shared: Arc<SharedProxy>,
         supervisor: SupervisorHandle,
     ) -> Self {
+        let state_file = Some(&settings.admin.state_file)
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from);
         Self {
             shared,
             supervisor,
             token: settings.admin.token.clone(),
+            state_file,
         }
+    }
+
+    /// Saves every pool's membership to the state file, if there is one. A failure is logged
+    /// and reported to the caller; the change itself stands.
+    fn save_state(&self) -> Result<(), String> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let mut membership = Membership::default();
+        for pool in &self.shared.load().pools {
+            let servers = pool
+                .handle
+                .snapshot()
+                .servers
+                .iter()
+                .map(|s| s.entry())
+                .collect();
+            membership.pools.insert(pool.name.to_string(), servers);
+        }
+        state_file::save(path, &membership).map_err(|err| {
+            log::error!("{err}");
+            err.to_string()
+        })
     }
 
     /// The running pools by name.
@@ -165,6 +195,7 @@ async fn add_server(
     }
     match pool.add_server(&new.address, new.weight).await {
         Ok(()) => {
+            let saved = admin.save_state();
             log::info!(
                 "admin {}: added server {} (weight {}) to pool {}",
                 caller(&req),
@@ -172,9 +203,9 @@ async fn add_server(
                 new.weight,
                 name
             );
-            HttpResponse::Created().json(
-                json!({ "pool": name.as_str(), "address": new.address, "weight": new.weight }),
-            )
+            let body =
+                json!({ "pool": name.as_str(), "address": new.address, "weight": new.weight });
+            HttpResponse::Created().json(with_state_outcome(body, saved))
         }
         Err(err) => pool_error(err),
     }
@@ -191,8 +222,12 @@ async fn remove_server(
     };
     match pool.remove_server(&address).await {
         Ok(()) => {
+            let saved = admin.save_state();
             log::info!("admin {}: removed server {address} from pool {name}; its requests in flight finish", caller(&req));
-            HttpResponse::Ok().json(json!({ "pool": name, "removed": address }))
+            HttpResponse::Ok().json(with_state_outcome(
+                json!({ "pool": name, "removed": address }),
+                saved,
+            ))
         }
         Err(err) => pool_error(err),
     }
@@ -206,6 +241,14 @@ async fn reload(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
         Err(err @ ReloadError::Settings(_)) => error(StatusCode::BAD_REQUEST, err.to_string()),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     }
+}
+
+/// Adds `state_file_error` to a change's answer when the change could not be saved.
+fn with_state_outcome(mut body: serde_json::Value, saved: Result<(), String>) -> serde_json::Value {
+    if let Err(err) = saved {
+        body["state_file_error"] = json!(err);
+    }
+    body
 }
 
 fn pool_error(err: PoolError) -> HttpResponse {

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod settings;
+pub mod state_file;
 pub mod supervisor;
 
 pub use server::{run, Gatehouse, StartError};

@@ -2,6 +2,7 @@
 //! path. A reload re-reads every settings layer; invalid settings change nothing.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -10,6 +11,7 @@ use serde::Serialize;
 use crate::pool::{PoolError, PoolHandle};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
 use crate::settings::{self, Settings, SettingsError, Sources};
+use crate::state_file::{self, StateFileError};
 
 /// Why a reload was refused or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,8 @@ pub enum ReloadError {
     Pool { pool: String, source: PoolError },
     #[error("routes: {0}")]
     Routes(String),
+    #[error("{0}")]
+    State(#[from] StateFileError),
     #[error("the settings supervisor is not running")]
     Stopped,
 }
@@ -42,11 +46,16 @@ struct Running {
 }
 
 /// Applies `new` over what runs (nothing, at start-up) and publishes the new request path.
+/// Pools in the admin state file take their servers from it.
 async fn apply(
     running: Option<&Running>,
-    new: Settings,
+    mut new: Settings,
     published: &SharedProxy,
 ) -> Result<(Running, ReloadReport), ReloadError> {
+    if !new.admin.state_file.is_empty() {
+        let membership = state_file::load(Path::new(&new.admin.state_file))?;
+        state_file::apply(&mut new, membership);
+    }
     let mut report = ReloadReport::default();
     let mut pools = BTreeMap::new();
     let mut next_index = running.map_or(0, |r| r.next_index);

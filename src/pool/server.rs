@@ -29,6 +29,14 @@ pub struct ServerStats {
 }
 
 impl Server {
+    /// The settings entry that describes this server, as the admin state file keeps it.
+    pub fn entry(&self) -> crate::settings::ServerEntry {
+        crate::settings::ServerEntry {
+            address: self.address.to_string(),
+            weight: self.weight,
+        }
+    }
+
     /// A server from its settings; the address must have passed [`parse_address`].
     pub fn new(address: &str, weight: u32) -> Result<Self, String> {
         Ok(Self {

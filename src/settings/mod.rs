@@ -83,6 +83,8 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// When set, every admin call needs `Authorization: Bearer TOKEN`.
     pub token: String,
+    /// When set, runtime membership changes are saved here and survive restarts and reloads.
+    pub state_file: String,
 }
 
 impl Default for AdminSettings {
@@ -90,6 +92,7 @@ impl Default for AdminSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token: String::new(),
+            state_file: String::new(),
         }
     }
 }

@@ -240,3 +240,41 @@ fn membership_changes_under_load_fail_no_request() {
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert!(two.hits() > 0, "the added server got no traffic");
 }
+
+#[test]
+fn the_state_file_keeps_runtime_membership_across_reload_and_restart() {
+    let (one, two) = (Origin::start("one"), Origin::start("two"));
+    let state = TempDir::new();
+    let state_file = state.0.join("state.json");
+    let toml = one_pool(&[one.addr], "").replace(
+        "[log]",
+        &format!("[admin]\nstate_file = \"{}\"\n[log]", state_file.display()),
+    );
+    let mut first = Process::start(&toml);
+    let body = format!("{{\"address\": \"{}\"}}", two.addr);
+    let added = call(first.admin, "POST", "/pools/web/servers", &body, None);
+    assert_eq!(added.status, 201, "{}", added.text());
+    assert!(
+        added.json().get("state_file_error").is_none(),
+        "{}",
+        added.text()
+    );
+    let expected = [one.addr.to_string(), two.addr.to_string()];
+
+    let reloaded = call(first.admin, "POST", "/reload", "", None);
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(
+        addresses(&call(first.admin, "GET", "/pools/web", "", None).json()),
+        expected
+    );
+
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait(), Some(0));
+    let second = Process::start(&toml);
+    assert_eq!(
+        addresses(&call(second.admin, "GET", "/pools/web", "", None).json()),
+        expected
+    );
+    let names: Vec<String> = (0..4).map(|_| get(second.addr, "/name").text()).collect();
+    assert!(names.contains(&"two".to_string()), "{names:?}");
+}
