@@ -2,26 +2,24 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use actix_web::dev::{Server as HttpServerRunning, ServerHandle};
-use actix_web::{web, App, HttpServer};
+use actix_web::dev::Server as HttpServerRunning;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 
 use crate::admin::{self, Admin};
+use crate::listener::{ListenError, Listeners, Rebind};
 use crate::pool::PoolHandle;
-use crate::proxy::{self, Upstreams};
+use crate::proxy::SharedProxy;
 use crate::settings::{Settings, Sources};
 use crate::supervisor::{ReloadError, SupervisorHandle};
 
 /// Why gatehouse could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {address}: {source}")]
-    Listen {
-        address: SocketAddr,
-        source: io::Error,
-    },
+    #[error("{0}")]
+    Listen(ListenError),
     #[error("cannot start the admin API on {address}: {source}")]
     Admin {
         address: SocketAddr,
@@ -37,11 +35,26 @@ pub enum StartError {
 pub struct Gatehouse {
     listeners: Vec<SocketAddr>,
     server: HttpServerRunning,
+    sockets: Listeners,
+    shared: Arc<SharedProxy>,
     admin: HttpServerRunning,
     admin_address: SocketAddr,
     pools: Vec<(String, PoolHandle)>,
     supervisor: SupervisorHandle,
     signals: Signals,
+    rebinds: mpsc::UnboundedReceiver<Rebind>,
+    stops: mpsc::UnboundedReceiver<bool>,
+    stopper: Stopper,
+}
+
+/// Stops a running gatehouse from anywhere: `stop(true)` lets in-flight requests finish.
+#[derive(Clone)]
+pub struct Stopper(mpsc::UnboundedSender<bool>);
+
+impl Stopper {
+    pub fn stop(&self, graceful: bool) {
+        let _ = self.0.send(graceful);
+    }
 }
 
 impl Gatehouse {
@@ -53,9 +66,11 @@ impl Gatehouse {
     /// Starts from `settings`, re-reading `sources` on each reload (SIGHUP, `POST /reload`).
     pub async fn start_with(settings: Settings, sources: Sources) -> Result<Self, StartError> {
         let signals = Signals::listen().map_err(StartError::Signals)?;
-        let (supervisor, shared, pools) = SupervisorHandle::start(sources, settings.clone())
-            .await
-            .map_err(StartError::Settings)?;
+        let (rebinder, rebinds) = mpsc::unbounded_channel();
+        let (supervisor, shared, pools) =
+            SupervisorHandle::start(sources, settings.clone(), rebinder)
+                .await
+                .map_err(StartError::Settings)?;
         let (admin, admin_address) = admin::start(
             Admin::new(&settings, shared.clone(), supervisor.clone()),
             settings.admin.listen,
@@ -64,41 +79,24 @@ impl Gatehouse {
             address: settings.admin.listen,
             source,
         })?;
-        let server = &settings.server;
-        let workers = server.worker_count();
-        let shared = web::Data::from(shared);
-        let mut http = HttpServer::new(move || {
-            let upstreams = web::Data::new(Upstreams::default());
-            App::new()
-                .app_data(shared.clone())
-                .app_data(upstreams)
-                .default_service(web::to(proxy::handle))
-        })
-        .workers(workers)
-        .max_connections(server.max_connections.div_ceil(workers))
-        .keep_alive(server.keep_alive.get())
-        .client_request_timeout(server.client_header_timeout.get())
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .shutdown_timeout(server.shutdown_timeout.get().as_secs())
-        .tcp_nodelay(true)
-        .disable_signals();
-        for &address in &server.listen {
-            http = http
-                .bind(address)
-                .map_err(|source| StartError::Listen { address, source })?;
-        }
-        let listeners = http.addrs();
-        for address in &listeners {
-            log::info!("listening on http://{address} with {workers} workers");
-        }
+        let mut sockets = Listeners::default();
+        let (server, listeners) = sockets
+            .serve(&settings.server, shared.clone())
+            .map_err(StartError::Listen)?;
+        let (stop_tx, stops) = mpsc::unbounded_channel();
         Ok(Self {
             listeners,
-            server: http.run(),
+            server,
+            sockets,
+            shared,
             admin,
             admin_address,
             pools,
             supervisor,
             signals,
+            rebinds,
+            stops,
+            stopper: Stopper(stop_tx),
         })
     }
 
@@ -120,31 +118,81 @@ impl Gatehouse {
             .map(|(_, pool)| pool)
     }
 
-    /// A handle that stops the server: `stop(true)` finishes in-flight requests first.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// What stops this gatehouse, whichever listeners it runs by then.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
     }
 
-    /// Runs until stopped by a handle or by SIGTERM/SIGINT (graceful either way).
+    /// Runs until stopped by a [`Stopper`] or by SIGTERM/SIGINT (graceful), restarting the
+    /// client listeners when a reload changes their settings.
     pub async fn run_until_stopped(self) -> io::Result<()> {
-        let handle = self.server.handle();
-        let admin = self.admin.handle();
-        let Signals {
-            terminate,
-            interrupt,
-            hangup,
-        } = self.signals;
-        actix_rt::spawn(async move {
-            shutdown_signal(terminate, interrupt).await;
-            log::info!("stopping: no new connections; in-flight requests may finish");
-            handle.stop(true).await;
-        });
-        actix_rt::spawn(self.admin);
-        actix_rt::spawn(reload_on_hangup(hangup, self.supervisor.clone()));
-        let result = self.server.await;
-        admin.stop(false).await;
+        let Self {
+            server,
+            mut sockets,
+            shared,
+            admin,
+            supervisor,
+            signals,
+            mut rebinds,
+            mut stops,
+            ..
+        } = self;
+        let admin_handle = admin.handle();
+        actix_rt::spawn(admin);
+        actix_rt::spawn(reload_on_hangup(signals.hangup, supervisor));
+        let mut shutdown = Box::pin(shutdown_signal(signals.terminate, signals.interrupt));
+        let mut stopping = false;
+        let mut current = server;
+        let mut draining = Vec::new();
+        let result = loop {
+            tokio::select! {
+                result = &mut current => break result,
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    log::info!("stopping: no new connections; in-flight requests may finish");
+                    // Our duplicates of the listening sockets would keep them open.
+                    sockets = Listeners::default();
+                    actix_rt::spawn(current.handle().stop(true));
+                }
+                Some(graceful) = stops.recv() => {
+                    stopping = true;
+                    sockets = Listeners::default();
+                    actix_rt::spawn(current.handle().stop(graceful));
+                }
+                Some(rebind) = rebinds.recv(), if !stopping => {
+                    let outcome = sockets.serve(&rebind.settings, shared.clone());
+                    let answer = match outcome {
+                        Ok((server, bound)) => {
+                            let old = std::mem::replace(&mut current, server);
+                            actix_rt::spawn(retire(old.handle()));
+                            draining.push(actix_rt::spawn(old));
+                            Ok(bound)
+                        }
+                        Err(err) => Err(err.to_string()),
+                    };
+                    let _ = rebind.reply.send(answer);
+                }
+            }
+        };
+        // Listeners replaced by a reload finish their in-flight requests too.
+        for old in draining {
+            let _ = old.await;
+        }
+        admin_handle.stop(false).await;
         result
     }
+}
+
+/// How long a replaced listener keeps its workers after it stops accepting, so a connection
+/// it accepted a moment before gets its request read and answered rather than closed idle.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Stops a listener replaced by a reload: no more accepting (the new listener takes the
+/// queue), a grace period, then a graceful stop that lets requests in flight finish.
+async fn retire(old: actix_web::dev::ServerHandle) {
+    old.pause().await;
+    actix_rt::time::sleep(RETIRE_GRACE).await;
+    old.stop(true).await;
 }
 
 /// The signals gatehouse answers, listened for from start-up on, so none that arrives once the

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::listener::{listener_changed, Rebind, Rebinder};
 use crate::pool::{PoolError, PoolHandle};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
-use crate::settings::{self, Settings, SettingsError, Sources};
+use crate::settings::{self, ServerSettings, Settings, SettingsError, Sources};
 use crate::state_file::{self, StateFileError};
 
 /// Why a reload was refused or stopped.
@@ -24,6 +25,8 @@ pub enum ReloadError {
     Routes(String),
     #[error("{0}")]
     State(#[from] StateFileError),
+    #[error("kept the running listeners: {0}")]
+    Listen(String),
     #[error("the settings supervisor is not running")]
     Stopped,
 }
@@ -34,7 +37,9 @@ pub struct ReloadReport {
     pub pools_added: Vec<String>,
     pub pools_removed: Vec<String>,
     pub pools_changed: Vec<String>,
-    /// Sections that differ but apply only at start: listeners, workers, the admin API.
+    /// The client listeners were restarted on new settings (their sockets kept).
+    pub listeners_restarted: bool,
+    /// Sections that differ but apply only at start: the admin API.
     pub restart_needed: Vec<String>,
 }
 
@@ -51,12 +56,20 @@ async fn apply(
     running: Option<&Running>,
     mut new: Settings,
     published: &SharedProxy,
+    rebinder: &Rebinder,
 ) -> Result<(Running, ReloadReport), ReloadError> {
     if !new.admin.state_file.is_empty() {
         let membership = state_file::load(Path::new(&new.admin.state_file))?;
         state_file::apply(&mut new, membership);
     }
     let mut report = ReloadReport::default();
+    if let Some(running) = running {
+        if listener_changed(&running.settings.server, &new.server) {
+            // First, so a listener that cannot bind leaves everything as it was.
+            rebind(rebinder, &new.server).await?;
+            report.listeners_restarted = true;
+        }
+    }
     let mut pools = BTreeMap::new();
     let mut next_index = running.map_or(0, |r| r.next_index);
     for (name, wanted) in &new.pools {
@@ -111,27 +124,32 @@ async fn apply(
 /// Sections whose changes take effect only when gatehouse starts.
 fn restart_needed(old: &Settings, new: &Settings) -> Vec<String> {
     let mut sections = Vec::new();
-    let server_changed = {
-        // Only the listener's own settings need a restart; the rest is read per request.
-        let mut old = old.server.clone();
-        let mut new = new.server.clone();
-        old.server_header.clear();
-        new.server_header.clear();
-        old.max_request_header_size = new.max_request_header_size;
-        old != new
-    };
-    if server_changed {
-        sections.push("server".to_string());
-    }
     if old.admin != new.admin {
         sections.push("admin".to_string());
     }
     sections
 }
 
+/// Restarts the client listeners on new settings, keeping their sockets.
+async fn rebind(rebinder: &Rebinder, settings: &ServerSettings) -> Result<(), ReloadError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = Rebind {
+        settings: settings.clone(),
+        reply,
+    };
+    rebinder.send(request).map_err(|_| ReloadError::Stopped)?;
+    let bound = answer
+        .await
+        .map_err(|_| ReloadError::Stopped)?
+        .map_err(ReloadError::Listen)?;
+    log::info!("listeners restarted on new settings: {bound:?}");
+    Ok(())
+}
+
 /// The actor that owns the running settings; the only one that changes pools wholesale.
 pub struct Supervisor {
     sources: Sources,
+    rebinder: Rebinder,
     running: Option<Running>,
     published: Arc<SharedProxy>,
 }
@@ -152,9 +170,10 @@ impl Handler<Reload> for Supervisor {
         let loaded = settings::load(&self.sources);
         let running = self.running.take();
         let published = self.published.clone();
+        let rebinder = self.rebinder.clone();
         let work = async move {
             let outcome = match loaded {
-                Ok(loaded) => apply(running.as_ref(), loaded.settings, &published).await,
+                Ok(loaded) => apply(running.as_ref(), loaded.settings, &published, &rebinder).await,
                 Err(err) => Err(err.into()),
             };
             (outcome, running)
@@ -193,11 +212,12 @@ impl SupervisorHandle {
     pub async fn start(
         sources: Sources,
         settings: Settings,
+        rebinder: Rebinder,
     ) -> Result<(Self, Arc<SharedProxy>, Vec<(String, PoolHandle)>), ReloadError> {
         // An empty request path until the first settings are applied, a moment later.
         let empty = Proxy::new(&Settings::default(), Vec::new()).map_err(ReloadError::Routes)?;
         let published = Arc::new(SharedProxy::from_pointee(empty));
-        let (running, _) = apply(None, settings, &published).await?;
+        let (running, _) = apply(None, settings, &published, &rebinder).await?;
         let pools = running
             .pools
             .iter()
@@ -205,6 +225,7 @@ impl SupervisorHandle {
             .collect();
         let supervisor = Supervisor {
             sources,
+            rebinder,
             running: Some(running),
             published: published.clone(),
         };
@@ -230,14 +251,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listener_changes_need_a_restart_but_per_request_ones_do_not() {
+    fn only_admin_changes_need_a_restart() {
         let old = Settings::default();
         let mut new = Settings::default();
-        new.server.server_header = "edge".into();
-        new.server.max_request_header_size = crate::settings::ByteSize::kib(8);
-        assert!(restart_needed(&old, &new).is_empty());
         new.server.workers = 7;
+        assert!(restart_needed(&old, &new).is_empty());
         new.admin.token = "t".into();
-        assert_eq!(restart_needed(&old, &new), ["server", "admin"]);
+        assert_eq!(restart_needed(&old, &new), ["admin"]);
     }
 }

@@ -93,7 +93,7 @@ pub fn one_pool(servers: &[SocketAddr], extra: &str) -> String {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
+    stopper: gatehouse::server::Stopper,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -106,15 +106,15 @@ impl Proxy {
                     .await
                     .expect("gatehouse starts");
                 let addrs = (gatehouse.listeners()[0], gatehouse.admin_address());
-                tx.send((addrs, gatehouse.handle())).unwrap();
+                tx.send((addrs, gatehouse.stopper())).unwrap();
                 gatehouse.run_until_stopped().await.unwrap();
             })
         });
-        let ((addr, admin), handle) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
+        let ((addr, admin), stopper) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
         Self {
             addr,
             admin,
-            handle,
+            stopper,
             thread: Some(thread),
         }
     }
@@ -126,8 +126,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let handle = self.handle.clone();
-        let _ = thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false))).join();
+        self.stopper.stop(false);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -81,7 +81,8 @@ fn post_reload_reports_what_changed() {
     let report = response.json();
     assert_eq!(report["pools_added"], serde_json::json!(["api"]));
     assert_eq!(report["pools_removed"], serde_json::json!([]));
-    assert_eq!(report["restart_needed"], serde_json::json!(["server"]));
+    assert_eq!(report["listeners_restarted"], true);
+    assert_eq!(report["restart_needed"], serde_json::json!([]));
     assert_eq!(get(process.addr, "/api/echo").json()["origin"], "api");
 }
 
@@ -163,4 +164,71 @@ fn reloads_under_load_fail_no_request() {
     }
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert!(one.hits() > 0 && two.hits() > 0);
+}
+
+#[test]
+fn listener_changes_restart_the_listeners_without_refusing_a_request() {
+    let origin = Origin::start("one");
+    let process = Process::start(&settings_for(&[origin.addr], None));
+    // Keep the address the first listener got, so the new settings name it explicitly.
+    let pinned =
+        settings_for(&[origin.addr], None).replace("127.0.0.1:0", &process.addr.to_string());
+    std::fs::write(&process.config, &pinned).unwrap();
+    assert_eq!(reload(&process).status, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop, failures) = (process.addr, stop.clone(), failures.clone());
+            thread::spawn(move || {
+                // Bounded: at most 3,000 fresh connections per client.
+                for _ in 0..3_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut conn = Conn::open(addr);
+                    conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+                    if !matches!(conn.try_read(false), Ok(r) if r.status == 200) {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for workers in [2, 1, 2] {
+        let changed = pinned.replace("workers = 1", &format!("workers = {workers}"));
+        std::fs::write(&process.config, changed).unwrap();
+        let response = reload(&process);
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["listeners_restarted"], true);
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_listener_that_cannot_bind_keeps_everything_as_it_was() {
+    let (one, two) = (Origin::start("one"), Origin::start("two"));
+    let process = Process::start(&settings_for(&[one.addr], None));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let changed = settings_for(&[two.addr], None).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!(
+            "listen = [\"127.0.0.1:0\", \"{}\"]",
+            taken.local_addr().unwrap()
+        ),
+    );
+    std::fs::write(&process.config, changed).unwrap();
+    let response = reload(&process);
+    assert_eq!(response.status, 500, "{}", response.text());
+    assert!(response.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("kept the running listeners"));
+    assert_eq!(get(process.addr, "/echo").json()["origin"], "one");
 }
