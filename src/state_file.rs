@@ -100,10 +100,7 @@ mod tests {
     use super::*;
 
     fn entry(address: &str) -> ServerEntry {
-        ServerEntry {
-            address: address.into(),
-            weight: 1,
-        }
+        ServerEntry::new(address)
     }
 
     #[test]

@@ -2,44 +2,170 @@
 //!
 //! The [`Pool`] actor is the only writer of a pool's membership. It publishes an immutable
 //! [`PoolSnapshot`] that request handlers read without a message round trip; per-request
-//! counters (in flight, requests, failures) are atomics on each [`Server`].
+//! counters (in flight, requests, failures) are atomics on each [`Server`], and each
+//! algorithm's selection state lives in the snapshot behind atomics or a short mutex.
 
+mod alias;
 mod balance;
+mod hash;
+mod hash_key;
+mod latency;
+mod least_connections;
+mod least_time;
+mod min_tree;
+mod random;
+mod random_two;
 mod round_robin;
 mod server;
 
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix_web::HttpRequest;
 use arc_swap::ArcSwap;
 
-pub use balance::{balancer, Balancer};
-pub use server::{parse_address, InFlight, Server, ServerStats};
+pub use balance::{balancer, Balancer, PickRequest};
+pub use hash_key::KeySource;
+pub use latency::PeakEwma;
+pub use server::{parse_address, InFlight, Server, ServerOptions, ServerStats};
 
-use crate::settings::{Balance, PoolSettings, ServerEntry};
+use crate::settings::{Balance, HashKey, PoolSettings, ServerEntry};
+
+/// How often a pick retries when the server it chose filled up before it could be claimed.
+const CLAIM_ATTEMPTS: usize = 3;
 
 /// What the request path reads: the pool's servers and its balancing state.
 #[derive(Debug)]
 pub struct PoolSnapshot {
     pub name: Arc<str>,
+    /// Every server, in the order they were added.
     pub servers: Vec<Arc<Server>>,
+    /// The primary servers, then the backups, each with its own balancer.
+    tiers: [Tier; 2],
+    /// Where a hashing pool reads each request's key; `None` for other algorithms.
+    key: Option<KeySource>,
+    /// Whether responses are timed (`least_time`).
+    timed: bool,
+}
+
+/// Servers that are picked among together.
+#[derive(Debug)]
+struct Tier {
+    servers: Vec<Arc<Server>>,
     balancer: Box<dyn Balancer>,
 }
 
+/// Why no server was picked. Either way the client gets 503 with `Retry-After`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    /// Every server that takes traffic is at its `max_connections`.
+    #[error("every server of the pool is at its connection limit")]
+    Saturated,
+    /// No server takes traffic: none is active, or the pool is empty.
+    #[error("no server of the pool is active")]
+    Unavailable,
+}
+
 impl PoolSnapshot {
-    fn new(name: Arc<str>, balance: Balance, servers: Vec<Arc<Server>>) -> Self {
-        let balancer = balancer(balance, &servers);
+    fn new(
+        name: Arc<str>,
+        balance: Balance,
+        hash_key: Option<&HashKey>,
+        servers: Vec<Arc<Server>>,
+    ) -> Self {
+        let tier = |backup: bool| {
+            let servers: Vec<Arc<Server>> = servers
+                .iter()
+                .filter(|server| server.backup == backup)
+                .cloned()
+                .collect();
+            Tier {
+                balancer: balancer(balance, &servers),
+                servers,
+            }
+        };
+        let key = (balance == Balance::Hash)
+            .then(|| KeySource::from(hash_key.unwrap_or(&HashKey::ClientIp)));
         Self {
             name,
+            tiers: [tier(false), tier(true)],
             servers,
-            balancer,
+            key,
+            timed: balance == Balance::LeastTime,
         }
     }
 
-    /// Picks a server for one request and counts it in flight there.
-    pub fn pick(&self) -> Option<InFlight> {
-        let index = self.balancer.pick(&self.servers)?;
-        Some(InFlight::new(self.servers[index].clone()))
+    /// Picks a server for one request and counts it in flight there. Backups are picked
+    /// only when no primary server can take the request.
+    pub fn pick(self: &Arc<Self>, req: &HttpRequest) -> Result<InFlight, PickError> {
+        let mut ip = [0; 16];
+        let key = self
+            .key
+            .as_ref()
+            .and_then(|source| source.read(req, &mut ip));
+        self.pick_for(&PickRequest { key })
+    }
+
+    /// [`PoolSnapshot::pick`] for what an algorithm needs of a request.
+    pub fn pick_for(self: &Arc<Self>, request: &PickRequest<'_>) -> Result<InFlight, PickError> {
+        for (tier_index, tier) in self.tiers.iter().enumerate() {
+            for _ in 0..CLAIM_ATTEMPTS {
+                let Some(index) = tier.balancer.pick(&tier.servers, request) else {
+                    break;
+                };
+                match InFlight::claim(&tier.servers[index]) {
+                    Some(claim) => return Ok(self.started(claim, tier_index, index)),
+                    // Another request took its last slot since the balancer looked.
+                    None => tier.balancer.load_changed(&tier.servers, index),
+                }
+            }
+        }
+        if self.servers.iter().any(|server| server.takes_traffic()) {
+            Err(PickError::Saturated)
+        } else {
+            Err(PickError::Unavailable)
+        }
+    }
+
+    /// Tells the balancer of a claimed request and arranges for it to hear of the rest.
+    fn started(self: &Arc<Self>, claim: InFlight, tier: usize, index: usize) -> InFlight {
+        let picked_at = self.timed.then(latency::now);
+        let balancer = &self.tiers[tier].balancer;
+        if !balancer.follows_load() {
+            return claim.watched(None, picked_at);
+        }
+        balancer.started(&self.tiers[tier].servers, index);
+        let watch = Watch {
+            snapshot: self.clone(),
+            tier,
+            index,
+        };
+        claim.watched(Some(watch), picked_at)
+    }
+}
+
+/// Where a request's load changes are reported: its server's slot in the snapshot it was
+/// picked from.
+pub(crate) struct Watch {
+    snapshot: Arc<PoolSnapshot>,
+    tier: usize,
+    index: usize,
+}
+
+impl Watch {
+    fn load_changed(&self) {
+        let tier = &self.snapshot.tiers[self.tier];
+        tier.balancer.load_changed(&tier.servers, self.index);
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Watch({}, tier {}, server {})",
+            self.snapshot.name, self.tier, self.index
+        )
     }
 }
 
@@ -47,23 +173,31 @@ impl PoolSnapshot {
 pub struct Pool {
     name: Arc<str>,
     balance: Balance,
+    hash_key: Option<HashKey>,
     servers: Vec<Arc<Server>>,
     published: Arc<ArcSwap<PoolSnapshot>>,
 }
 
 impl Pool {
     fn publish(&self) {
-        let snapshot = PoolSnapshot::new(self.name.clone(), self.balance, self.servers.clone());
+        let snapshot = PoolSnapshot::new(
+            self.name.clone(),
+            self.balance,
+            self.hash_key.as_ref(),
+            self.servers.clone(),
+        );
         self.published.store(Arc::new(snapshot));
     }
 
-    fn add(&mut self, address: &str, weight: u32) -> Result<(), PoolError> {
+    fn add(&mut self, address: &str, weight: u32, options: ServerOptions) -> Result<(), PoolError> {
         if self.servers.iter().any(|s| &*s.address == address) {
             return Err(PoolError::Duplicate(address.into()));
         }
-        let server = Server::new(address, weight).map_err(|reason| PoolError::Address {
-            address: address.into(),
-            reason,
+        let server = Server::with_options(address, weight, options).map_err(|reason| {
+            PoolError::Address {
+                address: address.into(),
+                reason,
+            }
         })?;
         self.servers.push(Arc::new(server));
         self.publish();
@@ -72,9 +206,15 @@ impl Pool {
 
     /// Takes a pool's settings as a whole (a reload): servers whose entry did not change keep
     /// their object and counters, changed ones start afresh, missing ones leave. One publish.
-    fn reconfigure(&mut self, balance: Balance, wanted: &[ServerEntry]) -> Result<(), PoolError> {
+    fn reconfigure(
+        &mut self,
+        balance: Balance,
+        hash_key: Option<HashKey>,
+        wanted: &[ServerEntry],
+    ) -> Result<(), PoolError> {
         self.servers = merge(&self.servers, wanted)?;
         self.balance = balance;
+        self.hash_key = hash_key;
         self.publish();
         Ok(())
     }
@@ -99,17 +239,17 @@ fn merge(current: &[Arc<Server>], wanted: &[ServerEntry]) -> Result<Vec<Arc<Serv
     wanted
         .iter()
         .map(|entry| {
-            let unchanged = current
-                .iter()
-                .find(|server| *server.address == *entry.address && server.weight == entry.weight);
+            let unchanged = current.iter().find(|server| server.matches(entry));
             match unchanged {
                 Some(server) => Ok(server.clone()),
-                None => Server::new(&entry.address, entry.weight)
-                    .map(Arc::new)
-                    .map_err(|reason| PoolError::Address {
-                        address: entry.address.clone(),
-                        reason,
-                    }),
+                None => {
+                    Server::from_entry(entry)
+                        .map(Arc::new)
+                        .map_err(|reason| PoolError::Address {
+                            address: entry.address.clone(),
+                            reason,
+                        })
+                }
             }
         })
         .collect()
@@ -134,6 +274,7 @@ pub enum PoolError {
 pub struct AddServer {
     pub address: String,
     pub weight: u32,
+    pub options: ServerOptions,
 }
 
 /// Replaces the pool's algorithm and servers with those of new settings.
@@ -141,6 +282,7 @@ pub struct AddServer {
 #[rtype(result = "Result<(), PoolError>")]
 pub struct Reconfigure {
     pub balance: Balance,
+    pub hash_key: Option<HashKey>,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -148,7 +290,7 @@ impl Handler<Reconfigure> for Pool {
     type Result = Result<(), PoolError>;
 
     fn handle(&mut self, msg: Reconfigure, _: &mut Context<Self>) -> Self::Result {
-        self.reconfigure(msg.balance, &msg.servers)
+        self.reconfigure(msg.balance, msg.hash_key, &msg.servers)
     }
 }
 
@@ -163,7 +305,7 @@ impl Handler<AddServer> for Pool {
     type Result = Result<(), PoolError>;
 
     fn handle(&mut self, msg: AddServer, _: &mut Context<Self>) -> Self::Result {
-        self.add(&msg.address, msg.weight)
+        self.add(&msg.address, msg.weight, msg.options)
     }
 }
 
@@ -185,12 +327,18 @@ pub struct PoolHandle {
 impl PoolHandle {
     /// Starts an empty pool actor on the current arbiter.
     pub fn start(name: &str, balance: Balance) -> Self {
+        Self::start_hashing(name, balance, None)
+    }
+
+    /// Starts an empty pool actor that hashes `hash_key` when `balance` is `hash`.
+    pub fn start_hashing(name: &str, balance: Balance, hash_key: Option<HashKey>) -> Self {
         let name: Arc<str> = name.into();
-        let empty = PoolSnapshot::new(name.clone(), balance, Vec::new());
+        let empty = PoolSnapshot::new(name.clone(), balance, hash_key.as_ref(), Vec::new());
         let published = Arc::new(ArcSwap::from_pointee(empty));
         let pool = Pool {
             name,
             balance,
+            hash_key,
             servers: Vec::new(),
             published: published.clone(),
         };
@@ -202,9 +350,9 @@ impl PoolHandle {
 
     /// Starts a pool and adds its servers from settings, as the admin API would.
     pub async fn from_settings(name: &str, settings: &PoolSettings) -> Result<Self, PoolError> {
-        let pool = Self::start(name, settings.balance);
+        let pool = Self::start_hashing(name, settings.balance, settings.hash_key.clone());
         for server in &settings.servers {
-            pool.add_server(&server.address, server.weight).await?;
+            pool.add_entry(server).await?;
         }
         Ok(pool)
     }
@@ -213,6 +361,17 @@ impl PoolHandle {
         let msg = AddServer {
             address: address.into(),
             weight,
+            options: ServerOptions::default(),
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+    }
+
+    /// Adds a server as a settings entry describes it (limit, backup, state included).
+    pub async fn add_entry(&self, entry: &ServerEntry) -> Result<(), PoolError> {
+        let msg = AddServer {
+            address: entry.address.clone(),
+            weight: entry.weight,
+            options: entry.into(),
         };
         self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
     }
@@ -221,6 +380,7 @@ impl PoolHandle {
     pub async fn reconfigure(&self, settings: &PoolSettings) -> Result<(), PoolError> {
         let msg = Reconfigure {
             balance: settings.balance,
+            hash_key: settings.hash_key.clone(),
             servers: settings.servers.clone(),
         };
         self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
@@ -242,11 +402,12 @@ impl PoolHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::ServerState;
 
     fn entry(address: &str, weight: u32) -> ServerEntry {
         ServerEntry {
-            address: address.into(),
             weight,
+            ..ServerEntry::new(address)
         }
     }
 
@@ -269,5 +430,204 @@ mod tests {
         assert_eq!(&*merged[2].address, "127.0.0.1:3");
         assert_eq!(merge(&merged, &[entry("127.0.0.1:3", 1)]).unwrap().len(), 1);
         assert!(merge(&[], &[entry("nope", 1)]).is_err());
+    }
+
+    fn snapshot(balance: Balance, entries: &[ServerEntry]) -> Arc<PoolSnapshot> {
+        let servers = entries
+            .iter()
+            .map(|entry| Arc::new(Server::from_entry(entry).unwrap()))
+            .collect();
+        Arc::new(PoolSnapshot::new("web".into(), balance, None, servers))
+    }
+
+    fn backup(address: &str) -> ServerEntry {
+        ServerEntry {
+            backup: true,
+            ..ServerEntry::new(address)
+        }
+    }
+
+    fn with_state(address: &str, state: ServerState) -> ServerEntry {
+        ServerEntry {
+            state,
+            ..ServerEntry::new(address)
+        }
+    }
+
+    fn limited(address: &str, max_connections: u32) -> ServerEntry {
+        ServerEntry {
+            max_connections,
+            ..ServerEntry::new(address)
+        }
+    }
+
+    fn pick(snapshot: &Arc<PoolSnapshot>) -> Result<InFlight, PickError> {
+        snapshot.pick_for(&PickRequest::default())
+    }
+
+    fn address(claim: &InFlight) -> &str {
+        &claim.server().address
+    }
+
+    const ALL: [Balance; 6] = [
+        Balance::RoundRobin,
+        Balance::LeastConnections,
+        Balance::LeastTime,
+        Balance::RandomTwo,
+        Balance::Random,
+        Balance::Hash,
+    ];
+
+    #[test]
+    fn backups_take_requests_only_when_no_primary_can() {
+        for balance in ALL {
+            let pool = snapshot(
+                balance,
+                &[ServerEntry::new("10.0.0.1:80"), backup("10.0.0.9:80")],
+            );
+            for _ in 0..20 {
+                assert_eq!(address(&pick(&pool).unwrap()), "10.0.0.1:80", "{balance:?}");
+            }
+            pool.servers[0].set_state(ServerState::Down);
+            for _ in 0..20 {
+                assert_eq!(address(&pick(&pool).unwrap()), "10.0.0.9:80", "{balance:?}");
+            }
+            pool.servers[0].set_state(ServerState::Active);
+            assert_eq!(address(&pick(&pool).unwrap()), "10.0.0.1:80", "{balance:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_primary_sends_requests_to_the_backup() {
+        let pool = snapshot(
+            Balance::RoundRobin,
+            &[limited("10.0.0.1:80", 1), backup("10.0.0.9:80")],
+        );
+        let held = pick(&pool).unwrap();
+        assert_eq!(address(&held), "10.0.0.1:80");
+        assert_eq!(address(&pick(&pool).unwrap()), "10.0.0.9:80");
+        drop(held);
+        assert_eq!(address(&pick(&pool).unwrap()), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn max_connections_is_never_exceeded() {
+        for balance in ALL {
+            let pool = snapshot(
+                balance,
+                &[limited("10.0.0.1:80", 2), limited("10.0.0.2:80", 3)],
+            );
+            let held: Vec<InFlight> = (0..5).map(|_| pick(&pool).unwrap()).collect();
+            assert_eq!(pool.servers[0].in_flight(), 2, "{balance:?}");
+            assert_eq!(pool.servers[1].in_flight(), 3, "{balance:?}");
+            assert_eq!(
+                pick(&pool).unwrap_err(),
+                PickError::Saturated,
+                "{balance:?}"
+            );
+            drop(held);
+            assert!(pick(&pool).is_ok(), "{balance:?}");
+        }
+    }
+
+    #[test]
+    fn draining_and_down_servers_get_nothing() {
+        for balance in ALL {
+            let pool = snapshot(
+                balance,
+                &[
+                    with_state("10.0.0.1:80", ServerState::Drain),
+                    ServerEntry::new("10.0.0.2:80"),
+                    with_state("10.0.0.3:80", ServerState::Down),
+                ],
+            );
+            for _ in 0..50 {
+                assert_eq!(address(&pick(&pool).unwrap()), "10.0.0.2:80", "{balance:?}");
+            }
+            pool.servers[1].set_state(ServerState::Drain);
+            assert_eq!(
+                pick(&pool).unwrap_err(),
+                PickError::Unavailable,
+                "{balance:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_pool_is_unavailable() {
+        for balance in ALL {
+            assert_eq!(
+                pick(&snapshot(balance, &[])).unwrap_err(),
+                PickError::Unavailable
+            );
+        }
+    }
+
+    #[test]
+    fn finished_requests_are_reported_to_load_balancers() {
+        let pool = snapshot(
+            Balance::LeastConnections,
+            &[
+                ServerEntry::new("10.0.0.1:80"),
+                ServerEntry::new("10.0.0.2:80"),
+            ],
+        );
+        let long = pick(&pool).unwrap();
+        assert_eq!(address(&long), "10.0.0.1:80");
+        // While the long request runs, short ones all go to the other server.
+        for _ in 0..10 {
+            assert_eq!(address(&pick(&pool).unwrap()), "10.0.0.2:80");
+        }
+        drop(long);
+        let next: Vec<String> = (0..2)
+            .map(|_| address(&pick(&pool).unwrap()).to_string())
+            .collect();
+        assert!(next.contains(&"10.0.0.1:80".to_string()), "{next:?}");
+    }
+
+    #[test]
+    fn least_time_pools_time_their_responses() {
+        let pool = snapshot(Balance::LeastTime, &[ServerEntry::new("10.0.0.1:80")]);
+        let claim = pick(&pool).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        claim.observe_head();
+        let average = pool.servers[0].latency.at(latency::now());
+        assert!(average >= 4e6, "{average}");
+        // Elsewhere no clock is read and nothing is recorded.
+        let pool = snapshot(Balance::RoundRobin, &[ServerEntry::new("10.0.0.1:80")]);
+        pick(&pool).unwrap().observe_head();
+        assert_eq!(pool.servers[0].latency.at(latency::now()), 1e6);
+    }
+
+    #[test]
+    fn hashing_pools_read_the_key_from_the_request() {
+        use actix_web::test::TestRequest;
+        let servers: Vec<Arc<Server>> = (1..=5)
+            .map(|i| Arc::new(Server::new(&format!("10.0.0.{i}:80"), 1).unwrap()))
+            .collect();
+        let key = HashKey::Header("x-user".into());
+        let pool = Arc::new(PoolSnapshot::new(
+            "web".into(),
+            Balance::Hash,
+            Some(&key),
+            servers,
+        ));
+        let owner = |user: &str| {
+            let req = TestRequest::default()
+                .insert_header(("x-user", user))
+                .to_http_request();
+            address(&pool.pick(&req).unwrap()).to_string()
+        };
+        for user in ["alice", "bob", "carol"] {
+            let first = owner(user);
+            assert!((0..20).all(|_| owner(user) == first));
+        }
+        // Without the header: round robin.
+        let req = TestRequest::default().to_http_request();
+        let picks: Vec<String> = (0..5)
+            .map(|_| address(&pool.pick(&req).unwrap()).to_string())
+            .collect();
+        let distinct: std::collections::HashSet<_> = picks.iter().collect();
+        assert_eq!(distinct.len(), 5, "{picks:?}");
     }
 }

@@ -1,11 +1,18 @@
-//! A server of a pool as the request path sees it: its address and live counters.
+//! A server of a pool as the request path sees it: its address, the operator's settings for
+//! it and its live counters.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::uri::Authority;
 
-/// One upstream server. Immutable but for its counters, which the request path updates.
+use super::latency::{self, PeakEwma};
+use super::Watch;
+use crate::settings::{ServerEntry, ServerState};
+
+/// One upstream server. Immutable but for its counters, its response-time average and the
+/// operator's state, which may change while requests run.
 #[derive(Debug)]
 pub struct Server {
     /// `host:port`, as written in settings.
@@ -14,7 +21,36 @@ pub struct Server {
     pub authority: Authority,
     /// Share of the pool's requests relative to the other servers.
     pub weight: u32,
+    /// Most requests in flight at once; 0 means no limit.
+    pub max_connections: u32,
+    /// Takes requests only when no primary server of the pool can.
+    pub backup: bool,
+    /// The operator's [`ServerState`], as a byte.
+    state: AtomicU8,
     pub stats: ServerStats,
+    /// Time to response head, kept only for pools balanced by `least_time`.
+    pub latency: PeakEwma,
+}
+
+/// A server's settings beyond its address and weight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Most requests in flight at once; 0 means no limit.
+    pub max_connections: u32,
+    /// Takes requests only when no primary server can.
+    pub backup: bool,
+    /// The operator's say: active, drain or down.
+    pub state: ServerState,
+}
+
+impl From<&ServerEntry> for ServerOptions {
+    fn from(entry: &ServerEntry) -> Self {
+        Self {
+            max_connections: entry.max_connections,
+            backup: entry.backup,
+            state: entry.state,
+        }
+    }
 }
 
 /// Counters kept per server; shared across snapshots so membership changes keep them.
@@ -30,21 +66,93 @@ pub struct ServerStats {
 
 impl Server {
     /// The settings entry that describes this server, as the admin state file keeps it.
-    pub fn entry(&self) -> crate::settings::ServerEntry {
-        crate::settings::ServerEntry {
+    pub fn entry(&self) -> ServerEntry {
+        ServerEntry {
             address: self.address.to_string(),
             weight: self.weight,
+            max_connections: self.max_connections,
+            backup: self.backup,
+            state: self.state(),
         }
     }
 
-    /// A server from its settings; the address must have passed [`parse_address`].
+    /// An active primary server without a connection limit; the address must have passed
+    /// [`parse_address`].
     pub fn new(address: &str, weight: u32) -> Result<Self, String> {
+        Self::with_options(address, weight, ServerOptions::default())
+    }
+
+    /// A server from its settings entry.
+    pub fn from_entry(entry: &ServerEntry) -> Result<Self, String> {
+        Self::with_options(&entry.address, entry.weight, entry.into())
+    }
+
+    pub fn with_options(
+        address: &str,
+        weight: u32,
+        options: ServerOptions,
+    ) -> Result<Self, String> {
         Ok(Self {
             authority: parse_address(address)?,
             address: address.into(),
             weight,
+            max_connections: options.max_connections,
+            backup: options.backup,
+            state: AtomicU8::new(options.state as u8),
             stats: ServerStats::default(),
+            latency: PeakEwma::default(),
         })
+    }
+
+    /// Whether this server is what `entry` describes, state included.
+    pub fn matches(&self, entry: &ServerEntry) -> bool {
+        *self.address == *entry.address
+            && self.weight == entry.weight
+            && ServerOptions::from(entry) == self.options()
+    }
+
+    pub fn options(&self) -> ServerOptions {
+        ServerOptions {
+            max_connections: self.max_connections,
+            backup: self.backup,
+            state: self.state(),
+        }
+    }
+
+    /// The operator's state.
+    pub fn state(&self) -> ServerState {
+        match self.state.load(Ordering::Relaxed) {
+            s if s == ServerState::Active as u8 => ServerState::Active,
+            s if s == ServerState::Drain as u8 => ServerState::Drain,
+            _ => ServerState::Down,
+        }
+    }
+
+    /// Changes the operator's state; requests in flight are not affected.
+    pub fn set_state(&self, state: ServerState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Whether the server may be sent new requests at all. Today that is the operator's
+    /// state alone; health checks will add their own verdict here, kept apart from it.
+    pub fn takes_traffic(&self) -> bool {
+        self.state() == ServerState::Active
+    }
+
+    /// Whether the server is below its `max_connections`.
+    pub fn has_room(&self) -> bool {
+        self.max_connections == 0
+            || self.stats.in_flight.load(Ordering::Relaxed) < self.max_connections as usize
+    }
+
+    /// Whether a balancer may pick this server for a new request now.
+    pub fn can_take_request(&self) -> bool {
+        self.takes_traffic() && self.has_room()
+    }
+
+    /// Requests in flight, for balancers comparing load.
+    pub fn in_flight(&self) -> usize {
+        self.stats.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -71,13 +179,51 @@ pub fn parse_address(address: &str) -> Result<Authority, String> {
 #[derive(Debug)]
 pub struct InFlight {
     server: Arc<Server>,
+    /// Where the balancer wants to hear of this request's load: set for pools whose
+    /// algorithm follows load (least_connections, least_time).
+    watch: Option<Watch>,
+    /// When the server was picked, on the [`latency`] clock; set only for `least_time` pools.
+    picked_at: Option<u64>,
 }
 
 impl InFlight {
+    /// Counts a request in flight on `server`, whatever its limit.
     pub fn new(server: Arc<Server>) -> Self {
         server.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         server.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Self { server }
+        Self {
+            server,
+            watch: None,
+            picked_at: None,
+        }
+    }
+
+    /// Counts a request in flight on `server` if it is below its `max_connections`; two
+    /// requests racing for the last slot cannot both have it.
+    pub fn claim(server: &Arc<Server>) -> Option<Self> {
+        let limit = server.max_connections as usize;
+        let in_flight = &server.stats.in_flight;
+        if limit == 0 {
+            in_flight.fetch_add(1, Ordering::Relaxed);
+        } else {
+            in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < limit).then_some(n + 1)
+                })
+                .ok()?;
+        }
+        server.stats.requests.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            server: server.clone(),
+            watch: None,
+            picked_at: None,
+        })
+    }
+
+    pub(super) fn watched(mut self, watch: Option<Watch>, picked_at: Option<u64>) -> Self {
+        self.watch = watch;
+        self.picked_at = picked_at;
+        self
     }
 
     pub fn server(&self) -> &Arc<Server> {
@@ -88,11 +234,27 @@ impl InFlight {
     pub fn failed(&self) {
         self.server.stats.failures.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The server's response head has arrived. In pools balanced by response time, records how
+    /// long it took since the pick; elsewhere does nothing and reads no clock.
+    pub fn observe_head(&self) {
+        if let Some(picked_at) = self.picked_at {
+            let now = latency::now();
+            let took = Duration::from_nanos(now.saturating_sub(picked_at));
+            self.server.latency.observe(took, now);
+            if let Some(watch) = &self.watch {
+                watch.load_changed();
+            }
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.server.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(watch) = &self.watch {
+            watch.load_changed();
+        }
     }
 }
 
@@ -121,5 +283,52 @@ mod tests {
         drop(claim);
         assert_eq!(server.stats.in_flight.load(Ordering::Relaxed), 0);
         assert_eq!(server.stats.requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_claim_respects_max_connections() {
+        let options = ServerOptions {
+            max_connections: 2,
+            ..ServerOptions::default()
+        };
+        let server = Arc::new(Server::with_options("127.0.0.1:9001", 1, options).unwrap());
+        let first = InFlight::claim(&server).unwrap();
+        let second = InFlight::claim(&server).unwrap();
+        assert!(!server.has_room());
+        assert!(InFlight::claim(&server).is_none());
+        drop(first);
+        assert!(server.can_take_request());
+        let third = InFlight::claim(&server).unwrap();
+        assert_eq!(server.in_flight(), 2);
+        drop((second, third));
+        assert_eq!(server.stats.requests.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn only_active_servers_take_traffic() {
+        let server = Server::new("127.0.0.1:9001", 1).unwrap();
+        assert!(server.can_take_request());
+        for state in [ServerState::Drain, ServerState::Down] {
+            server.set_state(state);
+            assert_eq!(server.state(), state);
+            assert!(!server.takes_traffic());
+            assert!(!server.can_take_request());
+        }
+        server.set_state(ServerState::Active);
+        assert!(server.can_take_request());
+    }
+
+    #[test]
+    fn the_entry_round_trips() {
+        let mut entry = ServerEntry::new("127.0.0.1:9001");
+        entry.weight = 3;
+        entry.max_connections = 10;
+        entry.backup = true;
+        entry.state = ServerState::Drain;
+        let server = Server::from_entry(&entry).unwrap();
+        assert_eq!(server.entry(), entry);
+        assert!(server.matches(&entry));
+        entry.state = ServerState::Active;
+        assert!(!server.matches(&entry));
     }
 }

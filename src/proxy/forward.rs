@@ -62,7 +62,11 @@ pub async fn forward(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let claim = pool.handle.snapshot().pick().ok_or(ProxyError::NoServer)?;
+    let claim = pool
+        .handle
+        .snapshot()
+        .pick(req)
+        .map_err(|_| ProxyError::NoServer)?;
     let server = claim.server().clone();
     exchange.record.upstream = Some(server.address.clone());
     let upstream_headers = upstream_headers(req, host, pool, &exchange.request_id);
@@ -106,6 +110,7 @@ pub async fn forward(
             return Err(err);
         }
     };
+    claim.observe_head();
 
     exchange.record.status = response.status().as_u16();
     exchange.record.upstream_status = Some(response.status().as_u16());

@@ -160,6 +160,9 @@ pub struct PoolSettings {
     /// Replaces the client's `Host` header on forwarded requests; absent passes it through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_header: Option<String>,
+    /// What `balance = "hash"` hashes; absent means the client's IP address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<HashKey>,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -172,18 +175,115 @@ impl Default for PoolSettings {
             keepalive_timeout: Duration::from_secs(4),
             upgrade_timeout: Duration::from_secs(3600),
             host_header: None,
+            hash_key: None,
             servers: Vec::new(),
         }
     }
 }
 
-/// How a pool picks a server.
+/// How a pool picks a server (docs/balancing.md describes each).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Balance {
     /// Smooth weighted round robin.
     #[default]
     RoundRobin,
+    /// Fewest requests in flight relative to weight.
+    LeastConnections,
+    /// Lowest recent response time times requests in flight, relative to weight.
+    LeastTime,
+    /// The less loaded of two servers drawn at random by weight.
+    RandomTwo,
+    /// A server drawn at random by weight.
+    Random,
+    /// Consistent hashing of a request key (`hash_key`).
+    Hash,
+}
+
+/// The part of a request that `balance = "hash"` hashes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub enum HashKey {
+    /// The client's IP address (the TCP peer's).
+    #[default]
+    ClientIp,
+    /// Path and query string, as received.
+    Uri,
+    /// The path alone.
+    Path,
+    /// The first value of a request header; the name is kept in lowercase.
+    Header(String),
+    /// The value of one cookie.
+    Cookie(String),
+    /// The raw (not percent-decoded) value of one query-string parameter.
+    Query(String),
+}
+
+const HASH_KEY_FORMS: &str = "client_ip, uri, path, header:NAME, cookie:NAME or query:NAME";
+
+impl TryFrom<String> for HashKey {
+    type Error = String;
+
+    fn try_from(word: String) -> Result<Self, String> {
+        let named = |name: &str| -> Result<String, String> {
+            if name.is_empty() {
+                return Err(format!(
+                    "the name after the colon is missing; expected one of: {HASH_KEY_FORMS}"
+                ));
+            }
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b";=,\"".contains(&b))
+            {
+                return Err(format!("{name:?} is not a valid name"));
+            }
+            Ok(name.to_string())
+        };
+        match word.split_once(':') {
+            None => match word.as_str() {
+                "client_ip" => Ok(Self::ClientIp),
+                "uri" => Ok(Self::Uri),
+                "path" => Ok(Self::Path),
+                _ => Err(format!("expected one of: {HASH_KEY_FORMS}")),
+            },
+            Some(("header", name)) => {
+                let name = named(name)?.to_ascii_lowercase();
+                actix_web::http::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("{name:?} is not a valid header name"))?;
+                Ok(Self::Header(name))
+            }
+            Some(("cookie", name)) => Ok(Self::Cookie(named(name)?)),
+            Some(("query", name)) => Ok(Self::Query(named(name)?)),
+            Some(_) => Err(format!("expected one of: {HASH_KEY_FORMS}")),
+        }
+    }
+}
+
+impl From<HashKey> for String {
+    fn from(key: HashKey) -> String {
+        match key {
+            HashKey::ClientIp => "client_ip".into(),
+            HashKey::Uri => "uri".into(),
+            HashKey::Path => "path".into(),
+            HashKey::Header(name) => format!("header:{name}"),
+            HashKey::Cookie(name) => format!("cookie:{name}"),
+            HashKey::Query(name) => format!("query:{name}"),
+        }
+    }
+}
+
+/// Whether the operator lets a server take requests; health checks give their own verdict
+/// apart from this.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum ServerState {
+    /// Takes new requests.
+    #[default]
+    Active,
+    /// Takes no new requests; requests in flight finish.
+    Drain,
+    /// Takes no requests at all.
+    Down,
 }
 
 /// Parses a setting that is one word out of a fixed list, naming the list when it is not.
@@ -203,7 +303,15 @@ macro_rules! one_of {
 }
 
 one_of!(AccessLogFormat { "combined" => AccessLogFormat::Combined, "json" => AccessLogFormat::Json, "off" => AccessLogFormat::Off });
-one_of!(Balance { "round_robin" => Balance::RoundRobin });
+one_of!(Balance {
+    "round_robin" => Balance::RoundRobin,
+    "least_connections" => Balance::LeastConnections,
+    "least_time" => Balance::LeastTime,
+    "random_two" => Balance::RandomTwo,
+    "random" => Balance::Random,
+    "hash" => Balance::Hash,
+});
+one_of!(ServerState { "active" => ServerState::Active, "drain" => ServerState::Drain, "down" => ServerState::Down });
 
 /// One server of a pool.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -214,6 +322,28 @@ pub struct ServerEntry {
     /// Share of the pool's requests relative to the other servers.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Most requests in flight on this server at once; 0 means no limit.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Takes requests only when no other (primary) server of the pool can.
+    #[serde(default)]
+    pub backup: bool,
+    /// The operator's say: `active`, `drain` or `down`.
+    #[serde(default)]
+    pub state: ServerState,
+}
+
+impl ServerEntry {
+    /// An active primary server of weight 1 without a connection limit.
+    pub fn new(address: &str) -> Self {
+        Self {
+            address: address.into(),
+            weight: 1,
+            max_connections: 0,
+            backup: false,
+            state: ServerState::Active,
+        }
+    }
 }
 
 fn one() -> u32 {

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::Settings;
+use super::{Balance, Settings};
 use crate::pool::parse_address;
 use crate::proxy::route::HostPattern;
 
@@ -130,6 +130,13 @@ fn check_pools(settings: &Settings) -> Result<(), Problem> {
                 ));
             }
         }
+        if let (Some(hash_key), false) = (&pool.hash_key, pool.balance == Balance::Hash) {
+            return Err(problem(
+                key("hash_key"),
+                format!("{:?}", String::from(hash_key.clone())),
+                "applies only with balance = \"hash\"",
+            ));
+        }
         let mut seen = HashSet::new();
         for (index, server) in pool.servers.iter().enumerate() {
             let key = |field: &str| format!("pools.{name}.servers[{index}].{field}");
@@ -160,5 +167,79 @@ fn list_or_none(names: &[&str]) -> String {
         "none".into()
     } else {
         names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{HashKey, PoolSettings, ServerEntry, ServerState};
+
+    fn pool(edit: impl FnOnce(&mut PoolSettings)) -> Settings {
+        let mut pool = PoolSettings {
+            servers: vec![ServerEntry::new("127.0.0.1:9001")],
+            ..PoolSettings::default()
+        };
+        edit(&mut pool);
+        let mut settings = Settings::default();
+        settings.pools.insert("web".into(), pool);
+        settings
+    }
+
+    #[test]
+    fn every_algorithm_and_server_option_is_accepted() {
+        for balance in [
+            "round_robin",
+            "least_connections",
+            "least_time",
+            "random_two",
+            "random",
+            "hash",
+        ] {
+            let balance = Balance::try_from(balance.to_string()).unwrap();
+            assert!(check(&pool(|p| p.balance = balance)).is_ok());
+        }
+        let settings = pool(|p| {
+            p.balance = Balance::Hash;
+            p.hash_key = Some(HashKey::Cookie("session".into()));
+            p.servers.push(ServerEntry {
+                max_connections: 10,
+                backup: true,
+                state: ServerState::Drain,
+                ..ServerEntry::new("127.0.0.1:9002")
+            });
+        });
+        assert!(check(&settings).is_ok());
+    }
+
+    #[test]
+    fn a_hash_key_needs_the_hash_algorithm() {
+        let settings = pool(|p| p.hash_key = Some(HashKey::Uri));
+        let problem = check(&settings).unwrap_err();
+        assert_eq!(problem.key, "pools.web.hash_key");
+        assert_eq!(problem.value, "\"uri\"");
+    }
+
+    #[test]
+    fn hash_keys_are_parsed_and_named() {
+        let parse = |word: &str| HashKey::try_from(word.to_string());
+        assert_eq!(parse("client_ip"), Ok(HashKey::ClientIp));
+        assert_eq!(parse("header:X-User"), Ok(HashKey::Header("x-user".into())));
+        assert_eq!(parse("cookie:sid"), Ok(HashKey::Cookie("sid".into())));
+        assert_eq!(parse("query:user"), Ok(HashKey::Query("user".into())));
+        assert_eq!(
+            String::from(parse("header:X-User").unwrap()),
+            "header:x-user"
+        );
+        for bad in [
+            "ip",
+            "header:",
+            "header:bad name",
+            "cookie:a;b",
+            "body:x",
+            "",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
