@@ -4,6 +4,7 @@ mod helpers;
 
 mod access_log;
 mod admin;
+mod balancing;
 mod failures;
 mod forwarding;
 mod limits;
