@@ -67,7 +67,9 @@ pub enum PickError {
 }
 
 impl PoolSnapshot {
-    fn new(
+    /// A snapshot of `servers` balanced by `balance`; what the pool actor publishes after
+    /// every change.
+    pub fn new(
         name: Arc<str>,
         balance: Balance,
         hash_key: Option<&HashKey>,
