@@ -218,6 +218,35 @@ mod tests {
     }
 
     #[test]
+    fn equally_fast_servers_share_by_weight_under_load() {
+        let weights = [1, 2, 5];
+        let servers = servers(&weights);
+        let lt = LeastTime::new(&servers);
+        for server in &servers {
+            server.latency.observe(Duration::from_millis(10), 0);
+        }
+        // 800 requests stay in flight; each new one lets the oldest finish.
+        let mut window = std::collections::VecDeque::new();
+        let mut counts = vec![0usize; 3];
+        for step in 0..100_000u64 {
+            let now = step * 1_000;
+            let index = lt.pick_at(&servers, now).unwrap();
+            window.push_back((index, InFlight::claim(&servers[index]).unwrap()));
+            lt.started_at(&servers, index, now);
+            counts[index] += 1;
+            if window.len() > 800 {
+                let (done, claim) = window.pop_front().unwrap();
+                servers[done]
+                    .latency
+                    .observe(Duration::from_millis(10), now);
+                drop(claim);
+                lt.refresh(&servers, done, None, now);
+            }
+        }
+        super::super::balance::testing::assert_weighted(&counts, &weights);
+    }
+
+    #[test]
     fn requests_in_flight_count_against_a_server() {
         let servers = servers(&[1, 1]);
         let lt = LeastTime::new(&servers);
