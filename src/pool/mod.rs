@@ -434,6 +434,31 @@ mod tests {
         assert!(merge(&[], &[entry("nope", 1)]).is_err());
     }
 
+    #[test]
+    fn merge_replaces_a_server_whose_limit_backup_or_state_changed() {
+        let kept = Arc::new(Server::from_entry(&limited("127.0.0.1:1", 5)).unwrap());
+        assert!(Arc::ptr_eq(
+            &merge(std::slice::from_ref(&kept), &[limited("127.0.0.1:1", 5)]).unwrap()[0],
+            &kept
+        ));
+        for changed in [
+            limited("127.0.0.1:1", 6),
+            ServerEntry {
+                max_connections: 5,
+                ..backup("127.0.0.1:1")
+            },
+            ServerEntry {
+                max_connections: 5,
+                ..with_state("127.0.0.1:1", ServerState::Drain)
+            },
+        ] {
+            let merged =
+                merge(std::slice::from_ref(&kept), std::slice::from_ref(&changed)).unwrap();
+            assert!(!Arc::ptr_eq(&merged[0], &kept), "{changed:?}");
+            assert_eq!(merged[0].entry(), changed);
+        }
+    }
+
     fn snapshot(balance: Balance, entries: &[ServerEntry]) -> Arc<PoolSnapshot> {
         let servers = entries
             .iter()
