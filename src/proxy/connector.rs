@@ -19,6 +19,8 @@ use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService
 use actix_web::http::Uri;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::interim::HeadFilter;
+
 thread_local! {
     /// Set when a read on an upstream connection of this thread returned end-of-file.
     static READ_EOF: Cell<bool> = const { Cell::new(false) };
@@ -40,10 +42,41 @@ pub fn note_eof() {
     READ_EOF.with(|eof| eof.set(true));
 }
 
-/// A connection to a server: a TCP stream that notes when a read returns end-of-file.
+/// A connection to a server: a TCP stream that notes when a read returns end-of-file, and
+/// fixes each response head before awc reads it (see `interim.rs`).
 #[derive(Debug)]
 pub struct UpstreamStream {
     tcp: TcpStream,
+    heads: HeadFilter,
+}
+
+impl UpstreamStream {
+    fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            heads: HeadFilter::default(),
+        }
+    }
+
+    /// Reads from the socket, noting end-of-file; returns how many bytes arrived.
+    fn read_tcp(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        let room = buf.remaining();
+        let filled = buf.filled().len();
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, buf))?;
+        let got = buf.filled().len() - filled;
+        // Nothing read into a buffer with room is end-of-file; a full buffer proves nothing.
+        if room > 0 && got == 0 {
+            note_eof();
+        }
+        Poll::Ready(Ok(got))
+    }
+
+    /// Hands on bytes the head filter released, holding back what does not fit.
+    fn hand_on(&mut self, bytes: &[u8], buf: &mut ReadBuf<'_>) {
+        let n = bytes.len().min(buf.remaining());
+        buf.put_slice(&bytes[..n]);
+        self.heads.hold(&bytes[n..]);
+    }
 }
 
 impl AsyncRead for UpstreamStream {
@@ -52,14 +85,36 @@ impl AsyncRead for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let room = buf.remaining();
-        let filled = buf.filled().len();
-        let poll = Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf);
-        // Nothing read into a buffer with room is end-of-file; a full buffer proves nothing.
-        if room > 0 && matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() == filled {
-            note_eof();
+        let this = self.get_mut();
+        if !this.heads.awaiting_head() {
+            if this.heads.has_pending() {
+                let held = this.heads.take_held(buf.remaining());
+                buf.put_slice(&held);
+                return Poll::Ready(Ok(()));
+            }
+            return this.read_tcp(cx, buf).map_ok(|_| ());
         }
-        poll
+        // A response head is awaited. Loop until bytes can be handed on or the socket has none.
+        loop {
+            let start = buf.filled().len();
+            let room = buf.remaining();
+            let got = ready!(this.read_tcp(cx, buf))?;
+            if got == 0 && room > 0 {
+                let held = this.heads.closed();
+                this.hand_on(&held, buf);
+                return Poll::Ready(Ok(()));
+            }
+            if this.heads.pass_in_place(&mut buf.filled_mut()[start..]) {
+                return Poll::Ready(Ok(()));
+            }
+            let read = buf.filled()[start..].to_vec();
+            buf.set_filled(start);
+            let released = this.heads.accept(&read);
+            if !released.is_empty() {
+                this.hand_on(&released, buf);
+                return Poll::Ready(Ok(()));
+            }
+        }
     }
 }
 
@@ -69,7 +124,11 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        // awc writes a request only once the previous response was read: what is read next
+        // starts the response to this one.
+        this.heads.request_written();
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -77,7 +136,9 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.heads.request_written();
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -95,6 +156,9 @@ impl AsyncWrite for UpstreamStream {
 
 impl ActixStream for UpstreamStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        if !self.heads.awaiting_head() && self.heads.has_pending() {
+            return Poll::Ready(Ok(Ready::READABLE));
+        }
         ActixStream::poll_read_ready(&self.tcp, cx)
     }
 
@@ -142,7 +206,7 @@ impl Future for Connecting {
                 "connected to itself: nothing listens on the server's port",
             ))));
         }
-        Poll::Ready(Ok(Connection::new(uri, UpstreamStream { tcp })))
+        Poll::Ready(Ok(Connection::new(uri, UpstreamStream::new(tcp))))
     }
 }
 
@@ -201,7 +265,7 @@ mod tests {
     async fn connected(listener: &TcpListener) -> (UpstreamStream, tokio::net::TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (UpstreamStream { tcp: tcp.unwrap() }, accepted.unwrap().0)
+        (UpstreamStream::new(tcp.unwrap()), accepted.unwrap().0)
     }
 
     /// Reads once, as awc does, and tells what the polls that completed the read saw.

@@ -290,8 +290,12 @@ fn respond(
     completion: super::body::Completion,
 ) -> HttpResponse {
     let status = upstream.status();
-    let length = declared_length(upstream.headers());
     let framing = Framing::of(upstream.version(), upstream.headers());
+    // A chunked body's Content-Length, if the server sent both, means nothing (RFC 9112 6.3).
+    let length = match framing {
+        Framing::Length => declared_length(upstream.headers()),
+        _ => None,
+    };
     // The server's header map is taken, not copied: the body no longer needs it.
     let mut headers = HeaderMap::new();
     let upstream = upstream.map_body(|head, payload| {

@@ -16,6 +16,7 @@ mod connector;
 mod error;
 mod forward;
 mod headers;
+mod interim;
 pub mod route;
 mod upgrade;
 

@@ -89,3 +89,44 @@ fn a_timed_out_server_never_leaks_its_late_response_to_the_next_client() {
         assert_eq!(response.text(), "app");
     }
 }
+
+#[test]
+fn interim_responses_are_dropped_and_never_reach_another_client() {
+    let origin = RawOrigin::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+    );
+    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    for _ in 0..3 {
+        let response = get(proxy.addr, "/");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "final");
+    }
+}
+
+#[test]
+fn a_close_delimited_response_body_is_read_until_the_server_closes() {
+    let origin = RawOrigin::start_then_close(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
+    );
+    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let response = get(proxy.addr, "/");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "hello until close");
+}
+
+#[test]
+fn a_chunked_response_that_also_claims_a_length_is_never_cut_to_it() {
+    let origin = RawOrigin::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
+          b\r\nhello world\r\n0\r\n\r\n",
+    );
+    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let response = get(proxy.addr, "/");
+    // Either the whole body or a refusal: never the first three bytes passed off as whole.
+    if response.status == 200 {
+        assert_eq!(response.text(), "hello world");
+    } else {
+        assert_eq!(response.status, 502);
+    }
+}
