@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use config::{Config, ConfigError, Environment, File, FileFormat, Value, ValueKind};
+use config::{Config, ConfigError, File, FileFormat, Value, ValueKind};
 
 use super::{validate, Settings, SettingsError};
 
@@ -11,6 +11,7 @@ use super::{validate, Settings, SettingsError};
 pub const ENV_PREFIX: &str = "GATEHOUSE";
 const ENV_SEPARATOR: &str = "__";
 const DEFAULT_ORIGIN: &str = "built-in default";
+const ENV_ORIGIN: &str = "the environment";
 
 /// Where settings are read from.
 #[derive(Clone, Debug, Default)]
@@ -35,18 +36,12 @@ pub fn load(sources: &Sources) -> Result<Loaded, SettingsError> {
     for file in layer_files(sources)? {
         builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
     }
-    let env = Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator(ENV_SEPARATOR)
-        .separator(ENV_SEPARATOR)
-        .try_parsing(true)
-        .list_separator(",")
-        .with_list_parse_key("server.listen")
-        .source(
-            sources
-                .env
-                .clone()
-                .or_else(|| Some(std::env::vars().collect())),
-        );
+    let env = EnvSource {
+        vars: sources
+            .env
+            .clone()
+            .unwrap_or_else(|| std::env::vars().collect()),
+    };
     let layers = builder
         .add_source(env)
         .build()
@@ -58,6 +53,46 @@ pub fn load(sources: &Sources) -> Result<Loaded, SettingsError> {
     let loaded = Loaded { settings, layers };
     validate::check(&loaded.settings).map_err(|problem| loaded.invalid(problem))?;
     Ok(loaded)
+}
+
+/// Settings whose environment variable holds a comma-separated list.
+const LIST_KEYS: [&str; 1] = ["server.listen"];
+
+/// The environment layer: `GATEHOUSE__SECTION__KEY` variables, every value kept as the text it
+/// is (the settings' types convert it), so a token or header value such as `007` is not
+/// turned into the number 7, as `config`'s own environment source would.
+#[derive(Clone, Debug)]
+struct EnvSource {
+    vars: HashMap<String, String>,
+}
+
+impl config::Source for EnvSource {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, Value>, ConfigError> {
+        let origin = Some(ENV_ORIGIN.to_string());
+        let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+        let mut layer = config::Map::new();
+        for (name, value) in &self.vars {
+            let Some(path) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let key = path.to_lowercase().replace(ENV_SEPARATOR, ".");
+            let kind = if LIST_KEYS.contains(&key.as_str()) {
+                let items = value
+                    .split(',')
+                    .map(|item| Value::new(origin.as_ref(), item.trim().to_string()))
+                    .collect::<Vec<_>>();
+                ValueKind::Array(items)
+            } else {
+                ValueKind::String(value.clone())
+            };
+            layer.insert(key, Value::new(origin.as_ref(), kind));
+        }
+        Ok(layer)
+    }
 }
 
 /// The layer files that exist, in the order they apply.
@@ -210,7 +245,7 @@ fn invalid(
 /// Names an origin the way an operator finds it: a file path, or the variable's name.
 fn describe_origin(origin: Option<&str>, key: &str) -> String {
     match origin {
-        Some("the environment") => format!("environment variable {}", env_name(key)),
+        Some(ENV_ORIGIN) => format!("environment variable {}", env_name(key)),
         Some(file) => file.to_string(),
         None => DEFAULT_ORIGIN.into(),
     }

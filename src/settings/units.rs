@@ -23,15 +23,27 @@ impl Duration {
     }
 }
 
+/// The longest duration a setting takes: past it, adding a duration to a clock can overflow,
+/// and no timeout of a proxy needs more.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+impl Duration {
+    fn bounded(duration: std::time::Duration) -> Result<Self, String> {
+        if duration > MAX_DURATION {
+            return Err("longer than the most a setting takes (365 days)".into());
+        }
+        Ok(Duration(duration))
+    }
+}
+
 impl FromStr for Duration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(text.trim())
-            .map(Duration)
-            .map_err(|err| {
-                format!("not a duration ({err}); write it like \"250ms\", \"10s\" or \"5m\"")
-            })
+        let duration = humantime::parse_duration(text.trim()).map_err(|err| {
+            format!("not a duration ({err}); write it like \"250ms\", \"10s\" or \"5m\"")
+        })?;
+        Duration::bounded(duration)
     }
 }
 
@@ -92,6 +104,10 @@ where
     }
     match Raw::deserialize(deserializer)? {
         Raw::Number(n) => Ok(bare(n)),
+        // From the environment every value is text: a bare number there means the same.
+        Raw::Text(text) if text.trim().parse::<u64>().is_ok() => {
+            Ok(bare(text.trim().parse().unwrap_or_default()))
+        }
         Raw::Text(text) => text
             .parse()
             .map_err(|err: String| de::Error::custom(format!("{text:?} is {err}"))),
@@ -100,7 +116,9 @@ where
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_with_unit(deserializer, Duration::from_secs)
+        let duration = deserialize_with_unit(deserializer, Duration::from_secs)?;
+        Duration::bounded(duration.0)
+            .map_err(|err| de::Error::custom(format!("{duration} is {err}")))
     }
 }
 
@@ -136,6 +154,8 @@ mod tests {
         assert_eq!("5m".parse::<Duration>().unwrap(), Duration::from_secs(300));
         assert!("ten seconds".parse::<Duration>().is_err());
         assert!("10".parse::<Duration>().is_err());
+        assert!("400days".parse::<Duration>().is_err());
+        assert!("365days".parse::<Duration>().is_ok());
     }
 
     #[test]
