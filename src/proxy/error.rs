@@ -10,6 +10,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("the pool has no server that can take the request")]
     NoServer,
+    #[error("the request's host is empty or not a host name")]
+    BadHost,
     #[error("the request head is larger than max_request_header_size")]
     HeaderTooLarge,
     #[error("the request body is larger than the route's max_body_size")]
@@ -43,7 +45,7 @@ impl ResponseError for ProxyError {
             Self::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequestBody(_) | Self::BadHost => StatusCode::BAD_REQUEST,
             Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }

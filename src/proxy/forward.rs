@@ -49,6 +49,9 @@ pub async fn forward(
 ) -> Result<HttpResponse, ProxyError> {
     admit(req, proxy.max_header_bytes)?;
     let host = request_host(req);
+    if host.is_some_and(|host| !is_valid_host(host)) {
+        return Err(ProxyError::BadHost);
+    }
     let path = req.uri().path();
     let route = proxy.routes.find(host, path).ok_or(ProxyError::NoRoute)?;
     let pool = &route.target;
@@ -135,8 +138,10 @@ impl RequestFraming {
     fn of(req: &HttpRequest, declared: Option<u64>) -> Self {
         match declared {
             _ if req.headers().contains_key(header::TRANSFER_ENCODING) => Self::Chunked,
-            Some(length) if length > 0 => Self::Length(length),
-            _ => Self::None,
+            // An explicit `Content-Length: 0` is kept: some servers answer a POST without
+            // a length with 411.
+            Some(length) => Self::Length(length),
+            None => Self::None,
         }
     }
 }
@@ -151,8 +156,11 @@ async fn send(
     response_timeout: std::time::Duration,
 ) -> Result<awc::ClientResponse, ProxyError> {
     let sending = match framing {
-        RequestFraming::None => {
-            let sending = request.send_body(actix_web::body::None::new());
+        RequestFraming::None | RequestFraming::Length(0) => {
+            let sending = match framing {
+                RequestFraming::Length(0) => request.send_body(bytes::Bytes::new()),
+                _ => request.send_body(actix_web::body::None::new()),
+            };
             return match actix_rt::time::timeout(response_timeout, sending).await {
                 Ok(result) => result.map_err(|err| upstream_error(err, None)),
                 Err(_) => Err(ProxyError::ResponseTimeout),
@@ -209,6 +217,40 @@ fn request_host(req: &HttpRequest) -> Option<&str> {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         })
+}
+
+/// Whether a Host value is a host name or IP literal with an optional port (RFC 9110 7.2):
+/// never empty, never a list, never carrying user information or a path.
+fn is_valid_host(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((literal, port)) => {
+                let valid = !literal.is_empty()
+                    && literal
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !valid {
+                    return false;
+                }
+                ("ipv6", port)
+            }
+            None => return false,
+        },
+        None => match host.rfind(':') {
+            Some(at) => (&host[..at], &host[at..]),
+            None => (host, ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || (port.len() > 1
+            && port.len() <= 6
+            && port[1..].bytes().all(|b| b.is_ascii_digit())
+            && port.starts_with(':'));
+    !name.is_empty()
+        && port_ok
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~'))
 }
 
 /// The request's `Content-Length`, which actix-http has already checked is a single number.
@@ -323,4 +365,37 @@ fn respond(
     let mut response = HttpResponse::with_body(status, body);
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_host;
+
+    #[test]
+    fn hosts_are_names_or_literals_with_an_optional_port() {
+        for good in [
+            "example.com",
+            "a.example.com:8080",
+            "127.0.0.1",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "my_host",
+        ] {
+            assert!(is_valid_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "evil.com, www.example.com",
+            "evil.com/x?www.example.com",
+            "evil.com@www.example.com",
+            "evil.com www.example.com",
+            "example.com:",
+            "example.com:80x",
+            "[::1",
+            "[]",
+            ":80",
+        ] {
+            assert!(!is_valid_host(bad), "{bad}");
+        }
+    }
 }

@@ -106,6 +106,14 @@ pub struct Upstreams {
     clients: RefCell<Vec<Option<PoolClient>>>,
 }
 
+/// Whether a client built for `old` serves `new` as it is: only the connection settings
+/// count, so a reload that changes a pool's servers keeps its idle connections.
+fn same_connections(old: &Arc<PoolSettings>, new: &Arc<PoolSettings>) -> bool {
+    Arc::ptr_eq(old, new)
+        || (old.connect_timeout == new.connect_timeout
+            && old.keepalive_timeout == new.keepalive_timeout)
+}
+
 /// A worker's client for one pool, with the settings it was built from.
 type PoolClient = (Arc<PoolSettings>, awc::Client);
 
@@ -116,8 +124,13 @@ impl Upstreams {
         if clients.len() <= pool.index {
             clients.resize_with(pool.index + 1, || None);
         }
-        match &clients[pool.index] {
-            Some((settings, client)) if Arc::ptr_eq(settings, &pool.settings) => client.clone(),
+        match &mut clients[pool.index] {
+            Some((settings, client)) if same_connections(settings, &pool.settings) => {
+                if !Arc::ptr_eq(settings, &pool.settings) {
+                    *settings = pool.settings.clone();
+                }
+                client.clone()
+            }
             _ => {
                 let client = forward::client(&pool.settings);
                 clients[pool.index] = Some((pool.settings.clone(), client.clone()));

@@ -319,3 +319,43 @@ fn redirects_are_returned_to_the_client_not_followed() {
     assert_eq!(response.header("location"), Some("/elsewhere"));
     assert_eq!(origin.requests.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn an_empty_body_keeps_its_content_length() {
+    let origin = Origin::start("app");
+    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let response = raw(
+        proxy.addr,
+        "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    let echo = Echo(response.json());
+    assert_eq!(echo.header("content-length").as_deref(), Some("0"));
+    assert_eq!(echo.0["body_len"], 0);
+}
+
+#[test]
+fn a_malformed_host_gets_400_and_reaches_no_server() {
+    let origin = Origin::start("app");
+    let toml = one_pool(&[origin.addr], "").replace(
+        "pool = \"web\"\n",
+        "host = \"*.example.com\"\npool = \"web\"\n",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    for host in [
+        "evil.com, www.example.com",
+        "evil.com/x?www.example.com",
+        "evil.com@www.example.com",
+    ] {
+        let response = raw(
+            proxy.addr,
+            &format!("GET /name HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(response.status, 400, "{host}");
+    }
+    assert_eq!(origin.hits(), 0);
+    let fine = raw(
+        proxy.addr,
+        "GET /name HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(fine.text(), "app");
+}

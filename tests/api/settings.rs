@@ -582,3 +582,47 @@ fn bad_settings_never_start_a_proxy() {
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
     }
 }
+
+#[test]
+fn environment_values_are_taken_as_written() {
+    let dir = TempDir::new();
+    let config = dir.write("gatehouse.toml", "[server]\nlisten = [\"127.0.0.1:0\"]\n");
+    let (code, stdout, stderr) = run_binary(
+        &dir.0,
+        &["--check", "--print", "--config", config.to_str().unwrap()],
+        &[
+            ("GATEHOUSE__SERVER__SERVER_HEADER", "007"),
+            ("GATEHOUSE__SERVER__LISTEN", "127.0.0.1:1, 127.0.0.1:2"),
+            ("GATEHOUSE__SERVER__KEEP_ALIVE", "20"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("server.server_header = \"007\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("server.listen = [\"127.0.0.1:1\",\"127.0.0.1:2\"]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("server.keep_alive = \"20s\""), "{stdout}");
+}
+
+#[test]
+fn check_refuses_a_duration_longer_than_a_year() {
+    let dir = TempDir::new();
+    let config = dir.write(
+        "gatehouse.toml",
+        "[server]\nkeep_alive = 9223372036854775807\n",
+    );
+    let (code, _, stderr) = run_binary(
+        &dir.0,
+        &["--check", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("server.keep_alive") && stderr.contains("365 days"),
+        "{stderr}"
+    );
+}
