@@ -5,6 +5,7 @@
 //! upgrade tokens are forwarded as ordinary requests with `Upgrade` removed, which a server
 //! must treat as a request that did not ask to upgrade (RFC 9110 7.8).
 
+use std::pin::Pin;
 use std::time::Instant;
 
 use actix_web::body::{BodyStream, BoxBody, SizedStream};
@@ -12,7 +13,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,6 +27,9 @@ use crate::pool::{InFlight, Server};
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 96;
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a relay stays open after the client has closed its side, for the server to finish
+/// (a WebSocket close handshake takes one round trip).
+const CLIENT_GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether the request asks to upgrade to WebSocket over HTTP/1.1.
 pub fn is_websocket(req: &HttpRequest) -> bool {
@@ -93,20 +97,30 @@ pub async fn relay(
     }
 
     let (upstream_read, mut upstream_write) = socket.into_split();
-    let downstream = stream::once(async move { Ok::<_, std::io::Error>(leftover) }).chain(
-        stream::unfold(upstream_read, |mut upstream_read| async move {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            match upstream_read.read_buf(&mut buf).await {
-                Ok(0) => None,
-                Ok(_) => Some((Ok(buf.freeze()), upstream_read)),
-                Err(err) => Some((Err(err), upstream_read)),
-            }
-        }),
-    );
-    let downstream = Box::pin(
-        downstream
-            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty()))),
-    );
+    let from_server = stream::once(async move { Ok::<_, std::io::Error>(leftover) })
+        .chain(stream::unfold(
+            upstream_read,
+            |mut upstream_read| async move {
+                let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                match upstream_read.read_buf(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(_) => Some((Ok(buf.freeze()), upstream_read)),
+                    Err(err) => Some((Err(err), upstream_read)),
+                }
+            },
+        ))
+        .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
+    let (client_gone, client_gone_rx) = tokio::sync::oneshot::channel::<()>();
+    let downstream: ByteStream = match (switching, length) {
+        // The relay ends when the server closes, or a grace period after the client has.
+        (true, _) => Box::pin(from_server.take_until(async move {
+            let _ = client_gone_rx.await;
+            actix_rt::time::sleep(CLIENT_GONE_GRACE).await;
+        })),
+        // A refusal's body ends at its length, whether or not the server then closes.
+        (false, Some(length)) => Box::pin(at_most(Box::pin(from_server), length)),
+        (false, None) => Box::pin(stream::empty()),
+    };
     let idle = if switching {
         settings.upgrade_timeout.get()
     } else {
@@ -140,13 +154,36 @@ pub async fn relay(
             let mut payload = payload;
             while let Some(Ok(chunk)) = payload.next().await {
                 if upstream_write.write_all(&chunk).await.is_err() {
-                    return;
+                    break;
                 }
             }
             let _ = upstream_write.shutdown().await;
+            let _ = client_gone.send(());
         });
     }
     Ok(response)
+}
+
+/// Bytes from the server's socket, as the client's response body reads them.
+type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>>>>;
+
+/// At most `limit` bytes of `inner`.
+fn at_most(inner: ByteStream, limit: u64) -> impl Stream<Item = std::io::Result<Bytes>> {
+    stream::unfold((inner, limit), |(mut inner, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        match inner.next().await? {
+            Ok(mut bytes) => {
+                if bytes.len() as u64 > left {
+                    bytes.truncate(left as usize);
+                }
+                let left = left - bytes.len() as u64;
+                Some((Ok(bytes), (inner, left)))
+            }
+            Err(err) => Some((Err(err), (inner, 0))),
+        }
+    })
 }
 
 fn failed(claim: &InFlight, err: ProxyError) -> ProxyError {

@@ -90,3 +90,76 @@ fn a_refused_upgrade_returns_the_servers_answer() {
     let seen = origin.requests.lock().unwrap().join("");
     assert!(seen.to_lowercase().contains("upgrade: websocket"), "{seen}");
 }
+
+/// The pool's in-flight count, from the admin API.
+fn in_flight(proxy: &Proxy) -> u64 {
+    let response = raw(
+        proxy.admin,
+        "GET /pools/web HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
+    response.json()["servers"][0]["in_flight"].as_u64().unwrap()
+}
+
+/// Waits, up to the deadline, for the pool to have nothing in flight.
+fn wait_for_nothing_in_flight(proxy: &Proxy) {
+    let started = std::time::Instant::now();
+    while in_flight(proxy) != 0 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the relay still holds its server"
+        );
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_relay_ends_when_the_client_closes_even_if_the_server_stays() {
+    // A server that switches protocols and then holds the connection, reading nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            use std::io::{Read, Write};
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            );
+            thread::sleep(DEADLINE + DEADLINE);
+        }
+    });
+    let proxy = Proxy::from_toml(&one_pool(&[server], ""));
+    let mut conn = Conn::open(proxy.addr);
+    conn.send(
+        b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut conn.stream, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    assert_eq!(in_flight(&proxy), 1);
+    // The client is done sending (a half-close) but still reading.
+    conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for_nothing_in_flight(&proxy);
+    drop(conn);
+}
+
+#[test]
+fn a_refused_upgrade_ends_at_its_length_and_frees_the_server() {
+    let origin = RawOrigin::start(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\ndenied");
+    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], "response_timeout = \"60s\"\n"));
+    // The client stays connected after reading the refusal.
+    let mut conn = Conn::open(proxy.addr);
+    conn.send(
+        b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!(conn.read(false).text(), "denied");
+    wait_for_nothing_in_flight(&proxy);
+    drop(conn);
+    let pool = raw(
+        proxy.admin,
+        "GET /pools/web HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(pool.json()["servers"][0]["failures"], 0);
+}
