@@ -14,7 +14,7 @@ use super::body::{BodyFault, Framing, RequestBody, ResponseBody};
 use super::connector::UpstreamConnector;
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::{upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
-use crate::pool::Server;
+use crate::pool::{InFlight, PickError, Server};
 use crate::settings::PoolSettings;
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
@@ -65,11 +65,7 @@ pub async fn forward(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let claim = pool
-        .handle
-        .snapshot()
-        .pick(req)
-        .map_err(|_| ProxyError::NoServer)?;
+    let claim = pick(pool, req).await?;
     let server = claim.server().clone();
     exchange.record.upstream = Some(server.address.clone());
     let upstream_headers = upstream_headers(req, host, pool, &exchange.request_id);
@@ -124,6 +120,30 @@ pub async fn forward(
         pool,
         exchange.completion(proxy.log, Some(claim)),
     ))
+}
+
+/// How often a request queued for a full pool looks for a free slot again. Queueing happens
+/// only when every server is at its `max_connections`, so the polling costs nothing otherwise.
+const QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Step 3: a server for the request. When every server is at its limit, the request waits up
+/// to the pool's `queue_timeout` for one to free a slot.
+async fn pick(pool: &PoolTarget, req: &HttpRequest) -> Result<InFlight, ProxyError> {
+    let mut deadline = None;
+    loop {
+        match pool.handle.snapshot().pick(req) {
+            Ok(claim) => return Ok(claim),
+            Err(PickError::Saturated) => {
+                let queue_timeout = pool.settings.queue_timeout.get();
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + queue_timeout);
+                if Instant::now() >= deadline {
+                    return Err(ProxyError::NoServer);
+                }
+                actix_rt::time::sleep(QUEUE_POLL).await;
+            }
+            Err(PickError::Unavailable) => return Err(ProxyError::NoServer),
+        }
+    }
 }
 
 /// How the client framed its request body; the upstream request keeps the same framing.

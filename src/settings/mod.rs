@@ -155,6 +155,9 @@ pub struct PoolSettings {
     /// How long an idle upstream connection is kept for reuse. Keep it below the servers'
     /// own keep-alive timeout so gatehouse never reuses a connection the server is closing.
     pub keepalive_timeout: Duration,
+    /// When every server is at its `max_connections`, how long a request waits for a slot
+    /// before it gets 503; 0 answers at once.
+    pub queue_timeout: Duration,
     /// A relayed upgrade (WebSocket) is closed after this long without data from the server.
     pub upgrade_timeout: Duration,
     /// Replaces the client's `Host` header on forwarded requests; absent passes it through.
@@ -174,6 +177,7 @@ impl Default for PoolSettings {
             response_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(4),
             upgrade_timeout: Duration::from_secs(3600),
+            queue_timeout: Duration::from_secs(0),
             host_header: None,
             hash_key: None,
             servers: Vec::new(),

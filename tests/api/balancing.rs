@@ -219,3 +219,51 @@ fn least_time_pools_forward_and_time_requests() {
     }
     assert_eq!(one.hits() + two.hits(), 10);
 }
+
+#[test]
+fn a_request_queues_for_a_full_pool_up_to_queue_timeout() {
+    let origin = Origin::start("app");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
+         [[routes]]\npool = \"web\"\n[pools.web]\nqueue_timeout = \"10s\"\n\
+         servers = [{{ address = \"{}\", max_connections = 1 }}]\n",
+        origin.addr
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let slow = {
+        let addr = proxy.addr;
+        std::thread::spawn(move || get(addr, "/sleep/500"))
+    };
+    while origin.hits() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The only slot is taken: this request waits for it instead of getting 503.
+    let queued = get(proxy.addr, "/name");
+    assert_eq!(queued.status, 200);
+    assert_eq!(queued.text(), "app");
+    assert_eq!(slow.join().unwrap().text(), "slept");
+}
+
+#[test]
+fn a_queued_request_gets_503_when_queue_timeout_passes() {
+    let origin = Origin::start("app");
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
+         [[routes]]\npool = \"web\"\n[pools.web]\nqueue_timeout = \"200ms\"\n\
+         servers = [{{ address = \"{}\", max_connections = 1 }}]\n",
+        origin.addr
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let slow = {
+        let addr = proxy.addr;
+        std::thread::spawn(move || get(addr, "/sleep/3000"))
+    };
+    while origin.hits() == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let refused = get(proxy.addr, "/name");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(origin.hits(), 1);
+    assert_eq!(slow.join().unwrap().status, 200);
+}
