@@ -1,33 +1,29 @@
 //! The admin API: pools and their servers as JSON, and runtime membership changes.
 //!
-//! Every change goes to the pool's actor as the same message start-up sends, and is logged
-//! with the caller's address.
+//! Every change goes through the settings supervisor, one at a time with reloads, to the
+//! pool's actor as the same message start-up sends; each is logged with the caller's address.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix_web::dev::Server as RunningServer;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use serde::Deserialize;
 use serde_json::json;
 
-use crate::pool::{PoolError, PoolHandle};
+use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
 use crate::proxy::SharedProxy;
-use crate::settings::{Balance, Settings};
-use crate::state_file::{self, Membership};
-use crate::supervisor::{ReloadError, SupervisorHandle};
+use crate::settings::{Balance, ServerEntry, ServerState, Settings};
+use crate::supervisor::{Changed, ReloadError, ServerChange, SupervisorHandle};
 
 /// What the admin handlers read: the running pools (from the request path's published state),
-/// the settings supervisor, and the token callers must present.
+/// the settings supervisor, which applies every change, and the token callers must present.
 pub struct Admin {
     shared: Arc<SharedProxy>,
     supervisor: SupervisorHandle,
     token: String,
-    state_file: Option<PathBuf>,
 }
 
 impl Admin {
@@ -36,38 +32,11 @@ impl Admin {
         shared: Arc<SharedProxy>,
         supervisor: SupervisorHandle,
     ) -> Self {
-        let state_file = Some(&settings.admin.state_file)
-            .filter(|path| !path.is_empty())
-            .map(PathBuf::from);
         Self {
             shared,
             supervisor,
             token: settings.admin.token.clone(),
-            state_file,
         }
-    }
-
-    /// Saves every pool's membership to the state file, if there is one. A failure is logged
-    /// and reported to the caller; the change itself stands.
-    fn save_state(&self) -> Result<(), String> {
-        let Some(path) = &self.state_file else {
-            return Ok(());
-        };
-        let mut membership = Membership::default();
-        for pool in &self.shared.load().pools {
-            let servers = pool
-                .handle
-                .snapshot()
-                .servers
-                .iter()
-                .map(|s| s.entry())
-                .collect();
-            membership.pools.insert(pool.name.to_string(), servers);
-        }
-        state_file::save(path, &membership).map_err(|err| {
-            log::error!("{err}");
-            err.to_string()
-        })
     }
 
     /// The running pools by name.
@@ -85,28 +54,35 @@ impl Admin {
             .collect()
     }
 
-    fn pool(&self, name: &str) -> Option<PoolHandle> {
-        self.pools().remove(name).map(|(handle, _)| handle)
-    }
-
     /// One pool as JSON: its algorithm and every server with its counters.
     fn describe(&self, name: &str, handle: &PoolHandle, balance: Balance) -> serde_json::Value {
-        let snapshot = handle.snapshot();
-        let servers: Vec<serde_json::Value> = snapshot
+        let servers: Vec<serde_json::Value> = handle
+            .snapshot()
             .servers
             .iter()
-            .map(|server| {
-                json!({
-                    "address": &*server.address,
-                    "weight": server.weight,
-                    "in_flight": server.stats.in_flight.load(Ordering::Relaxed),
-                    "requests": server.stats.requests.load(Ordering::Relaxed),
-                    "failures": server.stats.failures.load(Ordering::Relaxed),
-                })
-            })
+            .map(|s| describe(s))
             .collect();
         json!({ "name": name, "balance": balance, "servers": servers })
     }
+}
+
+/// One server as JSON: its settings and counters, and for a draining server whether its last
+/// request has finished.
+fn describe(server: &Server) -> serde_json::Value {
+    let mut json = json!({
+        "address": &*server.address,
+        "weight": server.weight,
+        "state": server.state(),
+        "backup": server.backup,
+        "max_connections": server.max_connections,
+        "in_flight": server.stats.in_flight.load(Ordering::Relaxed),
+        "requests": server.stats.requests.load(Ordering::Relaxed),
+        "failures": server.stats.failures.load(Ordering::Relaxed),
+    });
+    if server.state() == ServerState::Drain {
+        json["drained"] = json!(server.drained());
+    }
+    json
 }
 
 /// A JSON error body: `{"error": "..."}`.
@@ -115,7 +91,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 }
 
 fn no_pool(name: &str) -> HttpResponse {
-    error(StatusCode::NOT_FOUND, format!("no pool named {name:?}"))
+    pool_error(PoolError::NoPool(name.into()))
 }
 
 /// Whether the caller presented the token, when one is set.
@@ -152,60 +128,75 @@ async fn list_pools(admin: web::Data<Admin>) -> HttpResponse {
 async fn show_pool(admin: web::Data<Admin>, name: web::Path<String>) -> HttpResponse {
     match admin.pools().get(name.as_str()) {
         Some((handle, balance)) => HttpResponse::Ok().json(admin.describe(&name, handle, *balance)),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("no pool named {:?}", name.as_str()),
-        ),
+        None => no_pool(&name),
     }
 }
 
-/// The body of `POST /pools/NAME/servers`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewServer {
-    address: String,
-    #[serde(default = "one")]
-    weight: u32,
+/// Reads a JSON body; the error, serde's reason, is for a 400.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|err| format!("bad {what}: {err}"))
 }
 
-fn one() -> u32 {
-    1
+fn weight_zero() -> HttpResponse {
+    error(StatusCode::BAD_REQUEST, "weight must be at least 1")
 }
 
+/// `POST /pools/NAME/servers`: a server entry as in the settings files.
 async fn add_server(
     req: HttpRequest,
     admin: web::Data<Admin>,
     name: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some(pool) = admin.pool(&name) else {
-        return no_pool(&name);
+    let entry: ServerEntry = match parse(&body, "server description") {
+        Ok(entry) => entry,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let new: NewServer = match serde_json::from_slice(&body) {
-        Ok(new) => new,
-        Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("bad server description: {err}"),
-            )
-        }
-    };
-    if new.weight == 0 {
-        return error(StatusCode::BAD_REQUEST, "weight must be at least 1");
+    if entry.weight == 0 {
+        return weight_zero();
     }
-    match pool.add_server(&new.address, new.weight).await {
-        Ok(()) => {
-            let saved = admin.save_state();
+    let described = format!("{entry:?}");
+    let address = entry.address.clone();
+    match admin
+        .supervisor
+        .change_servers(&name, ServerChange::Add(entry))
+        .await
+    {
+        Ok(changed) => {
             log::info!(
-                "admin {}: added server {} (weight {}) to pool {}",
-                caller(&req),
-                new.address,
-                new.weight,
-                name
+                "admin {}: added server {address} to pool {name}: {described}",
+                caller(&req)
             );
-            let body =
-                json!({ "pool": name.as_str(), "address": new.address, "weight": new.weight });
-            HttpResponse::Created().json(with_state_outcome(body, saved))
+            HttpResponse::Created().json(answer(&name, changed))
+        }
+        Err(err) => pool_error(err),
+    }
+}
+
+/// `PATCH /pools/NAME/servers/ADDRESS`: changes a server's weight, limit, backup flag or state.
+async fn update_server(
+    req: HttpRequest,
+    admin: web::Data<Admin>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let (name, address) = path.into_inner();
+    let changes: ServerChanges = match parse(&body, "server change") {
+        Ok(changes) => changes,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    if changes.weight == Some(0) {
+        return weight_zero();
+    }
+    let described = format!("{changes:?}");
+    let change = ServerChange::Update(address.clone(), changes);
+    match admin.supervisor.change_servers(&name, change).await {
+        Ok(changed) => {
+            log::info!(
+                "admin {}: changed server {address} of pool {name}: {described}",
+                caller(&req)
+            );
+            HttpResponse::Ok().json(answer(&name, changed))
         }
         Err(err) => pool_error(err),
     }
@@ -217,20 +208,29 @@ async fn remove_server(
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (name, address) = path.into_inner();
-    let Some(pool) = admin.pool(&name) else {
-        return no_pool(&name);
-    };
-    match pool.remove_server(&address).await {
-        Ok(()) => {
-            let saved = admin.save_state();
+    let change = ServerChange::Remove(address.clone());
+    match admin.supervisor.change_servers(&name, change).await {
+        Ok(changed) => {
             log::info!("admin {}: removed server {address} from pool {name}; its requests in flight finish", caller(&req));
-            HttpResponse::Ok().json(with_state_outcome(
-                json!({ "pool": name, "removed": address }),
-                saved,
-            ))
+            let mut body = json!({ "pool": name, "removed": address });
+            if let Some(err) = changed.state_file_error {
+                body["state_file_error"] = json!(err);
+            }
+            HttpResponse::Ok().json(body)
         }
         Err(err) => pool_error(err),
     }
+}
+
+/// A change's answer: the server as it is now with its pool's name, and `state_file_error`
+/// when the change could not be saved.
+fn answer(pool: &str, changed: Changed) -> serde_json::Value {
+    let mut body = changed.server.as_deref().map_or(json!({}), describe);
+    body["pool"] = json!(pool);
+    if let Some(err) = changed.state_file_error {
+        body["state_file_error"] = json!(err);
+    }
+    body
 }
 
 /// `POST /reload`: the same as SIGHUP; answers what changed, or why nothing did.
@@ -243,18 +243,10 @@ async fn reload(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
     }
 }
 
-/// Adds `state_file_error` to a change's answer when the change could not be saved.
-fn with_state_outcome(mut body: serde_json::Value, saved: Result<(), String>) -> serde_json::Value {
-    if let Err(err) = saved {
-        body["state_file_error"] = json!(err);
-    }
-    body
-}
-
 fn pool_error(err: PoolError) -> HttpResponse {
     let status = match err {
         PoolError::Duplicate(_) => StatusCode::CONFLICT,
-        PoolError::Unknown(_) => StatusCode::NOT_FOUND,
+        PoolError::Unknown(_) | PoolError::NoPool(_) => StatusCode::NOT_FOUND,
         PoolError::Address { .. } => StatusCode::BAD_REQUEST,
         PoolError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -323,6 +315,10 @@ pub fn start(admin: Admin, listen: SocketAddr) -> std::io::Result<(RunningServer
             .route(
                 "/pools/{name}/servers/{address}",
                 web::delete().to(remove_server),
+            )
+            .route(
+                "/pools/{name}/servers/{address}",
+                web::patch().to(update_server),
             )
             .route("/reload", web::post().to(reload))
             .default_service(web::to(not_found))

@@ -9,9 +9,9 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::listener::{listener_changed, Rebind, Rebinder};
-use crate::pool::{PoolError, PoolHandle};
+use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
-use crate::settings::{self, ServerSettings, Settings, SettingsError, Sources};
+use crate::settings::{self, ServerEntry, ServerSettings, Settings, SettingsError, Sources};
 use crate::state_file::{self, StateFileError};
 
 /// Why a reload was refused or stopped.
@@ -51,7 +51,8 @@ struct Running {
 }
 
 /// Applies `new` over what runs (nothing, at start-up) and publishes the new request path.
-/// Pools in the admin state file take their servers from it.
+/// Pools in the admin state file take their servers from it. Every pool's membership becomes
+/// what the settings say, whatever was changed at runtime.
 async fn apply(
     running: Option<&Running>,
     mut new: Settings,
@@ -78,7 +79,11 @@ async fn apply(
             source,
         };
         let target = match running.and_then(|r| r.pools.get(name)) {
-            Some(current) if *current.settings == *wanted => current.clone(),
+            Some(current)
+                if *current.settings == *wanted && current.handle.entries() == wanted.servers =>
+            {
+                current.clone()
+            }
             Some(current) => {
                 current.handle.reconfigure(wanted).await.map_err(failed)?;
                 report.pools_changed.push(name.clone());
@@ -201,6 +206,83 @@ impl Handler<Reload> for Supervisor {
     }
 }
 
+/// A runtime membership change to one pool, from the admin API.
+#[derive(Debug)]
+pub enum ServerChange {
+    Add(ServerEntry),
+    Update(String, ServerChanges),
+    Remove(String),
+}
+
+/// The outcome of a [`ChangeServers`].
+#[derive(Debug)]
+pub struct Changed {
+    /// The server as it is now; `None` once removed.
+    pub server: Option<Arc<Server>>,
+    /// Why the change could not be saved to the state file; the change stands.
+    pub state_file_error: Option<String>,
+}
+
+/// Applies one admin change to a pool and saves that pool to the state file, in one step
+/// that no reload can interleave with.
+#[derive(Message)]
+#[rtype(result = "Result<Changed, PoolError>")]
+pub struct ChangeServers {
+    pub pool: String,
+    pub change: ServerChange,
+}
+
+impl Handler<ChangeServers> for Supervisor {
+    type Result = AtomicResponse<Self, Result<Changed, PoolError>>;
+
+    fn handle(&mut self, msg: ChangeServers, _: &mut Context<Self>) -> Self::Result {
+        let running = self.running.as_ref();
+        let handle = running
+            .and_then(|r| r.pools.get(&msg.pool))
+            .map(|target| target.handle.clone());
+        let state_file = running
+            .map(|r| r.settings.admin.state_file.clone())
+            .filter(|path| !path.is_empty());
+        let work = async move {
+            let pool = handle.ok_or_else(|| PoolError::NoPool(msg.pool.clone()))?;
+            let server = match msg.change {
+                ServerChange::Add(entry) => {
+                    pool.add_entry(&entry).await?;
+                    pool.server(&entry.address)
+                }
+                ServerChange::Update(address, changes) => {
+                    Some(pool.update_server(&address, changes).await?)
+                }
+                ServerChange::Remove(address) => {
+                    pool.remove_server(&address).await?;
+                    None
+                }
+            };
+            let state_file_error = state_file.and_then(|path| {
+                save_pool(Path::new(&path), &msg.pool, pool.entries())
+                    .err()
+                    .map(|err| {
+                        log::error!("{err}");
+                        err.to_string()
+                    })
+            });
+            Ok(Changed {
+                server,
+                state_file_error,
+            })
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self)))
+    }
+}
+
+/// Records one pool's membership in the state file, leaving the other pools it lists as they
+/// are: pools nobody changed at runtime keep following the settings files.
+fn save_pool(path: &Path, pool: &str, servers: Vec<ServerEntry>) -> Result<(), StateFileError> {
+    let mut membership = state_file::load(path)?;
+    membership.pools.insert(pool.to_string(), servers);
+    state_file::save(path, &membership)
+}
+
 /// A typed handle on the supervisor.
 #[derive(Clone)]
 pub struct SupervisorHandle {
@@ -236,6 +318,19 @@ impl SupervisorHandle {
             published,
             pools,
         ))
+    }
+
+    /// Applies an admin change to pool `pool` (see [`ChangeServers`]).
+    pub async fn change_servers(
+        &self,
+        pool: &str,
+        change: ServerChange,
+    ) -> Result<Changed, PoolError> {
+        let msg = ChangeServers {
+            pool: pool.into(),
+            change,
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
     }
 
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {

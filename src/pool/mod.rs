@@ -19,6 +19,7 @@ mod round_robin;
 mod server;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::HttpRequest;
@@ -29,10 +30,14 @@ pub use hash_key::KeySource;
 pub use latency::PeakEwma;
 pub use server::{parse_address, InFlight, Server, ServerOptions, ServerStats};
 
-use crate::settings::{Balance, HashKey, PoolSettings, ServerEntry};
+use crate::settings::{Balance, HashKey, PoolSettings, ServerEntry, ServerState};
 
 /// How often a pick retries when the server it chose filled up before it could be claimed.
 const CLAIM_ATTEMPTS: usize = 3;
+
+/// How often a pool with draining servers looks whether their last request has finished:
+/// often enough that the log line follows within a blink, rarely enough to cost nothing.
+const DRAIN_CHECK: Duration = Duration::from_millis(200);
 
 /// What the request path reads: the pool's servers and its balancing state.
 #[derive(Debug)]
@@ -178,6 +183,10 @@ pub struct Pool {
     hash_key: Option<HashKey>,
     servers: Vec<Arc<Server>>,
     published: Arc<ArcSwap<PoolSnapshot>>,
+    /// Addresses of draining servers with requests still in flight.
+    draining: Vec<Arc<str>>,
+    /// The timer that looks at `draining`, while it is not empty.
+    drain_check: Option<SpawnHandle>,
 }
 
 impl Pool {
@@ -207,7 +216,8 @@ impl Pool {
     }
 
     /// Takes a pool's settings as a whole (a reload): servers whose entry did not change keep
-    /// their object and counters, changed ones start afresh, missing ones leave. One publish.
+    /// their object, changed ones are succeeded by a new object with the same counters,
+    /// missing ones leave. One publish.
     fn reconfigure(
         &mut self,
         balance: Balance,
@@ -219,6 +229,89 @@ impl Pool {
         self.hash_key = hash_key;
         self.publish();
         Ok(())
+    }
+
+    /// Changes one server's settings. A state change is a store on the running server; other
+    /// changes put a successor in its place that keeps its counters, and publish.
+    fn update(&mut self, address: &str, changes: &ServerChanges) -> Result<Arc<Server>, PoolError> {
+        let index = self
+            .servers
+            .iter()
+            .position(|s| &*s.address == address)
+            .ok_or_else(|| PoolError::Unknown(address.into()))?;
+        let current = self.servers[index].clone();
+        let mut entry = current.entry();
+        changes.apply_to(&mut entry);
+        current.set_state(entry.state);
+        if !current.matches(&entry) {
+            let successor =
+                Server::succeeding(&current, &entry).map_err(|reason| PoolError::Address {
+                    address: address.into(),
+                    reason,
+                })?;
+            self.servers[index] = Arc::new(successor);
+            self.publish();
+        }
+        Ok(self.servers[index].clone())
+    }
+
+    /// Starts watching servers that have just entered `drain`.
+    fn watch_drains(&mut self, entered: Vec<Arc<str>>, ctx: &mut Context<Self>) {
+        for address in entered {
+            if !self.draining.contains(&address) {
+                self.draining.push(address);
+            }
+        }
+        if !self.draining.is_empty() && self.drain_check.is_none() {
+            self.drain_check =
+                Some(ctx.run_interval(DRAIN_CHECK, |pool, ctx| pool.check_drains(ctx)));
+        }
+    }
+
+    /// Logs, once each, the draining servers whose last request has finished; stops watching
+    /// servers that left `drain` or the pool.
+    fn check_drains(&mut self, ctx: &mut Context<Self>) {
+        let servers = &self.servers;
+        let name = &self.name;
+        self.draining.retain(|address| {
+            let Some(server) = servers.iter().find(|s| s.address == *address) else {
+                return false;
+            };
+            if server.state() != ServerState::Drain {
+                return false;
+            }
+            if server.drained() {
+                log::info!("server {address} in pool {name} drained: no requests in flight");
+                return false;
+            }
+            true
+        });
+        if self.draining.is_empty() {
+            if let Some(handle) = self.drain_check.take() {
+                ctx.cancel_future(handle);
+            }
+        }
+    }
+
+    /// Addresses of servers draining now that were not draining in `before`.
+    fn newly_draining(&self, before: &[(Arc<str>, ServerState)]) -> Vec<Arc<str>> {
+        self.servers
+            .iter()
+            .filter(|s| s.state() == ServerState::Drain)
+            .filter(|s| {
+                !before
+                    .iter()
+                    .any(|(address, state)| *address == s.address && *state == ServerState::Drain)
+            })
+            .map(|s| s.address.clone())
+            .collect()
+    }
+
+    fn states(&self) -> Vec<(Arc<str>, ServerState)> {
+        self.servers
+            .iter()
+            .map(|s| (s.address.clone(), s.state()))
+            .collect()
     }
 
     fn remove(&mut self, address: &str) -> Result<(), PoolError> {
@@ -236,25 +329,54 @@ impl Actor for Pool {
     type Context = Context<Self>;
 }
 
-/// The servers a pool should have: kept from `current` where the entry is unchanged.
+/// The servers a pool should have: kept from `current` where the entry is unchanged, with
+/// `current`'s counters where only the entry changed.
 fn merge(current: &[Arc<Server>], wanted: &[ServerEntry]) -> Result<Vec<Arc<Server>>, PoolError> {
     wanted
         .iter()
         .map(|entry| {
-            let unchanged = current.iter().find(|server| server.matches(entry));
-            match unchanged {
-                Some(server) => Ok(server.clone()),
-                None => {
-                    Server::from_entry(entry)
-                        .map(Arc::new)
-                        .map_err(|reason| PoolError::Address {
-                            address: entry.address.clone(),
-                            reason,
-                        })
-                }
-            }
+            let previous = current
+                .iter()
+                .find(|server| *server.address == *entry.address);
+            let server = match previous {
+                Some(server) if server.matches(entry) => return Ok(server.clone()),
+                Some(server) => Server::succeeding(server, entry),
+                None => Server::from_entry(entry),
+            };
+            server.map(Arc::new).map_err(|reason| PoolError::Address {
+                address: entry.address.clone(),
+                reason,
+            })
         })
         .collect()
+}
+
+/// What `PATCH /pools/NAME/servers/ADDRESS` may change; absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerChanges {
+    pub weight: Option<u32>,
+    pub state: Option<ServerState>,
+    pub max_connections: Option<u32>,
+    pub backup: Option<bool>,
+}
+
+impl ServerChanges {
+    /// Writes the changes into `entry`.
+    pub fn apply_to(&self, entry: &mut ServerEntry) {
+        if let Some(weight) = self.weight {
+            entry.weight = weight;
+        }
+        if let Some(state) = self.state {
+            entry.state = state;
+        }
+        if let Some(max_connections) = self.max_connections {
+            entry.max_connections = max_connections;
+        }
+        if let Some(backup) = self.backup {
+            entry.backup = backup;
+        }
+    }
 }
 
 /// Why a membership change was refused.
@@ -266,6 +388,8 @@ pub enum PoolError {
     Unknown(String),
     #[error("server address {address:?}: {reason}")]
     Address { address: String, reason: String },
+    #[error("no pool named {0:?}")]
+    NoPool(String),
     #[error("the pool is not running")]
     Stopped,
 }
@@ -291,8 +415,32 @@ pub struct Reconfigure {
 impl Handler<Reconfigure> for Pool {
     type Result = Result<(), PoolError>;
 
-    fn handle(&mut self, msg: Reconfigure, _: &mut Context<Self>) -> Self::Result {
-        self.reconfigure(msg.balance, msg.hash_key, &msg.servers)
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) -> Self::Result {
+        let before = self.states();
+        self.reconfigure(msg.balance, msg.hash_key, &msg.servers)?;
+        let entered = self.newly_draining(&before);
+        self.watch_drains(entered, ctx);
+        Ok(())
+    }
+}
+
+/// Changes one server's weight, limit, backup flag or state; answers the server as it is now.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Server>, PoolError>")]
+pub struct UpdateServer {
+    pub address: String,
+    pub changes: ServerChanges,
+}
+
+impl Handler<UpdateServer> for Pool {
+    type Result = Result<Arc<Server>, PoolError>;
+
+    fn handle(&mut self, msg: UpdateServer, ctx: &mut Context<Self>) -> Self::Result {
+        let before = self.states();
+        let server = self.update(&msg.address, &msg.changes)?;
+        let entered = self.newly_draining(&before);
+        self.watch_drains(entered, ctx);
+        Ok(server)
     }
 }
 
@@ -306,8 +454,12 @@ pub struct RemoveServer {
 impl Handler<AddServer> for Pool {
     type Result = Result<(), PoolError>;
 
-    fn handle(&mut self, msg: AddServer, _: &mut Context<Self>) -> Self::Result {
-        self.add(&msg.address, msg.weight, msg.options)
+    fn handle(&mut self, msg: AddServer, ctx: &mut Context<Self>) -> Self::Result {
+        let before = self.states();
+        self.add(&msg.address, msg.weight, msg.options)?;
+        let entered = self.newly_draining(&before);
+        self.watch_drains(entered, ctx);
+        Ok(())
     }
 }
 
@@ -343,6 +495,8 @@ impl PoolHandle {
             hash_key,
             servers: Vec::new(),
             published: published.clone(),
+            draining: Vec::new(),
+            drain_check: None,
         };
         Self {
             addr: pool.start(),
@@ -388,6 +542,33 @@ impl PoolHandle {
         self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
     }
 
+    /// Changes one server (see [`UpdateServer`]).
+    pub async fn update_server(
+        &self,
+        address: &str,
+        changes: ServerChanges,
+    ) -> Result<Arc<Server>, PoolError> {
+        let msg = UpdateServer {
+            address: address.into(),
+            changes,
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+    }
+
+    /// The server at `address`, as the pool publishes it now.
+    pub fn server(&self, address: &str) -> Option<Arc<Server>> {
+        self.snapshot()
+            .servers
+            .iter()
+            .find(|s| &*s.address == address)
+            .cloned()
+    }
+
+    /// Every server's settings entry, in order: the pool's running membership.
+    pub fn entries(&self) -> Vec<ServerEntry> {
+        self.snapshot().servers.iter().map(|s| s.entry()).collect()
+    }
+
     pub async fn remove_server(&self, address: &str) -> Result<(), PoolError> {
         let msg = RemoveServer {
             address: address.into(),
@@ -428,6 +609,7 @@ mod tests {
         let merged = merge(&[a.clone(), b.clone()], &wanted).unwrap();
         assert!(Arc::ptr_eq(&merged[0], &a), "unchanged server kept");
         assert!(!Arc::ptr_eq(&merged[1], &b), "reweighted server replaced");
+        assert!(Arc::ptr_eq(&merged[1].stats, &b.stats), "its counters kept");
         assert_eq!(merged[1].weight, 3);
         assert_eq!(&*merged[2].address, "127.0.0.1:3");
         assert_eq!(merge(&merged, &[entry("127.0.0.1:3", 1)]).unwrap().len(), 1);
@@ -435,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn merge_replaces_a_server_whose_limit_backup_or_state_changed() {
+    fn merge_succeeds_a_server_whose_limit_backup_or_state_changed() {
         let kept = Arc::new(Server::from_entry(&limited("127.0.0.1:1", 5)).unwrap());
         assert!(Arc::ptr_eq(
             &merge(std::slice::from_ref(&kept), &[limited("127.0.0.1:1", 5)]).unwrap()[0],
@@ -455,6 +637,7 @@ mod tests {
             let merged =
                 merge(std::slice::from_ref(&kept), std::slice::from_ref(&changed)).unwrap();
             assert!(!Arc::ptr_eq(&merged[0], &kept), "{changed:?}");
+            assert!(Arc::ptr_eq(&merged[0].stats, &kept.stats), "{changed:?}");
             assert_eq!(merged[0].entry(), changed);
         }
     }

@@ -27,7 +27,9 @@ pub struct Server {
     pub backup: bool,
     /// The operator's [`ServerState`], as a byte.
     state: AtomicU8,
-    pub stats: ServerStats,
+    /// Shared with the server that this one replaced at the same address, if any, so a
+    /// changed entry keeps the counters and the requests in flight.
+    pub stats: Arc<ServerStats>,
     /// Time to response head, kept only for pools balanced by `least_time`.
     pub latency: PeakEwma,
 }
@@ -53,7 +55,8 @@ impl From<&ServerEntry> for ServerOptions {
     }
 }
 
-/// Counters kept per server; shared across snapshots so membership changes keep them.
+/// Counters kept per server; shared across snapshots, and handed on when the server's entry
+/// changes, so membership changes keep them.
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Requests picked for this server whose response has not finished.
@@ -92,6 +95,26 @@ impl Server {
         weight: u32,
         options: ServerOptions,
     ) -> Result<Self, String> {
+        Self::with_stats(address, weight, options, Arc::default())
+    }
+
+    /// `entry` taking over from `previous` at the same address: same counters, same requests
+    /// in flight (counted against the new limit), new settings.
+    pub fn succeeding(previous: &Server, entry: &ServerEntry) -> Result<Self, String> {
+        Self::with_stats(
+            &entry.address,
+            entry.weight,
+            entry.into(),
+            previous.stats.clone(),
+        )
+    }
+
+    fn with_stats(
+        address: &str,
+        weight: u32,
+        options: ServerOptions,
+        stats: Arc<ServerStats>,
+    ) -> Result<Self, String> {
         Ok(Self {
             authority: parse_address(address)?,
             address: address.into(),
@@ -99,7 +122,7 @@ impl Server {
             max_connections: options.max_connections,
             backup: options.backup,
             state: AtomicU8::new(options.state as u8),
-            stats: ServerStats::default(),
+            stats,
             latency: PeakEwma::default(),
         })
     }
@@ -148,6 +171,11 @@ impl Server {
     /// Whether a balancer may pick this server for a new request now.
     pub fn can_take_request(&self) -> bool {
         self.takes_traffic() && self.has_room()
+    }
+
+    /// Whether the server is draining and its last request in flight has finished.
+    pub fn drained(&self) -> bool {
+        self.state() == ServerState::Drain && self.in_flight() == 0
     }
 
     /// Requests in flight, for balancers comparing load.
@@ -330,5 +358,23 @@ mod tests {
         assert!(server.matches(&entry));
         entry.state = ServerState::Active;
         assert!(!server.matches(&entry));
+    }
+
+    #[test]
+    fn a_successor_keeps_the_counters_and_requests_in_flight() {
+        let old = Arc::new(Server::new("127.0.0.1:9001", 1).unwrap());
+        let running = InFlight::new(old.clone());
+        let mut entry = old.entry();
+        entry.weight = 5;
+        entry.max_connections = 1;
+        let new = Arc::new(Server::succeeding(&old, &entry).unwrap());
+        assert_eq!((new.weight, new.in_flight()), (5, 1));
+        assert!(
+            !new.has_room(),
+            "the old request counts against the new limit"
+        );
+        drop(running);
+        assert_eq!(new.in_flight(), 0);
+        assert_eq!(new.stats.requests.load(Ordering::Relaxed), 1);
     }
 }
