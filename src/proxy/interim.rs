@@ -29,9 +29,14 @@ pub enum Verdict {
 
 /// Looks at bytes that start a response.
 pub fn examine(bytes: &[u8]) -> Verdict {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut head = httparse::Response::new(&mut headers);
-    match head.parse(bytes) {
+    // Uninitialised slots: this runs once per response, and zeroing 128 slots costs more
+    // than parsing a typical head.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut head = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut head, bytes, &mut slots);
+    match parsed {
         Ok(httparse::Status::Complete(length)) => {
             let code = head.code.unwrap_or(0);
             if (100..200).contains(&code) && code != 101 {
