@@ -1,8 +1,6 @@
 //! The admin API: pools as JSON and runtime membership changes while traffic flows.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -190,54 +188,16 @@ fn a_removed_server_finishes_its_requests_in_flight() {
 fn membership_changes_under_load_fail_no_request() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
     let proxy = Proxy::from_toml(&one_pool(&[one.addr], ""));
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (addr, stop, failures, done) =
-                (proxy.addr, stop.clone(), failures.clone(), done.clone());
-            thread::spawn(move || {
-                let mut conn = Conn::open(addr);
-                // Bounded: at most 5,000 requests per client.
-                for _ in 0..5_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
-                    match conn.try_read(false) {
-                        Ok(response) if response.status == 200 => {}
-                        _ => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            conn = Conn::open(addr);
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let wait_for = |n: usize| {
-        let target = done.load(Ordering::Relaxed) + n;
-        while done.load(Ordering::Relaxed) < target && !clients.iter().all(|c| c.is_finished()) {
-            thread::sleep(Duration::from_millis(5));
-        }
-    };
-    wait_for(200);
+    let load = Load::start(proxy.addr, 4);
+    load.wait_for(200);
     let body = format!("{{\"address\": \"{}\"}}", two.addr);
-    assert_eq!(
-        call(proxy.admin, "POST", "/pools/web/servers", &body, None).status,
-        201
-    );
-    wait_for(200);
+    let added = call(proxy.admin, "POST", "/pools/web/servers", &body, None);
+    assert_eq!(added.status, 201);
+    load.wait_for(200);
     let gone = format!("/pools/web/servers/{}", one.addr);
     assert_eq!(call(proxy.admin, "DELETE", &gone, "", None).status, 200);
-    wait_for(200);
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    load.wait_for(200);
+    assert_eq!(load.stop(), 0);
     assert!(two.hits() > 0, "the added server got no traffic");
 }
 

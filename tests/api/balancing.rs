@@ -220,23 +220,33 @@ fn least_time_pools_forward_and_time_requests() {
     assert_eq!(one.hits() + two.hits(), 10);
 }
 
-#[test]
-fn a_request_queues_for_a_full_pool_up_to_queue_timeout() {
+/// A pool whose one server takes one request at a time and is busy with a slow one (`/sleep/MS`),
+/// with the given `queue_timeout`; returns the slow request's thread too.
+fn full_pool(
+    queue_timeout: &str,
+    slow_ms: u64,
+) -> (Origin, Proxy, std::thread::JoinHandle<Response>) {
     let origin = Origin::start("app");
     let toml = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\nqueue_timeout = \"10s\"\n\
+         [[routes]]\npool = \"web\"\n[pools.web]\nqueue_timeout = \"{queue_timeout}\"\n\
          servers = [{{ address = \"{}\", max_connections = 1 }}]\n",
         origin.addr
     );
     let proxy = Proxy::from_toml(&toml);
     let slow = {
         let addr = proxy.addr;
-        std::thread::spawn(move || get(addr, "/sleep/500"))
+        std::thread::spawn(move || get(addr, &format!("/sleep/{slow_ms}")))
     };
     while origin.hits() == 0 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    (origin, proxy, slow)
+}
+
+#[test]
+fn a_request_queues_for_a_full_pool_up_to_queue_timeout() {
+    let (_origin, proxy, slow) = full_pool("10s", 500);
     // The only slot is taken: this request waits for it instead of getting 503.
     let queued = get(proxy.addr, "/name");
     assert_eq!(queued.status, 200);
@@ -246,21 +256,7 @@ fn a_request_queues_for_a_full_pool_up_to_queue_timeout() {
 
 #[test]
 fn a_queued_request_gets_503_when_queue_timeout_passes() {
-    let origin = Origin::start("app");
-    let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\nqueue_timeout = \"200ms\"\n\
-         servers = [{{ address = \"{}\", max_connections = 1 }}]\n",
-        origin.addr
-    );
-    let proxy = Proxy::from_toml(&toml);
-    let slow = {
-        let addr = proxy.addr;
-        std::thread::spawn(move || get(addr, "/sleep/3000"))
-    };
-    while origin.hits() == 0 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let (origin, proxy, slow) = full_pool("200ms", 3000);
     let refused = get(proxy.addr, "/name");
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("1"));

@@ -128,41 +128,14 @@ fn unchanged_servers_keep_their_counters_across_a_reload() {
 fn reloads_under_load_fail_no_request() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
     let process = Process::start(&settings_for(&[one.addr], None));
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (addr, stop, failures) = (process.addr, stop.clone(), failures.clone());
-            thread::spawn(move || {
-                let mut conn = Conn::open(addr);
-                // Bounded: at most 5,000 requests per client.
-                for _ in 0..5_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
-                    match conn.try_read(false) {
-                        Ok(response) if response.status == 200 => {}
-                        _ => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            conn = Conn::open(addr);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(process.addr, 4);
     let layouts = [vec![one.addr, two.addr], vec![two.addr], vec![one.addr]];
     for layout in layouts.iter().cycle().take(6) {
         std::fs::write(&process.config, settings_for(layout, None)).unwrap();
         assert_eq!(reload(&process).status, 200);
-        thread::sleep(Duration::from_millis(50));
+        load.wait_for(100);
     }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert_eq!(load.stop(), 0);
     assert!(one.hits() > 0 && two.hits() > 0);
 }
 
