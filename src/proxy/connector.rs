@@ -95,6 +95,9 @@ impl AsyncRead for UpstreamStream {
             return this.read_tcp(cx, buf).map_ok(|_| ());
         }
         // A response head is awaited. Loop until bytes can be handed on or the socket has none.
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let start = buf.filled().len();
             let room = buf.remaining();
