@@ -16,6 +16,22 @@
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 
+/// Parses heads as awc does, so the two never disagree on where a head ends.
+fn parser_config() -> httparse::ParserConfig {
+    let mut config = httparse::ParserConfig::default();
+    config.allow_spaces_after_header_name_in_responses(true);
+    config
+}
+
+/// Where the version digit of a head's status line is: httparse skips blank lines before it.
+fn version_digit(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count()
+        + 7
+}
+
 /// What to do with bytes that start a response.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -34,8 +50,7 @@ pub fn examine(bytes: &[u8]) -> Verdict {
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut head = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut head, bytes, &mut slots);
+    let parsed = parser_config().parse_response_with_uninit_headers(&mut head, bytes, &mut slots);
     match parsed {
         Ok(httparse::Status::Complete(length)) => {
             let code = head.code.unwrap_or(0);
@@ -89,7 +104,7 @@ impl HeadFilter {
         match examine(bytes) {
             Verdict::Final { relabel } => {
                 if relabel {
-                    bytes[7] = b'0';
+                    bytes[version_digit(bytes)] = b'0';
                 }
                 self.awaiting_head = false;
                 true
@@ -114,7 +129,8 @@ impl HeadFilter {
                 Verdict::Final { relabel } => {
                     self.awaiting_head = false;
                     if relabel {
-                        self.pending[7] = b'0';
+                        let at = version_digit(&self.pending);
+                        self.pending[at] = b'0';
                     }
                     return std::mem::take(&mut self.pending);
                 }
@@ -165,6 +181,19 @@ mod tests {
         assert_eq!(
             filter.accept(b"Length: 0\r\n\r\n"),
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn relabelling_skips_blank_lines_and_interim_heads_may_space_before_colons() {
+        let mut filter = HeadFilter::default();
+        filter.request_written();
+        let mut bytes = b"\r\nHTTP/1.1 200 OK\r\n\r\nhi".to_vec();
+        assert!(filter.pass_in_place(&mut bytes));
+        assert_eq!(&bytes[..11], b"\r\nHTTP/1.0 ");
+        assert_eq!(
+            examine(b"HTTP/1.1 103 Early Hints\r\nLink : </a>\r\n\r\n"),
+            Verdict::Interim(41)
         );
     }
 
