@@ -40,7 +40,13 @@ pub fn load(path: &Path) -> Result<Membership, StateFileError> {
     let membership: Membership =
         serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))?;
     for (pool, servers) in &membership.pools {
-        for server in servers {
+        for (index, server) in servers.iter().enumerate() {
+            if servers[..index].iter().any(|s| s.address == server.address) {
+                return Err(invalid(format!(
+                    "pool {pool}: server {} is listed twice",
+                    server.address
+                )));
+            }
             if let Err(reason) = crate::pool::parse_address(&server.address) {
                 return Err(invalid(format!(
                     "pool {pool}: server {:?}: {reason}",
@@ -116,6 +122,10 @@ mod tests {
         save(&path, &membership).unwrap();
         assert_eq!(load(&path).unwrap(), membership);
         std::fs::write(&path, r#"{"pools": {"web": [{"address": "nope"}]}}"#).unwrap();
+        assert!(matches!(load(&path), Err(StateFileError::Invalid { .. })));
+        let twice =
+            r#"{"pools": {"web": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:1"}]}}"#;
+        std::fs::write(&path, twice).unwrap();
         assert!(matches!(load(&path), Err(StateFileError::Invalid { .. })));
         std::fs::write(&path, "{not json").unwrap();
         assert!(matches!(load(&path), Err(StateFileError::Invalid { .. })));
