@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::dev::Server as HttpServerRunning;
+use actix_web::dev::{Server as HttpServerRunning, ServerHandle};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -143,39 +143,41 @@ impl Gatehouse {
         let mut shutdown = Box::pin(shutdown_signal(signals.terminate, signals.interrupt));
         let mut stopping = false;
         let mut current = server;
-        let mut draining = Vec::new();
+        // Listeners replaced by a reload, still finishing their requests.
+        let mut draining: Vec<(ServerHandle, actix_rt::task::JoinHandle<io::Result<()>>)> =
+            Vec::new();
         let result = loop {
-            tokio::select! {
+            let stop = tokio::select! {
                 result = &mut current => break result,
                 () = &mut shutdown, if !stopping => {
-                    stopping = true;
                     log::info!("stopping: no new connections; in-flight requests may finish");
-                    // Our duplicates of the listening sockets would keep them open.
-                    sockets = Listeners::default();
-                    actix_rt::spawn(current.handle().stop(true));
+                    true
                 }
-                Some(graceful) = stops.recv() => {
-                    stopping = true;
-                    sockets = Listeners::default();
-                    actix_rt::spawn(current.handle().stop(graceful));
-                }
+                Some(graceful) = stops.recv() => graceful,
                 Some(rebind) = rebinds.recv(), if !stopping => {
-                    let outcome = sockets.serve(&rebind.settings, shared.clone());
-                    let answer = match outcome {
+                    let answer = match sockets.serve(&rebind.settings, shared.clone()) {
                         Ok((server, bound)) => {
                             let old = std::mem::replace(&mut current, server);
                             actix_rt::spawn(retire(old.handle()));
-                            draining.push(actix_rt::spawn(old));
+                            draining.push((old.handle(), actix_rt::spawn(old)));
                             Ok(bound)
                         }
                         Err(err) => Err(err.to_string()),
                     };
                     let _ = rebind.reply.send(answer);
+                    continue;
                 }
+            };
+            stopping = true;
+            // Our duplicates of the listening sockets would keep them open.
+            sockets = Listeners::default();
+            actix_rt::spawn(current.handle().stop(stop));
+            // A forced stop reaches the listeners still draining, too.
+            for (handle, _) in &draining {
+                actix_rt::spawn(handle.stop(stop));
             }
         };
-        // Listeners replaced by a reload finish their in-flight requests too.
-        for old in draining {
+        for (_, old) in draining {
             let _ = old.await;
         }
         admin_handle.stop(false).await;
