@@ -53,6 +53,7 @@ fn pick(c: &mut Criterion) {
                     next = (next + 1) % keys.len();
                     let request = PickRequest {
                         key: Some(&keys[next]),
+                        avoid: &[],
                     };
                     black_box(balancer.pick(&servers, black_box(&request)))
                 })
@@ -75,6 +76,7 @@ fn claim(c: &mut Criterion) {
                     next = (next + 1) % keys.len();
                     let request = PickRequest {
                         key: Some(&keys[next]),
+                        avoid: &[],
                     };
                     drop(black_box(snapshot.pick_for(black_box(&request))))
                 })

@@ -17,6 +17,8 @@ use crate::settings::Balance;
 pub struct PickRequest<'a> {
     /// The bytes of the pool's hash key, when the pool hashes and the request carries the key.
     pub key: Option<&'a [u8]>,
+    /// Servers the request must not go to: those a retry has already tried.
+    pub avoid: &'a [Arc<Server>],
 }
 
 /// A balancing algorithm over a fixed list of servers (one tier of one snapshot of a pool).

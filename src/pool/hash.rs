@@ -155,7 +155,10 @@ mod tests {
     }
 
     fn keyed(key: &[u8]) -> PickRequest<'_> {
-        PickRequest { key: Some(key) }
+        PickRequest {
+            key: Some(key),
+            avoid: &[],
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod alias;
 mod balance;
+mod condition;
 mod hash;
 mod hash_key;
 mod latency;
@@ -26,11 +27,12 @@ use actix_web::HttpRequest;
 use arc_swap::ArcSwap;
 
 pub use balance::{balancer, Balancer, PickRequest};
+pub use condition::{ejection_allowance, Condition, PassiveVerdict, ProbeReport, ProbeVerdict};
 pub use hash_key::KeySource;
 pub use latency::PeakEwma;
 pub use server::{parse_address, InFlight, Server, ServerOptions, ServerStats};
 
-use crate::settings::{Balance, HashKey, PoolSettings, ServerEntry, ServerState};
+use crate::settings::{Balance, HashKey, InitialState, PoolSettings, ServerEntry, ServerState};
 
 /// How often a pick retries when the server it chose filled up before it could be claimed.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -51,6 +53,8 @@ pub struct PoolSnapshot {
     key: Option<KeySource>,
     /// Whether responses are timed (`least_time`).
     timed: bool,
+    /// How long a returning server takes to reach its full weight; zero for no ramp.
+    slow_start: Duration,
 }
 
 /// Servers that are picked among together.
@@ -80,6 +84,17 @@ impl PoolSnapshot {
         hash_key: Option<&HashKey>,
         servers: Vec<Arc<Server>>,
     ) -> Self {
+        Self::ramping(name, balance, hash_key, servers, Duration::ZERO)
+    }
+
+    /// [`PoolSnapshot::new`] with a slow start for servers that come back.
+    pub fn ramping(
+        name: Arc<str>,
+        balance: Balance,
+        hash_key: Option<&HashKey>,
+        servers: Vec<Arc<Server>>,
+        slow_start: Duration,
+    ) -> Self {
         let tier = |backup: bool| {
             let servers: Vec<Arc<Server>> = servers
                 .iter()
@@ -99,6 +114,7 @@ impl PoolSnapshot {
             servers,
             key,
             timed: balance == Balance::LeastTime,
+            slow_start,
         }
     }
 
@@ -110,16 +126,41 @@ impl PoolSnapshot {
             .key
             .as_ref()
             .and_then(|source| source.read(req, &mut ip));
-        self.pick_for(&PickRequest { key })
+        self.pick_for(&PickRequest { key, avoid: &[] })
     }
 
-    /// [`PoolSnapshot::pick`] for what an algorithm needs of a request.
+    /// [`PoolSnapshot::pick`] for a retry: any server but those in `avoid`.
+    pub fn pick_other(
+        self: &Arc<Self>,
+        req: &HttpRequest,
+        avoid: &[Arc<Server>],
+    ) -> Result<InFlight, PickError> {
+        let mut ip = [0; 16];
+        let key = self
+            .key
+            .as_ref()
+            .and_then(|source| source.read(req, &mut ip));
+        self.pick_for(&PickRequest { key, avoid })
+    }
+
+    /// [`PoolSnapshot::pick`] for what an algorithm needs of a request. The balancer's choice
+    /// is set aside for the least loaded other server when the request must avoid it, or, by
+    /// chance, when it is ramping up after a return (`slow_start`).
     pub fn pick_for(self: &Arc<Self>, request: &PickRequest<'_>) -> Result<InFlight, PickError> {
         for (tier_index, tier) in self.tiers.iter().enumerate() {
             for _ in 0..CLAIM_ATTEMPTS {
-                let Some(index) = tier.balancer.pick(&tier.servers, request) else {
+                let Some(mut index) = tier.balancer.pick(&tier.servers, request) else {
                     break;
                 };
+                let avoided = is_avoided(&tier.servers[index], request.avoid);
+                if avoided || self.holds_back(&tier.servers[index]) {
+                    match least_loaded_other(&tier.servers, request.avoid, index) {
+                        Some(other) => index = other,
+                        None if avoided => break,
+                        // A ramping server that is the only one left takes the request.
+                        None => {}
+                    }
+                }
                 match InFlight::claim(&tier.servers[index]) {
                     Some(claim) => return Ok(self.started(claim, tier_index, index)),
                     // Another request took its last slot since the balancer looked.
@@ -132,6 +173,16 @@ impl PoolSnapshot {
         } else {
             Err(PickError::Unavailable)
         }
+    }
+
+    /// Whether a server still ramping up after its return sits this pick out: it takes a
+    /// share of its picks that grows from a tenth to all of them over `slow_start`.
+    fn holds_back(&self, server: &Server) -> bool {
+        if self.slow_start.is_zero() {
+            return false;
+        }
+        let share = server.condition().ramp(self.slow_start);
+        share < 1.0 && fastrand::f64() >= share
     }
 
     /// Tells the balancer of a claimed request and arranges for it to hear of the rest.
@@ -149,6 +200,29 @@ impl PoolSnapshot {
         };
         claim.watched(Some(watch), picked_at)
     }
+}
+
+fn is_avoided(server: &Server, avoid: &[Arc<Server>]) -> bool {
+    avoid.iter().any(|other| other.address == server.address)
+}
+
+/// The server with the least load for its weight, other than `servers[not]` and those in
+/// `avoid`, that can take a request; ties go to the first after a random start. O(n), and
+/// only reached when the balancer's own pick was set aside.
+fn least_loaded_other(servers: &[Arc<Server>], avoid: &[Arc<Server>], not: usize) -> Option<usize> {
+    let n = servers.len();
+    let start = fastrand::usize(..n.max(1));
+    let mut best: Option<usize> = None;
+    for index in (0..n).map(|offset| (start + offset) % n) {
+        let server = &servers[index];
+        if index == not || is_avoided(server, avoid) || !server.can_take_request() {
+            continue;
+        }
+        if best.is_none_or(|b| balance::less_loaded(server, &servers[b])) {
+            best = Some(index);
+        }
+    }
+    best
 }
 
 /// Where a request's load changes are reported: its server's slot in the snapshot it was
@@ -187,15 +261,63 @@ pub struct Pool {
     draining: Vec<Arc<str>>,
     /// The timer that looks at `draining`, while it is not empty.
     drain_check: Option<SpawnHandle>,
+    health: Health,
+}
+
+/// What a pool's health settings mean for its servers' conditions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Health {
+    /// The probe verdict a server joining the pool starts with.
+    joining: ProbeVerdict,
+    /// Whether live traffic may eject servers.
+    passive: bool,
+    slow_start: Duration,
+}
+
+impl Health {
+    fn of(settings: &PoolSettings) -> Self {
+        let joining = match settings.health.as_ref().map(|h| h.initial_state) {
+            None => ProbeVerdict::Unchecked,
+            Some(InitialState::Up) => ProbeVerdict::Up,
+            Some(InitialState::Down) => ProbeVerdict::Down,
+        };
+        Self {
+            joining,
+            passive: settings.passive.enabled,
+            slow_start: settings.slow_start.get(),
+        }
+    }
+
+    /// Brings a server's condition in line with these settings: a joining server gets the
+    /// initial probe verdict; turning checks or ejection off clears their verdicts.
+    fn apply(&self, server: &Server, joining: bool) {
+        let condition = server.condition();
+        if self.joining == ProbeVerdict::Unchecked {
+            condition.set_probe(ProbeVerdict::Unchecked);
+        } else if joining {
+            condition.set_probe(self.joining);
+        } else if condition.probe() == ProbeVerdict::Unchecked {
+            // Checks just turned on for a server already taking traffic: it stays in until
+            // probes say otherwise.
+            condition.set_probe(ProbeVerdict::Up);
+        }
+        if !self.passive {
+            condition.clear_ejection();
+        }
+    }
 }
 
 impl Pool {
     fn publish(&self) {
-        let snapshot = PoolSnapshot::new(
+        for server in &self.servers {
+            server.condition().set_pool(&self.name);
+        }
+        let snapshot = PoolSnapshot::ramping(
             self.name.clone(),
             self.balance,
             self.hash_key.as_ref(),
             self.servers.clone(),
+            self.health.slow_start,
         );
         self.published.store(Arc::new(snapshot));
     }
@@ -210,6 +332,7 @@ impl Pool {
                 reason,
             }
         })?;
+        self.health.apply(&server, true);
         self.servers.push(Arc::new(server));
         self.publish();
         Ok(())
@@ -218,15 +341,16 @@ impl Pool {
     /// Takes a pool's settings as a whole (a reload): servers whose entry did not change keep
     /// their object, changed ones are succeeded by a new object with the same counters,
     /// missing ones leave. One publish.
-    fn reconfigure(
-        &mut self,
-        balance: Balance,
-        hash_key: Option<HashKey>,
-        wanted: &[ServerEntry],
-    ) -> Result<(), PoolError> {
-        self.servers = merge(&self.servers, wanted)?;
-        self.balance = balance;
-        self.hash_key = hash_key;
+    fn reconfigure(&mut self, settings: &PoolSettings) -> Result<(), PoolError> {
+        let servers = merge(&self.servers, &settings.servers)?;
+        self.health = Health::of(settings);
+        for server in &servers {
+            let joining = !self.servers.iter().any(|s| s.address == server.address);
+            self.health.apply(server, joining);
+        }
+        self.servers = servers;
+        self.balance = settings.balance;
+        self.hash_key = settings.hash_key.clone();
         self.publish();
         Ok(())
     }
@@ -242,6 +366,9 @@ impl Pool {
         let current = self.servers[index].clone();
         let mut entry = current.entry();
         changes.apply_to(&mut entry);
+        if current.state() != ServerState::Active && entry.state == ServerState::Active {
+            current.condition().came_back();
+        }
         current.set_state(entry.state);
         if !current.matches(&entry) {
             let successor =
@@ -403,13 +530,11 @@ pub struct AddServer {
     pub options: ServerOptions,
 }
 
-/// Replaces the pool's algorithm and servers with those of new settings.
+/// Replaces the pool's algorithm, health settings and servers with those of new settings.
 #[derive(Message)]
 #[rtype(result = "Result<(), PoolError>")]
 pub struct Reconfigure {
-    pub balance: Balance,
-    pub hash_key: Option<HashKey>,
-    pub servers: Vec<ServerEntry>,
+    pub settings: PoolSettings,
 }
 
 impl Handler<Reconfigure> for Pool {
@@ -417,7 +542,7 @@ impl Handler<Reconfigure> for Pool {
 
     fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) -> Self::Result {
         let before = self.states();
-        self.reconfigure(msg.balance, msg.hash_key, &msg.servers)?;
+        self.reconfigure(&msg.settings)?;
         let entered = self.newly_draining(&before);
         self.watch_drains(entered, ctx);
         Ok(())
@@ -479,24 +604,27 @@ pub struct PoolHandle {
 }
 
 impl PoolHandle {
-    /// Starts an empty pool actor on the current arbiter.
-    pub fn start(name: &str, balance: Balance) -> Self {
-        Self::start_hashing(name, balance, None)
-    }
-
-    /// Starts an empty pool actor that hashes `hash_key` when `balance` is `hash`.
-    pub fn start_hashing(name: &str, balance: Balance, hash_key: Option<HashKey>) -> Self {
+    /// Starts an empty pool actor on the current arbiter, with `settings`' algorithm and
+    /// health settings (not its servers).
+    pub fn start(name: &str, settings: &PoolSettings) -> Self {
         let name: Arc<str> = name.into();
-        let empty = PoolSnapshot::new(name.clone(), balance, hash_key.as_ref(), Vec::new());
+        let hash_key = settings.hash_key.clone();
+        let empty = PoolSnapshot::new(
+            name.clone(),
+            settings.balance,
+            hash_key.as_ref(),
+            Vec::new(),
+        );
         let published = Arc::new(ArcSwap::from_pointee(empty));
         let pool = Pool {
             name,
-            balance,
+            balance: settings.balance,
             hash_key,
             servers: Vec::new(),
             published: published.clone(),
             draining: Vec::new(),
             drain_check: None,
+            health: Health::of(settings),
         };
         Self {
             addr: pool.start(),
@@ -506,7 +634,7 @@ impl PoolHandle {
 
     /// Starts a pool and adds its servers from settings, as the admin API would.
     pub async fn from_settings(name: &str, settings: &PoolSettings) -> Result<Self, PoolError> {
-        let pool = Self::start_hashing(name, settings.balance, settings.hash_key.clone());
+        let pool = Self::start(name, settings);
         for server in &settings.servers {
             pool.add_entry(server).await?;
         }
@@ -535,9 +663,7 @@ impl PoolHandle {
     /// Applies a pool's new settings in one step (see [`Reconfigure`]).
     pub async fn reconfigure(&self, settings: &PoolSettings) -> Result<(), PoolError> {
         let msg = Reconfigure {
-            balance: settings.balance,
-            hash_key: settings.hash_key.clone(),
-            servers: settings.servers.clone(),
+            settings: settings.clone(),
         };
         self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix_web::http::uri::Authority;
 
+use super::condition::Condition;
 use super::latency::{self, PeakEwma};
 use super::Watch;
 use crate::settings::{ServerEntry, ServerState};
@@ -55,10 +56,12 @@ impl From<&ServerEntry> for ServerOptions {
     }
 }
 
-/// Counters kept per server; shared across snapshots, and handed on when the server's entry
-/// changes, so membership changes keep them.
+/// Counters and health kept per server; shared across snapshots, and handed on when the
+/// server's entry changes, so membership changes keep them.
 #[derive(Debug, Default)]
 pub struct ServerStats {
+    /// What health checks and live traffic say.
+    pub condition: Condition,
     /// Requests picked for this server whose response has not finished.
     pub in_flight: AtomicUsize,
     /// Requests sent to this server since it joined the pool.
@@ -156,16 +159,31 @@ impl Server {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    /// Whether the server may be sent new requests at all. Today that is the operator's
-    /// state alone; health checks will add their own verdict here, kept apart from it.
+    /// Whether the server may be sent new requests at all: the operator says active, and
+    /// neither health checks nor passive detection keep it out.
     pub fn takes_traffic(&self) -> bool {
-        self.state() == ServerState::Active
+        self.state() == ServerState::Active && self.stats.condition.admits()
     }
 
-    /// Whether the server is below its `max_connections`.
+    /// What health checks and live traffic say about the server.
+    pub fn condition(&self) -> &Condition {
+        &self.stats.condition
+    }
+
+    /// The most requests the server may have in flight now; 0 means no limit. A server on
+    /// trial after an ejection takes one at a time.
+    fn limit(&self) -> usize {
+        if self.stats.condition.on_trial() {
+            1
+        } else {
+            self.max_connections as usize
+        }
+    }
+
+    /// Whether the server is below its `max_connections` (one request, on trial).
     pub fn has_room(&self) -> bool {
-        self.max_connections == 0
-            || self.stats.in_flight.load(Ordering::Relaxed) < self.max_connections as usize
+        let limit = self.limit();
+        limit == 0 || self.stats.in_flight.load(Ordering::Relaxed) < limit
     }
 
     /// Whether a balancer may pick this server for a new request now.
@@ -229,7 +247,7 @@ impl InFlight {
     /// Counts a request in flight on `server` if it is below its `max_connections`; two
     /// requests racing for the last slot cannot both have it.
     pub fn claim(server: &Arc<Server>) -> Option<Self> {
-        let limit = server.max_connections as usize;
+        let limit = server.limit();
         let in_flight = &server.stats.in_flight;
         if limit == 0 {
             in_flight.fetch_add(1, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //! < `settings/local.toml` < the `--config` file or folder < `GATEHOUSE__SECTION__KEY` variables.
 
 mod error;
+mod health;
 mod layers;
 mod units;
 mod validate;
@@ -14,6 +15,9 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use error::SettingsError;
+pub use health::{
+    HealthSettings, InitialState, PassiveSettings, ProbeMethod, RetryOn, RetrySettings, StatusRange,
+};
 pub use layers::{load, Loaded, Sources};
 pub use units::{ByteSize, Duration};
 
@@ -166,6 +170,14 @@ pub struct PoolSettings {
     /// What `balance = "hash"` hashes; absent means the client's IP address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<HashKey>,
+    /// A server that comes back (from down, ejection or a failed probe) ramps from a tenth
+    /// of its weight to all of it over this long; 0 turns the ramp off.
+    pub slow_start: Duration,
+    /// Active health checks; absent means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSettings>,
+    pub passive: PassiveSettings,
+    pub retry: RetrySettings,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -180,6 +192,10 @@ impl Default for PoolSettings {
             queue_timeout: Duration::from_secs(0),
             host_header: None,
             hash_key: None,
+            slow_start: Duration::from_secs(0),
+            health: None,
+            passive: PassiveSettings::default(),
+            retry: RetrySettings::default(),
             servers: Vec::new(),
         }
     }

@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 
-use super::{Balance, Settings};
+use actix_web::http::header::{HeaderName, HeaderValue};
+
+use super::{Balance, HealthSettings, PoolSettings, Settings};
 use crate::pool::parse_address;
 use crate::proxy::route::HostPattern;
 
@@ -137,6 +139,7 @@ fn check_pools(settings: &Settings) -> Result<(), Problem> {
                 "applies only with balance = \"hash\"",
             ));
         }
+        check_failure_handling(name, pool)?;
         let mut seen = HashSet::new();
         for (index, server) in pool.servers.iter().enumerate() {
             let key = |field: &str| format!("pools.{name}.servers[{index}].{field}");
@@ -157,6 +160,143 @@ fn check_pools(settings: &Settings) -> Result<(), Problem> {
             if server.weight == 0 {
                 return Err(problem(key("weight"), 0, "must be at least 1"));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The health, passive and retry sections of one pool.
+fn check_failure_handling(name: &str, pool: &PoolSettings) -> Result<(), Problem> {
+    let key = |field: &str| format!("pools.{name}.{field}");
+    if let Some(health) = &pool.health {
+        check_health(&key, health)?;
+    }
+    let passive = &pool.passive;
+    if passive.max_fails == 0 {
+        return Err(problem(
+            key("passive.max_fails"),
+            0,
+            "must be at least 1 (set passive.enabled = false to turn ejection off)",
+        ));
+    }
+    for (field, value) in [
+        ("passive.fail_timeout", passive.fail_timeout),
+        ("passive.ejection_time", passive.ejection_time),
+    ] {
+        if value.get().is_zero() {
+            return Err(problem(key(field), "\"0s\"", "must be longer than 0s"));
+        }
+    }
+    if passive.max_ejection_time < passive.ejection_time {
+        return Err(problem(
+            key("passive.max_ejection_time"),
+            format!("{:?}", passive.max_ejection_time.to_string()),
+            format!(
+                "must be at least passive.ejection_time ({})",
+                passive.ejection_time
+            ),
+        ));
+    }
+    if passive.max_ejected_percent > 100 {
+        return Err(problem(
+            key("passive.max_ejected_percent"),
+            passive.max_ejected_percent,
+            "is a percentage: 0 to 100",
+        ));
+    }
+    let retry = &pool.retry;
+    if retry.attempts == 0 || retry.attempts > 10 {
+        return Err(problem(
+            key("retry.attempts"),
+            retry.attempts,
+            "counts tries in total, the first included: 1 (no retries) to 10",
+        ));
+    }
+    if retry.per_try_timeout.is_some_and(|t| t.get().is_zero()) {
+        return Err(problem(
+            key("retry.per_try_timeout"),
+            "\"0s\"",
+            "must be longer than 0s",
+        ));
+    }
+    if retry.budget_percent > 100 {
+        return Err(problem(
+            key("retry.budget_percent"),
+            retry.budget_percent,
+            "is a percentage: 0 to 100",
+        ));
+    }
+    Ok(())
+}
+
+fn check_health(key: &dyn Fn(&str) -> String, health: &HealthSettings) -> Result<(), Problem> {
+    let target_ok = health.path.starts_with('/')
+        && health
+            .path
+            .parse::<actix_web::http::uri::PathAndQuery>()
+            .is_ok();
+    if !target_ok {
+        return Err(problem(
+            key("health.path"),
+            format!("{:?}", health.path),
+            "must be a path starting with \"/\"",
+        ));
+    }
+    if health.port == Some(0) {
+        return Err(problem(key("health.port"), 0, "port 0 cannot be probed"));
+    }
+    for (field, value) in [
+        ("health.interval", health.interval),
+        ("health.timeout", health.timeout),
+    ] {
+        if value.get() < std::time::Duration::from_millis(10) {
+            return Err(problem(
+                key(field),
+                format!("{:?}", value.to_string()),
+                "must be at least 10ms",
+            ));
+        }
+    }
+    for (field, value) in [("health.rise", health.rise), ("health.fall", health.fall)] {
+        if value == 0 {
+            return Err(problem(key(field), 0, "must be at least 1"));
+        }
+    }
+    if health.expect_status.is_empty() {
+        return Err(problem(
+            key("health.expect_status"),
+            "[]",
+            "list at least one status or range, e.g. [\"200-399\"]",
+        ));
+    }
+    if let Some(host) = &health.host {
+        if host.is_empty() || HeaderValue::from_str(host).is_err() {
+            return Err(problem(
+                key("health.host"),
+                format!("{host:?}"),
+                "is not a valid Host value",
+            ));
+        }
+    }
+    for (name, value) in &health.headers {
+        let valid =
+            HeaderName::from_bytes(name.as_bytes()).is_ok() && HeaderValue::from_str(value).is_ok();
+        if !valid {
+            return Err(problem(
+                key(&format!("health.headers.{name}")),
+                format!("{value:?}"),
+                "is not a valid header name and value",
+            ));
+        }
+    }
+    if let Some(expect) = &health.expect_header {
+        let name = expect.split_once(':').map_or(expect.as_str(), |(n, _)| n);
+        if HeaderName::from_bytes(name.trim().as_bytes()).is_err() {
+            return Err(problem(
+                key("health.expect_header"),
+                format!("{expect:?}"),
+                "write it as \"Name\" or \"Name: value\"",
+            ));
         }
     }
     Ok(())
