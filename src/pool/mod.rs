@@ -7,6 +7,7 @@
 
 mod alias;
 mod balance;
+mod budget;
 mod condition;
 mod hash;
 mod hash_key;
@@ -27,12 +28,15 @@ use actix_web::HttpRequest;
 use arc_swap::ArcSwap;
 
 pub use balance::{balancer, Balancer, PickRequest};
+pub use budget::RetryBudget;
 pub use condition::{ejection_allowance, Condition, PassiveVerdict, ProbeReport, ProbeVerdict};
 pub use hash_key::KeySource;
-pub use latency::PeakEwma;
+pub use latency::{now as clock, PeakEwma};
 pub use server::{parse_address, InFlight, Server, ServerOptions, ServerStats};
 
-use crate::settings::{Balance, HashKey, InitialState, PoolSettings, ServerEntry, ServerState};
+use crate::settings::{
+    Balance, HashKey, InitialState, PassiveSettings, PoolSettings, ServerEntry, ServerState,
+};
 
 /// How often a pick retries when the server it chose filled up before it could be claimed.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -173,6 +177,24 @@ impl PoolSnapshot {
         } else {
             Err(PickError::Unavailable)
         }
+    }
+
+    /// A request to `server` failed for `reason`: passive detection counts it, and ejects
+    /// the server if it has failed too often and the pool can spare it
+    /// (`max_ejected_percent`).
+    pub fn report_failure(&self, server: &Server, reason: &str, settings: &PassiveSettings) {
+        if !settings.enabled {
+            return;
+        }
+        let ejected = self
+            .servers
+            .iter()
+            .filter(|s| s.condition().passive() == PassiveVerdict::Ejected)
+            .count();
+        let allowance = ejection_allowance(self.servers.len(), settings.max_ejected_percent);
+        server
+            .condition()
+            .failed(&server.address, reason, settings, ejected < allowance);
     }
 
     /// Whether a server still ramping up after its return sits this pick out: it takes a
@@ -601,6 +623,8 @@ impl Handler<RemoveServer> for Pool {
 pub struct PoolHandle {
     addr: Addr<Pool>,
     published: Arc<ArcSwap<PoolSnapshot>>,
+    /// Shared by every worker and kept across reloads, as the pool is.
+    budget: Arc<RetryBudget>,
 }
 
 impl PoolHandle {
@@ -629,7 +653,13 @@ impl PoolHandle {
         Self {
             addr: pool.start(),
             published,
+            budget: Arc::default(),
         }
+    }
+
+    /// The pool's retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
     }
 
     /// Starts a pool and adds its servers from settings, as the admin API would.

@@ -14,8 +14,12 @@ use super::body::{BodyFault, Framing, RequestBody, ResponseBody};
 use super::connector::UpstreamConnector;
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::{upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
-use crate::pool::{InFlight, PickError, Server};
-use crate::settings::PoolSettings;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::pool::{self, InFlight, PickError, Server};
+use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
 const VIA_HTTP_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
@@ -66,11 +70,11 @@ pub async fn forward(
         }
     }
     let claim = pick(pool, req).await?;
-    let server = claim.server().clone();
-    exchange.record.upstream = Some(server.address.clone());
-    let upstream_headers = upstream_headers(req, host, pool, &exchange.request_id);
+    exchange.record.upstream = Some(claim.server().address.clone());
 
     if upgrade::is_websocket(req) {
+        let server = claim.server().clone();
+        let upstream_headers = upstream_headers(req, host, pool, &exchange.request_id);
         return upgrade::relay(
             req,
             payload,
@@ -84,31 +88,20 @@ pub async fn forward(
         .await;
     }
 
-    let client = upstreams.client(pool);
-    let mut request = client.request(req.method().clone(), upstream_uri(req, &server));
-    *request.headers_mut() = upstream_headers;
-
-    let sent_at = proxy.log.enabled().then(Instant::now);
-    let response_timeout = pool.settings.response_timeout.get();
+    let retry = &pool.settings.retry;
+    if retry.attempts > 1 {
+        pool.handle.budget().request();
+    }
     let framing = RequestFraming::of(req, declared);
-    let response = match send(
-        request,
-        payload,
-        framing,
-        route.max_body_size,
-        response_timeout,
-    )
-    .await
-    {
-        Ok(response) => response,
-        Err(err) => {
-            if err.is_server_failure() {
-                claim.failed();
-                log::warn!("upstream {} in pool {}: {err}", server.address, pool.name);
-            }
-            return Err(err);
-        }
+    let body = OutgoingBody::prepare(payload, framing, route.max_body_size, retry).await?;
+    let sent_at = proxy.log.enabled().then(Instant::now);
+    let tries = Tries {
+        req,
+        host,
+        pool,
+        upstreams,
     };
+    let (response, claim) = tries.run(claim, body, exchange).await?;
     claim.observe_head();
 
     exchange.record.status = response.status().as_u16();
@@ -120,6 +113,258 @@ pub async fn forward(
         pool,
         exchange.completion(proxy.log, Some(claim)),
     ))
+}
+
+/// One request's tries: the first on the picked server, then, when the pool's retry settings
+/// allow, each on a server not tried yet.
+struct Tries<'a> {
+    req: &'a HttpRequest,
+    host: Option<&'a str>,
+    pool: &'a PoolTarget,
+    upstreams: &'a Upstreams,
+}
+
+impl Tries<'_> {
+    async fn run(
+        &self,
+        mut claim: InFlight,
+        mut body: OutgoingBody,
+        exchange: &mut Exchange,
+    ) -> Result<(awc::ClientResponse, InFlight), ProxyError> {
+        let settings = &self.pool.settings;
+        let deadline = settings
+            .retry
+            .per_try_timeout
+            .unwrap_or(settings.response_timeout)
+            .get();
+        let mut tried: Vec<Arc<Server>> = Vec::new();
+        loop {
+            let server = claim.server().clone();
+            let client = self.upstreams.client(self.pool);
+            let mut request =
+                client.request(self.req.method().clone(), upstream_uri(self.req, &server));
+            *request.headers_mut() =
+                upstream_headers(self.req, self.host, self.pool, &exchange.request_id);
+            let result = send(request, body.for_try(), deadline).await;
+            let outcome = Outcome::of(&result, &settings.passive.fail_statuses);
+            self.observe(&claim, &outcome);
+            let Some(cause) = outcome.retry_cause() else {
+                return result.map(|response| (response, claim));
+            };
+            if !self.may_retry(cause, &body, tried.len() + 1) {
+                return result.map(|response| (response, claim));
+            }
+            tried.push(server);
+            match self.pool.handle.snapshot().pick_other(self.req, &tried) {
+                Ok(next) => {
+                    log::debug!(
+                        "retrying {} {} in pool {} after {}",
+                        self.req.method(),
+                        self.req.uri().path(),
+                        self.pool.name,
+                        String::from(cause)
+                    );
+                    exchange.record.upstream = Some(tried_list(&tried, next.server()));
+                    claim = next;
+                }
+                Err(_) => return result.map(|response| (response, claim)),
+            }
+        }
+    }
+
+    /// Tells passive detection how the try went, and counts a failure against the server.
+    fn observe(&self, claim: &InFlight, outcome: &Outcome) {
+        let server = claim.server();
+        match outcome {
+            Outcome::Answered { failure: None, .. } => {
+                server.condition().succeeded(&server.address)
+            }
+            Outcome::Answered {
+                failure: Some(reason),
+                ..
+            }
+            | Outcome::Failed { reason, .. } => {
+                claim.failed();
+                log::warn!(
+                    "upstream {} in pool {}: {reason}",
+                    server.address,
+                    self.pool.name
+                );
+                self.pool.handle.snapshot().report_failure(
+                    server,
+                    reason,
+                    &self.pool.settings.passive,
+                );
+            }
+            Outcome::ClientFault => {}
+        }
+    }
+
+    /// Whether a try that failed by `cause` may be followed by another. A request whose body
+    /// was streamed cannot be sent again; one that reached a server is sent again only if
+    /// its method is idempotent; and the pool's budget must allow one more retry.
+    fn may_retry(&self, cause: RetryOn, body: &OutgoingBody, tries: usize) -> bool {
+        let retry = &self.pool.settings.retry;
+        tries < retry.attempts as usize
+            && retry.on.contains(&cause)
+            && body.replayable()
+            && (cause == RetryOn::ConnectError || is_idempotent(self.req.method()))
+            && self.pool.handle.budget().try_retry(
+                pool::clock(),
+                retry.budget_percent,
+                retry.budget_floor,
+            )
+    }
+}
+
+/// The servers a request went to, in order, as NGINX's `$upstream_addr` lists them.
+fn tried_list(tried: &[Arc<Server>], current: &Server) -> Arc<str> {
+    let mut list: Vec<&str> = tried.iter().map(|s| &*s.address).collect();
+    list.push(&current.address);
+    list.join(", ").into()
+}
+
+/// Methods whose request may be sent twice without changing the outcome (RFC 9110 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// How one try went, as passive detection and retries see it.
+enum Outcome {
+    /// The server answered; `failure` names why the answer counts as a failure
+    /// (its status is in `fail_statuses`).
+    Answered {
+        status: u16,
+        failure: Option<String>,
+    },
+    /// The exchange failed on the server's side.
+    Failed { reason: String, cause: RetryOn },
+    /// The client's request body was at fault; the server is not to blame.
+    ClientFault,
+}
+
+impl Outcome {
+    fn of(result: &Result<awc::ClientResponse, ProxyError>, fail_statuses: &[StatusRange]) -> Self {
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let failure = fail_statuses
+                    .iter()
+                    .any(|range| range.contains(status))
+                    .then(|| format!("status {status}"));
+                Self::Answered { status, failure }
+            }
+            Err(err) => {
+                let cause = match err {
+                    ProxyError::Connect(_) | ProxyError::ConnectTimeout => RetryOn::ConnectError,
+                    ProxyError::ResponseTimeout => RetryOn::Timeout,
+                    ProxyError::Upstream(_) => RetryOn::Reset,
+                    _ => return Self::ClientFault,
+                };
+                Self::Failed {
+                    reason: err.to_string(),
+                    cause,
+                }
+            }
+        }
+    }
+
+    /// The retry condition this outcome meets, if any.
+    fn retry_cause(&self) -> Option<RetryOn> {
+        match self {
+            Self::Answered { status, .. } if *status >= 500 => Some(RetryOn::Status(*status)),
+            Self::Failed { cause, .. } => Some(*cause),
+            _ => None,
+        }
+    }
+}
+
+/// The request body as the tries send it: nothing, bytes kept so every try can send them,
+/// or the client's stream, which only the first try can send.
+enum OutgoingBody {
+    Empty { zero_length: bool },
+    Kept(Bytes),
+    Streamed(Option<StreamedBody>),
+}
+
+struct StreamedBody {
+    payload: web::Payload,
+    framing: RequestFraming,
+    limit: Option<u64>,
+}
+
+/// What one try sends.
+enum TryBody {
+    Empty {
+        zero_length: bool,
+    },
+    Kept(Bytes),
+    Streamed(StreamedBody),
+    /// The stream went with an earlier try; never sent (a retry is refused first).
+    Gone,
+}
+
+impl OutgoingBody {
+    /// Keeps a body of known length up to `retry_body_limit` when retries are on, reading it
+    /// whole before the first try (so a slow client holds no server connection meanwhile);
+    /// other bodies stream.
+    async fn prepare(
+        payload: web::Payload,
+        framing: RequestFraming,
+        limit: Option<u64>,
+        retry: &RetrySettings,
+    ) -> Result<Self, ProxyError> {
+        match framing {
+            RequestFraming::None => Ok(Self::Empty { zero_length: false }),
+            RequestFraming::Length(0) => Ok(Self::Empty { zero_length: true }),
+            RequestFraming::Length(length)
+                if retry.attempts > 1 && length <= retry.retry_body_limit.get() =>
+            {
+                read_whole(payload, length, limit).await.map(Self::Kept)
+            }
+            _ => Ok(Self::Streamed(Some(StreamedBody {
+                payload,
+                framing,
+                limit,
+            }))),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !matches!(self, Self::Streamed(_))
+    }
+
+    fn for_try(&mut self) -> TryBody {
+        match self {
+            Self::Empty { zero_length } => TryBody::Empty {
+                zero_length: *zero_length,
+            },
+            Self::Kept(bytes) => TryBody::Kept(bytes.clone()),
+            Self::Streamed(stream) => stream.take().map_or(TryBody::Gone, TryBody::Streamed),
+        }
+    }
+}
+
+/// Reads a body of `length` bytes whole, within the route's limit.
+async fn read_whole(
+    payload: web::Payload,
+    length: u64,
+    limit: Option<u64>,
+) -> Result<Bytes, ProxyError> {
+    use futures_util::StreamExt as _;
+    let (mut body, _, _) = RequestBody::new(payload, limit);
+    let mut kept = bytes::BytesMut::with_capacity(length as usize);
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => kept.extend_from_slice(&chunk),
+            Err(BodyFault::TooLarge) => return Err(ProxyError::BodyTooLarge),
+            Err(BodyFault::Client(reason)) => return Err(ProxyError::BadRequestBody(reason)),
+        }
+    }
+    Ok(kept.freeze())
 }
 
 /// How often a request queued for a full pool looks for a free slot again. Queueing happens
@@ -170,36 +415,37 @@ impl RequestFraming {
 /// request body has been sent (an upload of any length does not count against it).
 async fn send(
     request: awc::ClientRequest,
-    payload: web::Payload,
-    framing: RequestFraming,
-    limit: Option<u64>,
+    body: TryBody,
     response_timeout: std::time::Duration,
 ) -> Result<awc::ClientResponse, ProxyError> {
-    let sending = match framing {
-        RequestFraming::None | RequestFraming::Length(0) => {
-            let sending = match framing {
-                RequestFraming::Length(0) => request.send_body(bytes::Bytes::new()),
-                _ => request.send_body(actix_web::body::None::new()),
-            };
-            return match actix_rt::time::timeout(response_timeout, sending).await {
-                Ok(result) => result.map_err(|err| upstream_error(err, None)),
-                Err(_) => Err(ProxyError::ResponseTimeout),
-            };
-        }
-        RequestFraming::Length(length) => {
-            let (body, fault, sent) = RequestBody::new(payload, limit);
-            (
-                request.send_body(SizedStream::new(length, body)),
-                fault,
-                sent,
-            )
-        }
-        RequestFraming::Chunked => {
-            let (body, fault, sent) = RequestBody::new(payload, limit);
-            (request.send_body(BodyStream::new(body)), fault, sent)
+    let sending = match body {
+        TryBody::Empty { zero_length: true } => request.send_body(Bytes::new()),
+        TryBody::Empty { zero_length: false } => request.send_body(actix_web::body::None::new()),
+        TryBody::Kept(bytes) => request.send_body(bytes),
+        TryBody::Streamed(body) => return send_stream(request, body, response_timeout).await,
+        TryBody::Gone => {
+            return Err(ProxyError::Upstream(
+                "the request body was already sent".into(),
+            ))
         }
     };
-    let (sending, fault, body_sent) = sending;
+    match actix_rt::time::timeout(response_timeout, sending).await {
+        Ok(result) => result.map_err(|err| upstream_error(err, None)),
+        Err(_) => Err(ProxyError::ResponseTimeout),
+    }
+}
+
+/// [`send`] for a body streamed from the client as it arrives, framed as it came.
+async fn send_stream(
+    request: awc::ClientRequest,
+    body: StreamedBody,
+    response_timeout: std::time::Duration,
+) -> Result<awc::ClientResponse, ProxyError> {
+    let (stream, fault, body_sent) = RequestBody::new(body.payload, body.limit);
+    let sending = match body.framing {
+        RequestFraming::Length(length) => request.send_body(SizedStream::new(length, stream)),
+        _ => request.send_body(BodyStream::new(stream)),
+    };
     let deadline = std::pin::pin!(async move {
         let _ = body_sent.await;
         actix_rt::time::sleep(response_timeout).await;
