@@ -1,6 +1,7 @@
 //! Integration tests: the real proxy and real origins on loopback ephemeral ports.
 
 mod helpers;
+mod switchable;
 
 mod access_log;
 mod admin;
@@ -10,6 +11,7 @@ mod forwarding;
 mod limits;
 mod memory;
 mod reload;
+mod retries;
 mod settings;
 mod shutdown;
 mod websocket;
