@@ -6,6 +6,7 @@ mod switchable;
 mod access_log;
 mod admin;
 mod balancing;
+mod ejection;
 mod failures;
 mod forwarding;
 mod limits;
