@@ -7,6 +7,7 @@ mod access_log;
 mod admin;
 mod balancing;
 mod ejection;
+mod failover;
 mod failures;
 mod forwarding;
 mod limits;
