@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::latency;
@@ -50,8 +50,8 @@ pub struct ProbeReport {
 /// membership changes (as its counters are).
 #[derive(Debug, Default)]
 pub struct Condition {
-    /// The pool the server belongs to, for log lines written on the request path.
-    pool: OnceLock<std::sync::Arc<str>>,
+    /// The pool and address of the server, for log lines written on the request path.
+    owner: OnceLock<(Arc<str>, Arc<str>)>,
     probe: AtomicU8,
     passive: AtomicU8,
     /// End of the current ejection, on the [`latency`] clock.
@@ -70,13 +70,18 @@ impl Condition {
         condition
     }
 
-    /// Names the pool for log lines; the first name given sticks.
-    pub fn set_pool(&self, pool: &std::sync::Arc<str>) {
-        let _ = self.pool.set(pool.clone());
+    /// Names the pool and the server's address for log lines; the first names given stick.
+    pub fn set_owner(&self, pool: &Arc<str>, address: &Arc<str>) {
+        let _ = self.owner.set((pool.clone(), address.clone()));
     }
 
+    /// The name of the pool the server belongs to.
     pub fn pool(&self) -> &str {
-        self.pool.get().map_or("?", |name| name)
+        self.owner.get().map_or("?", |(pool, _)| pool)
+    }
+
+    fn address(&self) -> &str {
+        self.owner.get().map_or("?", |(_, address)| address)
     }
 
     pub fn probe(&self) -> ProbeVerdict {
@@ -158,7 +163,11 @@ impl Condition {
             )
             .is_ok();
         if ended {
-            log::info!("pool {}: ejection over, on trial", self.pool());
+            log::info!(
+                "server {} in pool {}: ejection over, on trial",
+                self.address(),
+                self.pool()
+            );
         }
         true
     }

@@ -332,7 +332,7 @@ impl Health {
 impl Pool {
     fn publish(&self) {
         for server in &self.servers {
-            server.condition().set_pool(&self.name);
+            server.condition().set_owner(&self.name, &server.address);
         }
         let snapshot = PoolSnapshot::ramping(
             self.name.clone(),

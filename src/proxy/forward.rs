@@ -185,7 +185,14 @@ impl Tries<'_> {
             }
             | Outcome::Failed { reason, .. } => {
                 claim.failed();
-                log::warn!(
+                // A server answering errors is not news for each request; a broken
+                // exchange is.
+                let level = match outcome {
+                    Outcome::Answered { .. } => log::Level::Debug,
+                    _ => log::Level::Warn,
+                };
+                log::log!(
+                    level,
                     "upstream {} in pool {}: {reason}",
                     server.address,
                     self.pool.name
