@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::Server as RunningServer;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::json;
 
-use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
+use crate::pool::{Condition, PoolError, PoolHandle, ProbeVerdict, Server, ServerChanges};
 use crate::proxy::SharedProxy;
 use crate::settings::{Balance, ServerEntry, ServerState, Settings};
 use crate::supervisor::{Changed, ReloadError, ServerChange, SupervisorHandle};
@@ -66,8 +67,9 @@ impl Admin {
     }
 }
 
-/// One server as JSON: its settings and counters, and for a draining server whether its last
-/// request has finished.
+/// One server as JSON: its settings and counters, what health checks and live traffic say
+/// of it, whether it takes traffic, and for a draining server whether its last request has
+/// finished.
 fn describe(server: &Server) -> serde_json::Value {
     let mut json = json!({
         "address": &*server.address,
@@ -78,11 +80,34 @@ fn describe(server: &Server) -> serde_json::Value {
         "in_flight": server.stats.in_flight.load(Ordering::Relaxed),
         "requests": server.stats.requests.load(Ordering::Relaxed),
         "failures": server.stats.failures.load(Ordering::Relaxed),
+        "health": health(server.condition()),
+        "takes_traffic": server.takes_traffic(),
     });
     if server.state() == ServerState::Drain {
         json["drained"] = json!(server.drained());
     }
     json
+}
+
+/// A server's condition as JSON: the probes' verdict and last report (none while the pool
+/// has no checks), and passive detection's verdict with the end of a running ejection.
+fn health(condition: &Condition) -> serde_json::Value {
+    let probe = condition.probe();
+    let last_probe = match probe {
+        ProbeVerdict::Unchecked => None,
+        _ => condition.last_probe(),
+    };
+    // Rounded up: the server is out until at least then.
+    let unix = |at: SystemTime| {
+        at.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+    };
+    json!({
+        "probe": probe,
+        "last_probe": last_probe,
+        "passive": condition.passive(),
+        "ejected_until": condition.ejected_until().map(unix),
+    })
 }
 
 /// A JSON error body: `{"error": "..."}`.

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod demo;
+pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod proxy;

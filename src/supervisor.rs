@@ -8,6 +8,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::health::{HealthError, HealthHandle};
 use crate::listener::{listener_changed, Rebind, Rebinder};
 use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
@@ -21,6 +22,8 @@ pub enum ReloadError {
     Settings(#[from] SettingsError),
     #[error("pool {pool}: {source}")]
     Pool { pool: String, source: PoolError },
+    #[error("pool {pool}: health checks: {source}")]
+    Health { pool: String, source: HealthError },
     #[error("routes: {0}")]
     Routes(String),
     #[error("{0}")]
@@ -43,10 +46,12 @@ pub struct ReloadReport {
     pub restart_needed: Vec<String>,
 }
 
-/// The running pools and the request path built from them.
+/// The running pools, their health checks and the request path built from them.
 struct Running {
     settings: Settings,
     pools: BTreeMap<String, PoolTarget>,
+    /// The health checks of the pools that have them.
+    health: BTreeMap<String, HealthHandle>,
     next_index: usize,
 }
 
@@ -72,12 +77,18 @@ async fn apply(
         }
     }
     let mut pools = BTreeMap::new();
+    let mut health = BTreeMap::new();
     let mut next_index = running.map_or(0, |r| r.next_index);
     for (name, wanted) in &new.pools {
         let failed = |source| ReloadError::Pool {
             pool: name.clone(),
             source,
         };
+        let checks = running.and_then(|r| r.health.get(name));
+        if let (Some(checks), None) = (checks, &wanted.health) {
+            // Stopped first, so no probe ends after the pool has cleared its verdicts.
+            checks.stop().await;
+        }
         let target = match running.and_then(|r| r.pools.get(name)) {
             Some(current)
                 if *current.settings == *wanted && current.handle.entries() == wanted.servers =>
@@ -105,9 +116,28 @@ async fn apply(
                 PoolTarget::new(next_index - 1, name, handle, Arc::new(wanted.clone()))
             }
         };
+        if let Some(settings) = &wanted.health {
+            let health_failed = |source| ReloadError::Health {
+                pool: name.clone(),
+                source,
+            };
+            let checks = match checks {
+                Some(checks) if checks.settings() == settings => checks.clone(),
+                Some(checks) => checks.retune(settings).await.map_err(health_failed)?,
+                None => {
+                    HealthHandle::start(target.handle.clone(), settings).map_err(health_failed)?
+                }
+            };
+            health.insert(name.clone(), checks);
+        }
         pools.insert(name.clone(), target);
     }
     if let Some(running) = running {
+        for (name, checks) in &running.health {
+            if !new.pools.contains_key(name) {
+                checks.stop().await;
+            }
+        }
         report.pools_removed = running
             .pools
             .keys()
@@ -121,6 +151,7 @@ async fn apply(
     let running = Running {
         settings: new,
         pools,
+        health,
         next_index,
     };
     Ok((running, report))

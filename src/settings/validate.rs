@@ -299,6 +299,32 @@ fn check_health(key: &dyn Fn(&str) -> String, health: &HealthSettings) -> Result
             ));
         }
     }
+    if let Some(pattern) = &health.expect_body_regex {
+        if let Err(err) = regex::bytes::Regex::new(pattern) {
+            // The parser's message ends with its one-line reason, after a caret diagram.
+            let text = err.to_string();
+            let reason = text.lines().last().unwrap_or_default().trim();
+            let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+            return Err(problem(
+                key("health.expect_body_regex"),
+                format!("{pattern:?}"),
+                format!("is not a valid regular expression: {reason}"),
+            ));
+        }
+    }
+    // The probe writes these itself; Host has its own setting.
+    for (name, value) in &health.headers {
+        let own = ["host", "connection", "content-length", "transfer-encoding"]
+            .iter()
+            .any(|own| name.eq_ignore_ascii_case(own));
+        if own {
+            return Err(problem(
+                key(&format!("health.headers.{name}")),
+                format!("{value:?}"),
+                "is set by the probe itself (use health.host for Host)",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -140,10 +140,14 @@ impl Drop for Proxy {
 /// - `/status/N` answers status N with no body;
 /// - `/sleep/MS` waits before answering;
 /// - `/abort` promises 1 MiB and breaks off after 64 KiB;
-/// - `/cookies` sets two cookies; `/gzip` returns a gzip-encoded body as is.
+/// - `/cookies` sets two cookies; `/gzip` returns a gzip-encoded body as is;
+/// - `/health` and `/health/...` answer as [`HealthEndpoint`] says, and are not counted in
+///   `hits`.
 pub struct Origin {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// What `/health` answers, switchable while the origin runs; what it was asked.
+    pub health: Arc<HealthEndpoint>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -152,14 +156,98 @@ pub struct Origin {
 struct OriginState {
     name: String,
     hits: Arc<AtomicUsize>,
+    health: Arc<HealthEndpoint>,
+}
+
+/// A health endpoint whose answer tests switch at runtime: a status, a body, extra headers,
+/// or no answer at all (`hang`). It records each request it gets and each status it sends.
+pub struct HealthEndpoint {
+    status: AtomicU16,
+    body: Mutex<String>,
+    headers: Mutex<Vec<(String, String)>>,
+    hang: AtomicBool,
+    requests: Mutex<Vec<HealthRequest>>,
+    answered: Mutex<Vec<u16>>,
+}
+
+/// One request the health endpoint received.
+#[derive(Clone, Debug)]
+pub struct HealthRequest {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl HealthRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Default for HealthEndpoint {
+    fn default() -> Self {
+        Self {
+            status: AtomicU16::new(200),
+            body: Mutex::new("ok".into()),
+            headers: Mutex::new(Vec::new()),
+            hang: AtomicBool::new(false),
+            requests: Mutex::new(Vec::new()),
+            answered: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl HealthEndpoint {
+    /// Answers `status` with `body` from now on.
+    pub fn answer(&self, status: u16, body: &str) {
+        self.status.store(status, Ordering::SeqCst);
+        *self.body.lock().unwrap() = body.to_string();
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Adds a header to every answer from now on.
+    pub fn add_header(&self, name: &str, value: &str) {
+        self.headers
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
+    }
+
+    /// While on, requests get no answer (until the client gives up or the deadline).
+    pub fn hang(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
+    }
+
+    /// Requests received so far.
+    pub fn probes(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last_request(&self) -> Option<HealthRequest> {
+        self.requests.lock().unwrap().last().cloned()
+    }
+
+    /// Statuses sent so far, in order.
+    pub fn answered(&self) -> Vec<u16> {
+        self.answered.lock().unwrap().clone()
+    }
 }
 
 impl Origin {
     pub fn start(name: &str) -> Self {
         let hits = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(HealthEndpoint::default());
         let state = OriginState {
             name: name.to_string(),
             hits: hits.clone(),
+            health: health.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let thread = thread::spawn(move || {
@@ -170,7 +258,9 @@ impl Origin {
                         .wrap_fn(|req, srv| {
                             use actix_web::dev::Service;
                             let state = req.app_data::<web::Data<OriginState>>().unwrap().clone();
-                            state.hits.fetch_add(1, Ordering::SeqCst);
+                            if !req.path().starts_with("/health") {
+                                state.hits.fetch_add(1, Ordering::SeqCst);
+                            }
                             srv.call(req)
                         })
                         .route("/name", web::to(name_handler))
@@ -182,6 +272,8 @@ impl Origin {
                         .route("/abort", web::to(abort))
                         .route("/cookies", web::to(cookies))
                         .route("/gzip", web::to(gzip))
+                        .route("/health", web::to(health_handler))
+                        .route("/health/{tail:.*}", web::to(health_handler))
                         .default_service(web::to(echo_handler))
                 })
                 .workers(1)
@@ -198,6 +290,7 @@ impl Origin {
         Self {
             addr,
             hits,
+            health,
             handle,
             thread: Some(thread),
         }
@@ -216,6 +309,35 @@ impl Drop for Origin {
             let _ = thread.join();
         }
     }
+}
+
+async fn health_handler(req: HttpRequest, state: web::Data<OriginState>) -> HttpResponse {
+    let health = &state.health;
+    health.requests.lock().unwrap().push(HealthRequest {
+        method: req.method().to_string(),
+        target: req.uri().to_string(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    });
+    let started = Instant::now();
+    while health.hang.load(Ordering::SeqCst) && started.elapsed() < DEADLINE {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = health.status.load(Ordering::SeqCst);
+    health.answered.lock().unwrap().push(status);
+    let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+    for header in health.headers.lock().unwrap().iter() {
+        response.append_header(header.clone());
+    }
+    response.body(health.body.lock().unwrap().clone())
 }
 
 async fn name_handler(state: web::Data<OriginState>) -> HttpResponse {
@@ -560,6 +682,41 @@ pub fn echo(addr: SocketAddr, extra_headers: &str) -> (Response, Echo) {
     assert_eq!(response.status, 200, "{}", response.text());
     let echo = Echo(response.json());
     (response, echo)
+}
+
+/// Polls `condition` until it holds; fails the test with `what` at the deadline.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < DEADLINE, "never happened: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A JSON call to the admin API on a fresh connection.
+pub fn admin_call(admin: SocketAddr, method: &str, path: &str, body: &str) -> Response {
+    raw(
+        admin,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// One server of a pool as the admin API describes it.
+pub fn admin_server(admin: SocketAddr, pool: &str, address: SocketAddr) -> serde_json::Value {
+    let response = admin_call(admin, "GET", &format!("/pools/{pool}"), "");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let pool = response.json();
+    pool["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == address.to_string())
+        .cloned()
+        .unwrap_or_else(|| panic!("{address} not listed in {pool}"))
 }
 
 /// A loopback port that nothing listens on.

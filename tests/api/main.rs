@@ -10,6 +10,7 @@ mod ejection;
 mod failover;
 mod failures;
 mod forwarding;
+mod health;
 mod limits;
 mod memory;
 mod reload;

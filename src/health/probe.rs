@@ -1,0 +1,501 @@
+//! Probes: one check of one server. HTTP/1.1 is the only kind today.
+//!
+//! The HTTP probe speaks HTTP/1.1 itself over a tokio `TcpStream`, with `httparse` for the
+//! response head, rather than through awc: a probe wants one fresh connection per check
+//! (`Connection: close`, no pool to keep), one deadline over the whole exchange including the
+//! body, a cap on the body it reads, and close-delimited bodies read as they are (awc reads an
+//! HTTP/1.1 response without a length as empty, which would fail `expect_body` on a plain
+//! health endpoint). It also refuses a socket connected to itself, as the upstream connector
+//! does.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::expect::{ExpectError, Expectations, Mismatch, ProbeResponse};
+use crate::pool::Server;
+use crate::settings::{HealthSettings, ProbeMethod};
+
+/// The most body a probe reads for matching: health pages are small, and a large page's
+/// first 64 KiB is where a status word would be.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The largest response head a probe accepts, as actix-http's own limit for requests.
+const HEAD_LIMIT: usize = 64 * 1024;
+
+/// Header slots for the response head; a health endpoint answering with more is broken.
+const MAX_HEADERS: usize = 100;
+
+/// Reads from the server in pieces this large.
+const READ_SIZE: usize = 8 * 1024;
+
+/// One check of one server.
+pub trait Probe: Unpin + 'static {
+    /// Probes `server` once; the future owns what it needs and resolves within the probe's
+    /// own deadline.
+    fn check(&self, server: &Server) -> impl Future<Output = Result<(), ProbeFailure>> + 'static;
+}
+
+/// Why a probe failed; its text is the probe's detail in logs and the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeFailure {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("connect: the socket connected to itself")]
+    SelfConnect,
+    #[error("no complete answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("send: {0}")]
+    Send(io::Error),
+    #[error("receive: {0}")]
+    Receive(io::Error),
+    #[error("connection closed before the response was complete")]
+    CutShort,
+    #[error("bad response: {0}")]
+    Malformed(&'static str),
+    #[error("{0}")]
+    Mismatch(#[from] Mismatch),
+}
+
+/// An HTTP/1.1 probe built from a pool's `[pools.NAME.health]` settings.
+#[derive(Clone, Debug)]
+pub struct HttpProbe {
+    settings: Arc<HealthSettings>,
+    expect: Arc<Expectations>,
+}
+
+impl HttpProbe {
+    pub fn new(settings: &HealthSettings) -> Result<Self, ExpectError> {
+        Ok(Self {
+            expect: Arc::new(Expectations::new(settings)?),
+            settings: Arc::new(settings.clone()),
+        })
+    }
+
+    /// The request for `server`: method, path, `Host`, the configured headers and
+    /// `Connection: close`.
+    fn request(&self, server: &Server) -> Vec<u8> {
+        let settings = &self.settings;
+        let method: String = settings.method.into();
+        let host = settings.host.as_deref().unwrap_or(&server.address);
+        let mut head = format!("{method} {} HTTP/1.1\r\nHost: {host}\r\n", settings.path);
+        let mut agent = false;
+        for (name, value) in &settings.headers {
+            agent |= name.eq_ignore_ascii_case("user-agent");
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !agent {
+            head.push_str(concat!(
+                "User-Agent: gatehouse-health/",
+                env!("CARGO_PKG_VERSION"),
+                "\r\n"
+            ));
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        head.into_bytes()
+    }
+}
+
+impl Probe for HttpProbe {
+    fn check(&self, server: &Server) -> impl Future<Output = Result<(), ProbeFailure>> + 'static {
+        let port = self
+            .settings
+            .port
+            .or(server.authority.port_u16())
+            .unwrap_or(80);
+        // `host()` keeps an IPv6 address's brackets, so this parses and resolves as written.
+        let target = format!("{}:{port}", server.authority.host());
+        let request = self.request(server);
+        let head_only = self.settings.method == ProbeMethod::Head;
+        let expect = self.expect.clone();
+        let timeout = self.settings.timeout.get();
+        async move {
+            let exchange = exchange(&target, &request, head_only, expect.reads_body());
+            let response = tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| ProbeFailure::Timeout(timeout))??;
+            expect.check(&response)?;
+            Ok(())
+        }
+    }
+}
+
+/// Connects, sends `request` and reads the response: its head, and its body (up to
+/// [`BODY_LIMIT`]) if `read_body`.
+async fn exchange(
+    target: &str,
+    request: &[u8],
+    head_only: bool,
+    read_body: bool,
+) -> Result<ProbeResponse, ProbeFailure> {
+    let mut stream = TcpStream::connect(target)
+        .await
+        .map_err(ProbeFailure::Connect)?;
+    if stream.local_addr().ok() == stream.peer_addr().ok() {
+        return Err(ProbeFailure::SelfConnect);
+    }
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(request)
+        .await
+        .map_err(ProbeFailure::Send)?;
+    let mut reader = Reader {
+        stream,
+        buf: Vec::with_capacity(READ_SIZE),
+    };
+    let head = reader.head().await?;
+    let mut response = ProbeResponse {
+        status: head.status,
+        headers: head.headers,
+        body: Vec::new(),
+    };
+    let bodiless = head_only || matches!(head.status, 204 | 304);
+    if read_body && !bodiless {
+        response.body = match head.framing {
+            Framing::Chunked => reader.chunked(BODY_LIMIT).await?,
+            Framing::Length(length) => reader.sized(length, BODY_LIMIT).await?,
+            Framing::Close => reader.until_close(BODY_LIMIT).await?,
+        };
+    }
+    Ok(response)
+}
+
+/// How a response's body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Chunked,
+    Length(u64),
+    Close,
+}
+
+/// A final response head.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    framing: Framing,
+}
+
+/// The connection and the bytes read from it but not yet consumed.
+struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    /// Reads more into the buffer; false at end of file.
+    async fn fill(&mut self) -> Result<bool, ProbeFailure> {
+        let start = self.buf.len();
+        self.buf.resize(start + READ_SIZE, 0);
+        let read = self.stream.read(&mut self.buf[start..]).await;
+        let n = read.map_err(|err| {
+            self.buf.truncate(start);
+            ProbeFailure::Receive(err)
+        })?;
+        self.buf.truncate(start + n);
+        Ok(n > 0)
+    }
+
+    /// Reads until at least `n` bytes are buffered.
+    async fn fill_to(&mut self, n: usize) -> Result<(), ProbeFailure> {
+        while self.buf.len() < n {
+            if !self.fill().await? {
+                return Err(ProbeFailure::CutShort);
+            }
+        }
+        Ok(())
+    }
+
+    /// The final response head, past any interim (1xx) ones; consumes it from the buffer.
+    async fn head(&mut self) -> Result<Head, ProbeFailure> {
+        loop {
+            match parse_head(&self.buf)? {
+                Some((used, head)) => {
+                    self.buf.drain(..used);
+                    if (100..200).contains(&head.status) {
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                None if self.buf.len() > HEAD_LIMIT => {
+                    return Err(ProbeFailure::Malformed("response head too large"));
+                }
+                None => {
+                    if !self.fill().await? {
+                        return Err(ProbeFailure::CutShort);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A body of `length` bytes, of which the first `limit` are kept.
+    async fn sized(&mut self, length: u64, limit: usize) -> Result<Vec<u8>, ProbeFailure> {
+        let keep = usize::try_from(length).unwrap_or(usize::MAX).min(limit);
+        self.fill_to(keep).await?;
+        self.buf.truncate(keep);
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    /// A body that ends when the server closes, of which the first `limit` bytes are kept.
+    async fn until_close(&mut self, limit: usize) -> Result<Vec<u8>, ProbeFailure> {
+        while self.buf.len() < limit && self.fill().await? {}
+        self.buf.truncate(limit);
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    /// A chunked body, decoded, of which the first `limit` bytes are kept; trailers are not
+    /// read.
+    async fn chunked(&mut self, limit: usize) -> Result<Vec<u8>, ProbeFailure> {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let (used, size) = match httparse::parse_chunk_size(&self.buf[pos..]) {
+                Ok(httparse::Status::Complete(found)) => found,
+                Ok(httparse::Status::Partial) if self.buf.len() - pos > HEAD_LIMIT => {
+                    return Err(ProbeFailure::Malformed("chunk size line too long"));
+                }
+                Ok(httparse::Status::Partial) => {
+                    if !self.fill().await? {
+                        return Err(ProbeFailure::CutShort);
+                    }
+                    continue;
+                }
+                Err(_) => return Err(ProbeFailure::Malformed("bad chunk size")),
+            };
+            if size == 0 {
+                return Ok(body);
+            }
+            let start = pos + used;
+            let room = limit - body.len();
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size >= room {
+                self.fill_to(start + room).await?;
+                body.extend_from_slice(&self.buf[start..start + room]);
+                return Ok(body);
+            }
+            self.fill_to(start + size + 2).await?;
+            if &self.buf[start + size..start + size + 2] != b"\r\n" {
+                return Err(ProbeFailure::Malformed("chunk not followed by CRLF"));
+            }
+            body.extend_from_slice(&self.buf[start..start + size]);
+            pos = start + size + 2;
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf`; `None` if it is not all there yet.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, ProbeFailure> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let used = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ProbeFailure::Malformed("too many headers"))
+        }
+        Err(_) => return Err(ProbeFailure::Malformed("not an HTTP/1.x response head")),
+    };
+    let status = parsed.code.unwrap_or(0);
+    let headers: Vec<(String, Vec<u8>)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .collect();
+    let framing = framing(&headers)?;
+    Ok(Some((
+        used,
+        Head {
+            status,
+            headers,
+            framing,
+        },
+    )))
+}
+
+/// How the body is framed: chunked if the last transfer coding is, else by a single
+/// Content-Length, else by the connection closing.
+fn framing(headers: &[(String, Vec<u8>)]) -> Result<Framing, ProbeFailure> {
+    fn values<'h>(
+        headers: &'h [(String, Vec<u8>)],
+        name: &'static str,
+    ) -> impl Iterator<Item = &'h [u8]> {
+        headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+    if let Some(codings) = values(headers, "transfer-encoding").last() {
+        let last = codings.rsplit(|&b| b == b',').next().unwrap_or_default();
+        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Ok(Framing::Chunked);
+        }
+        return Ok(Framing::Close);
+    }
+    let mut lengths = values(headers, "content-length").map(|value| {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    });
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(Framing::Close),
+        (Some(Some(length)), None) => Ok(Framing::Length(length)),
+        _ => Err(ProbeFailure::Malformed("bad Content-Length")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server that reads one request head and answers `response`, then closes (or, with
+    /// `hang`, keeps the connection open without answering). Returns its address and the
+    /// request it saw.
+    async fn serve_once(
+        response: &'static [u8],
+        hang: bool,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0; 1024];
+            while !seen.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            if hang {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            stream.write_all(response).await.unwrap();
+            String::from_utf8(seen).unwrap()
+        });
+        (addr, task)
+    }
+
+    fn probe(edit: impl FnOnce(&mut HealthSettings)) -> HttpProbe {
+        let mut settings = HealthSettings {
+            path: "/healthz".into(),
+            ..HealthSettings::default()
+        };
+        edit(&mut settings);
+        HttpProbe::new(&settings).unwrap()
+    }
+
+    async fn check(
+        probe: &HttpProbe,
+        response: &'static [u8],
+    ) -> (Result<(), ProbeFailure>, String) {
+        let (addr, seen) = serve_once(response, false).await;
+        let server = Server::new(&addr, 1).unwrap();
+        let outcome = probe.check(&server).await;
+        (outcome, seen.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_probe_sends_method_path_host_headers_and_close() {
+        let p = probe(|s| {
+            s.method = ProbeMethod::Head;
+            s.host = Some("health.internal".into());
+            s.headers.insert("X-Probe".into(), "1".into());
+        });
+        let (outcome, seen) = check(&p, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert!(seen.starts_with("HEAD /healthz HTTP/1.1\r\n"), "{seen}");
+        assert!(seen.contains("\r\nHost: health.internal\r\n"), "{seen}");
+        assert!(seen.contains("\r\nX-Probe: 1\r\n"), "{seen}");
+        assert!(seen.contains("\r\nConnection: close\r\n"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn without_a_host_setting_the_server_address_is_sent() {
+        let (addr, seen) = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let server = Server::new(&addr, 1).unwrap();
+        assert!(probe(|_| {}).check(&server).await.is_ok());
+        assert!(seen
+            .await
+            .unwrap()
+            .contains(&format!("\r\nHost: {addr}\r\n")));
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_by_length_chunks_or_until_close() {
+        let p = probe(|s| s.expect_body = Some("ok".into()));
+        for response in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nall ok"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nall \r\n2;x=y\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\nall ok",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ] {
+            let (outcome, _) = check(&p, response).await;
+            assert!(outcome.is_ok(), "{outcome:?} for {response:?}");
+        }
+        let (outcome, _) = check(&p, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnope").await;
+        assert_eq!(outcome.unwrap_err().to_string(), "body lacks \"ok\"");
+    }
+
+    #[tokio::test]
+    async fn failures_say_why() {
+        let p = probe(|_| {});
+        let (outcome, _) =
+            check(&p, b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+        assert_eq!(outcome.unwrap_err().to_string(), "status 503");
+        let (outcome, _) = check(&p, b"garbage\r\n\r\n").await;
+        assert!(matches!(outcome, Err(ProbeFailure::Malformed(_))));
+        let (outcome, _) = check(&p, b"HTTP/1.1 200 OK\r\nContent-").await;
+        assert!(matches!(outcome, Err(ProbeFailure::CutShort)));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let outcome = p.check(&Server::new(&closed, 1).unwrap()).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(ProbeFailure::Connect(_) | ProbeFailure::SelfConnect)
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_cut_there() {
+        let p = probe(|s| s.expect_body = Some("ok".into()));
+        let mut text = vec![b'x'; BODY_LIMIT];
+        text.extend_from_slice(b"ok");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+            text.len(),
+            String::from_utf8(text).unwrap()
+        );
+        let response: &'static [u8] = Box::leak(response.into_bytes().into_boxed_slice());
+        let (outcome, _) = check(&p, response).await;
+        assert!(matches!(outcome, Err(ProbeFailure::Mismatch(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_hangs_fails_at_its_timeout() {
+        let p = probe(|s| s.timeout = crate::settings::Duration::from_secs(2));
+        let (addr, _server) = serve_once(b"", true).await;
+        let server = Server::new(&addr, 1).unwrap();
+        let started = tokio::time::Instant::now();
+        let outcome = p.check(&server).await;
+        assert!(
+            matches!(outcome, Err(ProbeFailure::Timeout(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(
+            outcome.unwrap_err().to_string(),
+            "no complete answer within 2s"
+        );
+    }
+}
