@@ -34,8 +34,10 @@ pub use hash_key::KeySource;
 pub use latency::{now as clock, PeakEwma};
 pub use server::{parse_address, InFlight, Server, ServerOptions, ServerStats};
 
+use crate::affinity::Affinity;
 use crate::settings::{
     Balance, HashKey, InitialState, PassiveSettings, PoolSettings, ServerEntry, ServerState,
+    StickySettings,
 };
 
 /// How often a pick retries when the server it chose filled up before it could be claimed.
@@ -59,6 +61,8 @@ pub struct PoolSnapshot {
     timed: bool,
     /// How long a returning server takes to reach its full weight; zero for no ramp.
     slow_start: Duration,
+    /// Each server's tier and index there, by address, for requests bound to a server.
+    places: std::collections::HashMap<Arc<str>, (usize, usize)>,
 }
 
 /// Servers that are picked among together.
@@ -112,9 +116,21 @@ impl PoolSnapshot {
         };
         let key = (balance == Balance::Hash)
             .then(|| KeySource::from(hash_key.unwrap_or(&HashKey::ClientIp)));
+        let tiers = [tier(false), tier(true)];
+        let places = tiers
+            .iter()
+            .enumerate()
+            .flat_map(|(t, tier)| {
+                tier.servers
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, server)| (server.address.clone(), (t, i)))
+            })
+            .collect();
         Self {
             name,
-            tiers: [tier(false), tier(true)],
+            tiers,
+            places,
             servers,
             key,
             timed: balance == Balance::LeastTime,
@@ -177,6 +193,28 @@ impl PoolSnapshot {
         } else {
             Err(PickError::Unavailable)
         }
+    }
+
+    /// Claims the server at `address` for a request of a session bound to it, if it is in the
+    /// pool, takes the session ([`Server::takes_session`]) and has room.
+    pub fn claim_bound(
+        self: &Arc<Self>,
+        address: &str,
+        drain_timeout: Duration,
+    ) -> Option<InFlight> {
+        let &(tier, index) = self.places.get(address)?;
+        let server = &self.tiers[tier].servers[index];
+        if !server.takes_session(drain_timeout) {
+            return None;
+        }
+        let claim = InFlight::claim(server)?;
+        Some(self.started(claim, tier, index))
+    }
+
+    /// The server at `address`, if it is in the pool.
+    pub fn server(&self, address: &str) -> Option<&Arc<Server>> {
+        let &(tier, index) = self.places.get(address)?;
+        Some(&self.tiers[tier].servers[index])
     }
 
     /// A request to `server` failed for `reason`: passive detection counts it, and ejects
@@ -618,6 +656,9 @@ impl Handler<RemoveServer> for Pool {
     }
 }
 
+/// A pool's session persistence with the settings it was built from.
+type RunningAffinity = (StickySettings, Arc<Affinity>);
+
 /// A typed handle on a running pool: commands go to the actor, reads come from its snapshot.
 #[derive(Clone)]
 pub struct PoolHandle {
@@ -625,6 +666,9 @@ pub struct PoolHandle {
     published: Arc<ArcSwap<PoolSnapshot>>,
     /// Shared by every worker and kept across reloads, as the pool is.
     budget: Arc<RetryBudget>,
+    /// The pool's session persistence and the settings it was built from: kept across
+    /// reloads that leave `[pools.NAME.sticky]` as it was, so sessions stay bound.
+    affinity: Arc<std::sync::Mutex<Option<RunningAffinity>>>,
 }
 
 impl PoolHandle {
@@ -654,6 +698,25 @@ impl PoolHandle {
             addr: pool.start(),
             published,
             budget: Arc::default(),
+            affinity: Arc::default(),
+        }
+    }
+
+    /// The pool's session persistence for `sticky`: the running one if its settings are
+    /// the same, else a new one (with empty tables).
+    pub fn affinity(&self, sticky: Option<&StickySettings>) -> Option<Arc<Affinity>> {
+        let mut current = self.affinity.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sticky) = sticky else {
+            *current = None;
+            return None;
+        };
+        match &*current {
+            Some((settings, affinity)) if settings == sticky => Some(affinity.clone()),
+            _ => {
+                let affinity = Arc::new(Affinity::new(sticky));
+                *current = Some((sticky.clone(), affinity.clone()));
+                Some(affinity)
+            }
         }
     }
 

@@ -68,6 +68,8 @@ pub struct ServerStats {
     pub requests: AtomicU64,
     /// Requests that failed to connect, timed out or broke mid-response.
     pub failures: AtomicU64,
+    /// When the server entered `drain`, on the latency clock; 0 when it is not draining.
+    drain_since: AtomicU64,
 }
 
 impl Server {
@@ -118,6 +120,14 @@ impl Server {
         options: ServerOptions,
         stats: Arc<ServerStats>,
     ) -> Result<Self, String> {
+        let draining = options.state == ServerState::Drain;
+        if draining && stats.drain_since.load(Ordering::Relaxed) == 0 {
+            stats
+                .drain_since
+                .store(latency::now().max(1), Ordering::Relaxed);
+        } else if !draining {
+            stats.drain_since.store(0, Ordering::Relaxed);
+        }
         Ok(Self {
             authority: parse_address(address)?,
             address: address.into(),
@@ -156,7 +166,27 @@ impl Server {
 
     /// Changes the operator's state; requests in flight are not affected.
     pub fn set_state(&self, state: ServerState) {
-        self.state.store(state as u8, Ordering::Relaxed);
+        let before = self.state.swap(state as u8, Ordering::Relaxed);
+        let drain_since = &self.stats.drain_since;
+        if state != ServerState::Drain {
+            drain_since.store(0, Ordering::Relaxed);
+        } else if before != ServerState::Drain as u8 {
+            drain_since.store(latency::now().max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the server takes a request of a session bound to it: as any request, or, while
+    /// it drains, for `drain_timeout` after the drain began (health permitting).
+    pub fn takes_session(&self, drain_timeout: Duration) -> bool {
+        match self.state() {
+            ServerState::Active => self.stats.condition.admits(),
+            ServerState::Drain => {
+                let since = self.stats.drain_since.load(Ordering::Relaxed);
+                let draining_for = Duration::from_nanos(latency::now().saturating_sub(since));
+                draining_for < drain_timeout && self.stats.condition.admits()
+            }
+            ServerState::Down => false,
+        }
     }
 
     /// Whether the server may be sent new requests at all: the operator says active, and

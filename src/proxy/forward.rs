@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::affinity::Session;
 use crate::pool::{self, InFlight, PickError, Server};
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
 
@@ -69,7 +70,14 @@ pub async fn forward(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let claim = pick(pool, req).await?;
+    let session = pool
+        .affinity
+        .as_ref()
+        .map(|affinity| affinity.lookup(req, &pool.handle.snapshot()));
+    let claim = match bound_claim(pool, session.as_ref()) {
+        Some(claim) => claim,
+        None => pick(pool, req).await?,
+    };
     exchange.record.upstream = Some(claim.server().address.clone());
 
     if upgrade::is_websocket(req) {
@@ -107,12 +115,25 @@ pub async fn forward(
     exchange.record.status = response.status().as_u16();
     exchange.record.upstream_status = Some(response.status().as_u16());
     exchange.record.upstream_time = sent_at.map(|t| t.elapsed());
-    Ok(respond(
+    let server = claim.server().clone();
+    let mut response = respond(
         req.method(),
         response,
         pool,
         exchange.completion(proxy.log, Some(claim)),
-    ))
+    );
+    if let (Some(affinity), Some(session)) = (&pool.affinity, &session) {
+        affinity.bind(session, &server, &mut response);
+    }
+    Ok(response)
+}
+
+/// Step 3 for a request of a session bound to a server: that server, if it can take it.
+fn bound_claim(pool: &PoolTarget, session: Option<&Session>) -> Option<InFlight> {
+    let address = session?.bound.as_deref()?;
+    pool.handle
+        .snapshot()
+        .claim_bound(address, pool.settings.drain_timeout.get())
 }
 
 /// One request's tries: the first on the picked server, then, when the pool's retry settings

@@ -32,6 +32,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::affinity::Affinity;
 use crate::pool::{InFlight, PoolHandle};
 use crate::settings::{PoolSettings, Settings};
 use body::Completion;
@@ -48,6 +49,8 @@ pub struct PoolTarget {
     pub name: Arc<str>,
     pub settings: Arc<PoolSettings>,
     pub host_header: Option<HeaderValue>,
+    /// Session persistence, when the pool has `[pools.NAME.sticky]`.
+    pub affinity: Option<Arc<Affinity>>,
 }
 
 impl PoolTarget {
@@ -56,12 +59,14 @@ impl PoolTarget {
             .host_header
             .as_deref()
             .and_then(|host| HeaderValue::from_str(host).ok());
+        let affinity = handle.affinity(settings.sticky.as_ref());
         Self {
             handle,
             index,
             name: name.into(),
             settings,
             host_header,
+            affinity,
         }
     }
 }

@@ -302,6 +302,13 @@ fn render(value: &Value) -> String {
     }
 }
 
+/// Keys whose values `--print` hides: the admin token and the sticky-cookie secrets.
+fn is_secret(key: &str) -> bool {
+    key == "admin.token"
+        || key.ends_with(".sticky.secret")
+        || key.contains(".sticky.previous_secrets")
+}
+
 impl Loaded {
     /// Where the value at `key` came from: a file, an environment variable, or the default.
     pub fn origin(&self, key: &str) -> String {
@@ -318,9 +325,10 @@ impl Loaded {
             .into_iter()
             .map(|(key, value)| {
                 // A secret is never printed, only whether it is set.
-                let value = match key.as_str() {
-                    "admin.token" if value != "\"\"" => "(set)".to_string(),
-                    _ => value,
+                let value = if is_secret(&key) && value != "\"\"" && value != "[]" {
+                    "(set)".to_string()
+                } else {
+                    value
                 };
                 format!("{key} = {value}  # {}\n", self.origin(&key))
             })

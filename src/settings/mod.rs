@@ -6,6 +6,7 @@
 mod error;
 mod health;
 mod layers;
+mod sticky;
 mod units;
 mod validate;
 
@@ -19,6 +20,7 @@ pub use health::{
     HealthSettings, InitialState, PassiveSettings, ProbeMethod, RetryOn, RetrySettings, StatusRange,
 };
 pub use layers::{load, Loaded, Sources};
+pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
 pub use units::{ByteSize, Duration};
 
 /// Everything gatehouse runs from.
@@ -178,6 +180,11 @@ pub struct PoolSettings {
     pub health: Option<HealthSettings>,
     pub passive: PassiveSettings,
     pub retry: RetrySettings,
+    /// Session persistence; absent means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickySettings>,
+    /// How long a draining server still takes requests of sessions bound to it.
+    pub drain_timeout: Duration,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -196,6 +203,8 @@ impl Default for PoolSettings {
             health: None,
             passive: PassiveSettings::default(),
             retry: RetrySettings::default(),
+            sticky: None,
+            drain_timeout: Duration::from_secs(300),
             servers: Vec::new(),
         }
     }

@@ -4,7 +4,9 @@ use std::collections::HashSet;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 
-use super::{Balance, HealthSettings, PoolSettings, Settings};
+use super::{
+    Balance, HealthSettings, PoolSettings, SameSite, Settings, StickyMode, StickySettings,
+};
 use crate::pool::parse_address;
 use crate::proxy::route::HostPattern;
 
@@ -140,6 +142,9 @@ fn check_pools(settings: &Settings) -> Result<(), Problem> {
             ));
         }
         check_failure_handling(name, pool)?;
+        if let Some(sticky) = &pool.sticky {
+            check_sticky(name, sticky)?;
+        }
         let mut seen = HashSet::new();
         for (index, server) in pool.servers.iter().enumerate() {
             let key = |field: &str| format!("pools.{name}.servers[{index}].{field}");
@@ -324,6 +329,95 @@ fn check_health(key: &dyn Fn(&str) -> String, health: &HealthSettings) -> Result
                 "is set by the probe itself (use health.host for Host)",
             ));
         }
+    }
+    Ok(())
+}
+
+/// `[pools.NAME.sticky]`: what each mode needs, and cookie attributes a browser accepts.
+fn check_sticky(name: &str, sticky: &StickySettings) -> Result<(), Problem> {
+    let key = |field: &str| format!("pools.{name}.sticky.{field}");
+    let secret_env = super::layers::env_name(&format!("pools.{name}.sticky.secret"));
+    match sticky.mode {
+        StickyMode::Cookie if sticky.secret.len() < 16 => {
+            return Err(problem(
+                key("secret"),
+                "(hidden)",
+                format!(
+                    "mode = \"cookie\" signs its cookies: set a secret of at least 16 characters, \
+                     preferably from {secret_env}, the same on every gatehouse that serves the pool"
+                ),
+            ));
+        }
+        StickyMode::Learn if sticky.cookie_name.is_none() => {
+            return Err(problem(
+                key("cookie_name"),
+                "(unset)",
+                "mode = \"learn\" follows the application's session cookie: name it, e.g. \"JSESSIONID\"",
+            ));
+        }
+        StickyMode::Header if sticky.header_name.is_none() => {
+            return Err(problem(
+                key("header_name"),
+                "(unset)",
+                "mode = \"header\" needs the name of the header that carries the session",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(header) = &sticky.header_name {
+        if HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(problem(
+                key("header_name"),
+                format!("{header:?}"),
+                "is not a valid header name",
+            ));
+        }
+    }
+    let token = |text: &str| {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+    };
+    if !token(sticky.cookie()) {
+        return Err(problem(
+            key("cookie_name"),
+            format!("{:?}", sticky.cookie()),
+            "is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        ));
+    }
+    let attribute = |text: &str| text.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+    if !sticky.path.starts_with('/') || !attribute(&sticky.path) {
+        return Err(problem(
+            key("path"),
+            format!("{:?}", sticky.path),
+            "must start with \"/\" and hold no spaces or semicolons",
+        ));
+    }
+    if let Some(domain) = &sticky.domain {
+        if domain.is_empty() || !attribute(domain) {
+            return Err(problem(
+                key("domain"),
+                format!("{domain:?}"),
+                "is not a valid cookie domain",
+            ));
+        }
+    }
+    if sticky.same_site == Some(SameSite::None) && !sticky.secure {
+        return Err(problem(
+            key("same_site"),
+            "\"none\"",
+            "browsers drop SameSite=None cookies without Secure: set secure = true",
+        ));
+    }
+    if sticky.max_age.is_some_and(|age| age.get().as_secs() == 0) {
+        return Err(problem(key("max_age"), "\"0s\"", "must be at least 1s"));
+    }
+    if sticky.ttl.get().is_zero() {
+        return Err(problem(key("ttl"), "\"0s\"", "must be longer than 0s"));
+    }
+    if sticky.max_entries == 0 {
+        return Err(problem(key("max_entries"), 0, "must be at least 1"));
     }
     Ok(())
 }
