@@ -14,6 +14,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::json;
 
+use crate::affinity::Affinity;
 use crate::pool::{Condition, PoolError, PoolHandle, ProbeVerdict, Server, ServerChanges};
 use crate::proxy::SharedProxy;
 use crate::settings::{Balance, ServerEntry, ServerState, Settings};
@@ -155,6 +156,66 @@ async fn show_pool(admin: web::Data<Admin>, name: web::Path<String>) -> HttpResp
         Some((handle, balance)) => HttpResponse::Ok().json(admin.describe(&name, handle, *balance)),
         None => no_pool(&name),
     }
+}
+
+/// The pool's session persistence, if the pool exists and has one; else the 404 to answer.
+fn affinity_of(admin: &Admin, name: &str) -> Result<Arc<Affinity>, HttpResponse> {
+    let proxy = admin.shared.load();
+    let pool = proxy
+        .pools
+        .iter()
+        .find(|pool| &*pool.name == name)
+        .ok_or_else(|| no_pool(name))?;
+    pool.affinity.clone().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("pool {name:?} has no [pools.{name}.sticky] section"),
+        )
+    })
+}
+
+/// `GET /pools/NAME/sticky`: the mode and, for table modes, the bindings per server.
+async fn show_sticky(admin: web::Data<Admin>, name: web::Path<String>) -> HttpResponse {
+    let affinity = match affinity_of(&admin, &name) {
+        Ok(affinity) => affinity,
+        Err(response) => return response,
+    };
+    let mode = affinity.settings().mode;
+    let body = match affinity.table() {
+        Some(table) => {
+            let servers = table.per_server();
+            let entries: usize = servers.values().sum();
+            json!({ "pool": *name, "mode": mode, "entries": entries, "max_entries": affinity.settings().max_entries, "servers": servers })
+        }
+        // The cookie mode keeps nothing: the clients hold their bindings.
+        None => json!({ "pool": *name, "mode": mode, "entries": null, "servers": null }),
+    };
+    HttpResponse::Ok().json(body)
+}
+
+/// `DELETE /pools/NAME/sticky`: forgets every binding of a table mode.
+async fn flush_sticky(
+    req: HttpRequest,
+    admin: web::Data<Admin>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    let affinity = match affinity_of(&admin, &name) {
+        Ok(affinity) => affinity,
+        Err(response) => return response,
+    };
+    let Some(table) = affinity.table() else {
+        return error(
+            StatusCode::CONFLICT,
+            "mode = \"cookie\" keeps no table: change the secret to unbind every session",
+        );
+    };
+    let flushed = table.len();
+    table.clear();
+    log::info!(
+        "admin {}: flushed the sticky table of pool {name} ({flushed} bindings)",
+        caller(&req)
+    );
+    HttpResponse::Ok().json(json!({ "pool": *name, "flushed": flushed }))
 }
 
 /// Reads a JSON body; the error, serde's reason, is for a 400.
@@ -337,6 +398,8 @@ pub fn start(admin: Admin, listen: SocketAddr) -> std::io::Result<(RunningServer
             .route("/pools", web::get().to(list_pools))
             .route("/pools/{name}", web::get().to(show_pool))
             .route("/pools/{name}/servers", web::post().to(add_server))
+            .route("/pools/{name}/sticky", web::get().to(show_sticky))
+            .route("/pools/{name}/sticky", web::delete().to(flush_sticky))
             .route(
                 "/pools/{name}/servers/{address}",
                 web::delete().to(remove_server),

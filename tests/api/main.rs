@@ -5,7 +5,9 @@ mod switchable;
 
 mod access_log;
 mod admin;
+mod affinity;
 mod balancing;
+mod basket;
 mod ejection;
 mod failover;
 mod failures;

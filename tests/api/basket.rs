@@ -1,0 +1,259 @@
+//! A shop's application server that keeps baskets in its own memory, keyed by its own session
+//! cookie, as many applications do: a request that reaches another server finds no basket.
+//! And shoppers that fill baskets through gatehouse.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::helpers::{Conn, Response, DEADLINE};
+
+/// One application server: `POST /basket/add?item=N` and `GET /basket`, a session cookie
+/// `SID` set on the first request of a session it does not know.
+pub struct Shop {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    baskets: Arc<Mutex<HashMap<String, Vec<u32>>>>,
+    handle: Option<actix_web::dev::ServerHandle>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct ShopState {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    baskets: Arc<Mutex<HashMap<String, Vec<u32>>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Shop {
+    pub fn start(name: &str) -> Self {
+        let mut shop = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            name: name.to_string(),
+            hits: Arc::default(),
+            baskets: Arc::default(),
+            handle: None,
+            thread: None,
+        };
+        shop.open();
+        shop
+    }
+
+    /// Starts serving (again) on its address: a restarted process, its memory empty.
+    pub fn open(&mut self) {
+        self.baskets.lock().unwrap().clear();
+        let state = ShopState {
+            name: self.name.clone(),
+            hits: self.hits.clone(),
+            baskets: self.baskets.clone(),
+            next: Arc::default(),
+        };
+        let addr = self.addr;
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(web::Data::new(state.clone()))
+                        .route("/basket/add", web::post().to(add))
+                        .route("/basket", web::get().to(show))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind(addr)
+                .unwrap();
+                let addr = server.addrs()[0];
+                let server = server.run();
+                tx.send((addr, server.handle())).unwrap();
+                server.await.unwrap();
+            })
+        });
+        let (addr, handle) = rx.recv_timeout(DEADLINE).expect("shop started");
+        self.addr = addr;
+        self.handle = Some(handle);
+        self.thread = Some(thread);
+    }
+
+    /// Stops the process: port closed, baskets gone.
+    pub fn close(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ =
+                thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false))).join();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn session(req: &HttpRequest, state: &ShopState) -> (String, bool) {
+    let sid = req
+        .headers()
+        .get_all("cookie")
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("SID="));
+    if let Some(sid) = sid {
+        if state.baskets.lock().unwrap().contains_key(sid) {
+            return (sid.to_string(), false);
+        }
+    }
+    let id = format!(
+        "{}-{}",
+        state.name,
+        state.next.fetch_add(1, Ordering::SeqCst)
+    );
+    state.baskets.lock().unwrap().insert(id.clone(), Vec::new());
+    (id, true)
+}
+
+fn reply(state: &ShopState, id: &str, new: bool) -> HttpResponse {
+    let items = state.baskets.lock().unwrap()[id].clone();
+    let mut response = HttpResponse::Ok();
+    if new {
+        response.insert_header(("set-cookie", format!("SID={id}; Path=/; HttpOnly")));
+    }
+    response.json(serde_json::json!({ "server": state.name, "items": items }))
+}
+
+async fn add(req: HttpRequest, state: web::Data<ShopState>) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let item: u32 = req
+        .query_string()
+        .strip_prefix("item=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let (id, new) = session(&req, &state);
+    state
+        .baskets
+        .lock()
+        .unwrap()
+        .get_mut(&id)
+        .unwrap()
+        .push(item);
+    reply(&state, &id, new)
+}
+
+async fn show(req: HttpRequest, state: web::Data<ShopState>) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let (id, new) = session(&req, &state);
+    reply(&state, &id, new)
+}
+
+/// A browser's view of one shopper: its cookies, its source address, its session header.
+pub struct Shopper {
+    pub cookies: HashMap<String, String>,
+    /// The loopback address its connections come from.
+    pub source: Option<std::net::IpAddr>,
+    /// A header sent on every request (`header` mode).
+    pub header: Option<(String, String)>,
+    /// Every `Set-Cookie` it received, as sent.
+    pub set_cookies: Vec<String>,
+}
+
+impl Shopper {
+    pub fn new() -> Self {
+        Self {
+            cookies: HashMap::new(),
+            source: None,
+            header: None,
+            set_cookies: Vec::new(),
+        }
+    }
+
+    fn connect(&self, proxy: SocketAddr) -> Conn {
+        let stream = match self.source {
+            None => TcpStream::connect(proxy).expect("connect"),
+            Some(ip) => {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .unwrap();
+                socket
+                    .bind(&SocketAddr::new(ip, 0).into())
+                    .expect("bind a loopback source address");
+                socket.connect(&proxy.into()).expect("connect");
+                socket.into()
+            }
+        };
+        Conn::from_stream(stream)
+    }
+
+    /// One request through gatehouse, cookies sent and kept as a browser would.
+    pub fn request(&mut self, proxy: SocketAddr, method: &str, target: &str) -> Response {
+        let mut conn = self.connect(proxy);
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut head =
+            format!("{method} {target} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n");
+        if !cookie.is_empty() {
+            head.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        if let Some((name, value)) = &self.header {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if method == "POST" {
+            head.push_str("Content-Length: 0\r\n");
+        }
+        head.push_str("\r\n");
+        conn.stream.write_all(head.as_bytes()).unwrap();
+        let response = conn.read(false);
+        for set in response.all("set-cookie") {
+            self.set_cookies.push(set.to_string());
+            let pair = set.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                self.cookies
+                    .insert(name.trim().to_string(), value.trim().to_string());
+            }
+        }
+        response
+    }
+
+    /// Adds `item` to the basket; the answer's server and whether it succeeded.
+    pub fn add(&mut self, proxy: SocketAddr, item: u32) -> (u16, String) {
+        let response = self.request(proxy, "POST", &format!("/basket/add?item={item}"));
+        let server = if response.status == 200 {
+            response.json()["server"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            String::new()
+        };
+        (response.status, server)
+    }
+
+    /// The items in the basket as the server that answers sees it.
+    pub fn basket(&mut self, proxy: SocketAddr) -> Vec<u32> {
+        let response = self.request(proxy, "GET", "/basket");
+        assert_eq!(response.status, 200);
+        response.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+}
