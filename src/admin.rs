@@ -159,18 +159,18 @@ async fn show_pool(admin: web::Data<Admin>, name: web::Path<String>) -> HttpResp
 }
 
 /// The pool's session persistence, if the pool exists and has one; else the 404 to answer.
-fn affinity_of(admin: &Admin, name: &str) -> Result<Arc<Affinity>, HttpResponse> {
+fn affinity_of(admin: &Admin, name: &str) -> Result<Arc<Affinity>, Box<HttpResponse>> {
     let proxy = admin.shared.load();
     let pool = proxy
         .pools
         .iter()
         .find(|pool| &*pool.name == name)
-        .ok_or_else(|| no_pool(name))?;
+        .ok_or_else(|| Box::new(no_pool(name)))?;
     pool.affinity.clone().ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::NOT_FOUND,
             format!("pool {name:?} has no [pools.{name}.sticky] section"),
-        )
+        ))
     })
 }
 
@@ -178,7 +178,7 @@ fn affinity_of(admin: &Admin, name: &str) -> Result<Arc<Affinity>, HttpResponse>
 async fn show_sticky(admin: web::Data<Admin>, name: web::Path<String>) -> HttpResponse {
     let affinity = match affinity_of(&admin, &name) {
         Ok(affinity) => affinity,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mode = affinity.settings().mode;
     let body = match affinity.table() {
@@ -201,7 +201,7 @@ async fn flush_sticky(
 ) -> HttpResponse {
     let affinity = match affinity_of(&admin, &name) {
         Ok(affinity) => affinity,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(table) = affinity.table() else {
         return error(
