@@ -9,6 +9,9 @@
 #   BENCH_ROUNDS       interleaved rounds                (default 3)
 #   BENCH_CONNECTIONS  keep-alive connections for wrk    (default 64)
 #   BENCH_PROXIES      proxies to run, space separated   (default "gatehouse nginx haproxy")
+#                      also: gatehouse-sticky (cookie session persistence, the client
+#                      sends its gh_srv cookie back) and gatehouse-sticky-nocookie (the
+#                      same gatehouse, a client that never does: a new cookie per response)
 #
 # CPU layout: the proxy under test is pinned to CPU 0; the origin and wrk share CPU 1.
 # The markdown table goes to stdout and to target/bench-load/results.md; progress
@@ -37,8 +40,11 @@ ORIGIN_PORT=18090
 GATEHOUSE_PORT=18081
 NGINX_PORT=18082
 HAPROXY_PORT=18083
+GATEHOUSE_STICKY_PORT=18084
 
 GATEHOUSE_CONFIG=benches/load/gatehouse.toml
+GATEHOUSE_STICKY_CONFIG=benches/load/gatehouse-sticky.toml
+STICKY_COOKIE=gh_srv
 OUT="$ROOT/target/bench-load"
 RESULTS="$OUT/results.md"
 RUNS_TSV="$OUT/runs.tsv"
@@ -46,8 +52,10 @@ RUNS_TSV="$OUT/runs.tsv"
 SCENARIOS=(1k 64k)
 declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536)
 declare -A SCENARIO_LABEL=([1k]="1 KiB GET" [64k]="64 KiB GET")
-declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
-declare -A PROXY_COMM=([gatehouse]=gatehouse [nginx]=nginx [haproxy]=haproxy)
+declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
+    [gatehouse-sticky]=$GATEHOUSE_STICKY_PORT [gatehouse-sticky-nocookie]=$GATEHOUSE_STICKY_PORT)
+declare -A PROXY_COMM=([gatehouse]=gatehouse [nginx]=nginx [haproxy]=haproxy
+    [gatehouse-sticky]=gatehouse [gatehouse-sticky-nocookie]=gatehouse)
 
 log() { printf '[bench-load] %s\n' "$*" >&2; }
 die() { printf '[bench-load] error: %s\n' "$*" >&2; exit 1; }
@@ -63,12 +71,17 @@ is_uint "$CONNECTIONS" && ((CONNECTIONS >= 1 && CONNECTIONS <= 10000)) ||
 PROXIES=()
 for p in $PROXIES_RAW; do
     case $p in
-        gatehouse | nginx | haproxy) ;;
-        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy)" ;;
+        gatehouse | nginx | haproxy | gatehouse-sticky | gatehouse-sticky-nocookie) ;;
+        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy gatehouse-sticky gatehouse-sticky-nocookie)" ;;
     esac
     [[ " ${PROXIES[*]-} " == *" $p "* ]] || PROXIES+=("$p")
 done
 ((${#PROXIES[@]} > 0)) || die "BENCH_PROXIES selects no proxy"
+selected() { [[ " ${PROXIES[*]} " == *" $1 "* ]]; }
+STICKY_SELECTED=false
+if selected gatehouse-sticky || selected gatehouse-sticky-nocookie; then STICKY_SELECTED=true; fi
+GATEHOUSE_SELECTED=$STICKY_SELECTED
+if selected gatehouse; then GATEHOUSE_SELECTED=true; fi
 
 # --------------------------------------------------------------- prerequisites
 NGINX_BIN=$(command -v nginx || true)
@@ -171,13 +184,19 @@ status_kb() { # pid field -> kB
 
 # ----------------------------------------------------------------- workspace
 [[ $OUT == "$ROOT/target/bench-load" ]] || die "unexpected output directory $OUT"
-rm -rf "$OUT/origin" "$OUT/nginx" "$OUT/haproxy" "$OUT/gatehouse" "$OUT/docroot" "$OUT/wrk"
+rm -rf "$OUT/origin" "$OUT/nginx" "$OUT/haproxy" "$OUT/gatehouse" "$OUT/docroot" "$OUT/wrk" \
+    "$OUT/gatehouse-sticky" "$OUT/gatehouse-sticky-nocookie"
 mkdir -p "$OUT"/{origin,nginx,haproxy,gatehouse,docroot,wrk}
+for p in gatehouse-sticky gatehouse-sticky-nocookie; do
+    if selected "$p"; then mkdir -p "$OUT/$p"; fi
+done
 for d in origin nginx; do
     mkdir -p "$OUT/$d"/{logs,tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi}
 done
 
-for port in "$ORIGIN_PORT" "${PROXY_PORT[@]}"; do
+CHECK_PORTS=("$ORIGIN_PORT")
+for p in "${PROXIES[@]}"; do CHECK_PORTS+=("${PROXY_PORT[$p]}"); done
+for port in "${CHECK_PORTS[@]}"; do
     if port_in_use "$port"; then
         ss -Htlnp "sport = :$port" >&2 2>/dev/null || true
         die "port 127.0.0.1:$port is already in use; stop whatever holds it and retry"
@@ -280,19 +299,27 @@ EOF
 
 "$NGINX_BIN" -t -q -p "$OUT/origin" -e "$OUT/origin/logs/error.log" -c "$OUT/origin/nginx.conf" ||
     die "origin nginx config is invalid ($OUT/origin/nginx.conf)"
-if [[ " ${PROXIES[*]} " == *" nginx "* ]]; then
+if selected nginx; then
     "$NGINX_BIN" -t -q -p "$OUT/nginx" -e "$OUT/nginx/logs/error.log" -c "$OUT/nginx/nginx.conf" ||
         die "nginx config is invalid ($OUT/nginx/nginx.conf)"
 fi
-if [[ " ${PROXIES[*]} " == *" haproxy "* ]]; then
+if selected haproxy; then
     "$HAPROXY_BIN" -c -q -f "$OUT/haproxy/haproxy.cfg" ||
         die "haproxy config is invalid ($OUT/haproxy/haproxy.cfg)"
 fi
 
 GATEHOUSE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/gatehouse"
-if [[ " ${PROXIES[*]} " == *" gatehouse "* ]]; then
-    grep -q "127.0.0.1:$GATEHOUSE_PORT" "$GATEHOUSE_CONFIG" && grep -q "127.0.0.1:$ORIGIN_PORT" "$GATEHOUSE_CONFIG" ||
-        die "$GATEHOUSE_CONFIG must listen on 127.0.0.1:$GATEHOUSE_PORT and point at 127.0.0.1:$ORIGIN_PORT"
+if $GATEHOUSE_SELECTED; then
+    if selected gatehouse; then
+        grep -q "127.0.0.1:$GATEHOUSE_PORT" "$GATEHOUSE_CONFIG" && grep -q "127.0.0.1:$ORIGIN_PORT" "$GATEHOUSE_CONFIG" ||
+            die "$GATEHOUSE_CONFIG must listen on 127.0.0.1:$GATEHOUSE_PORT and point at 127.0.0.1:$ORIGIN_PORT"
+    fi
+    if $STICKY_SELECTED; then
+        grep -q "127.0.0.1:$GATEHOUSE_STICKY_PORT" "$GATEHOUSE_STICKY_CONFIG" &&
+            grep -q "127.0.0.1:$ORIGIN_PORT" "$GATEHOUSE_STICKY_CONFIG" &&
+            grep -q '^\[pools\.origin\.sticky\]' "$GATEHOUSE_STICKY_CONFIG" ||
+            die "$GATEHOUSE_STICKY_CONFIG must listen on 127.0.0.1:$GATEHOUSE_STICKY_PORT, point at 127.0.0.1:$ORIGIN_PORT and have [pools.origin.sticky]"
+    fi
     log "building gatehouse (cargo build --release)"
     cargo build --release >&2 || die "cargo build --release failed"
     [[ -x $GATEHOUSE_BIN ]] || die "no gatehouse binary at $GATEHOUSE_BIN after the build"
@@ -305,6 +332,9 @@ start_proxy() { # proxy -> LAST_PID
         gatehouse)
             start_bg gatehouse "$logfile" env RUST_LOG=warn \
                 taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_CONFIG" ;;
+        gatehouse-sticky | gatehouse-sticky-nocookie)
+            start_bg "$proxy" "$logfile" env RUST_LOG=warn \
+                taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_STICKY_CONFIG" ;;
         nginx)
             start_bg nginx "$logfile" taskset -c "$PROXY_CPU" \
                 "$NGINX_BIN" -p "$OUT/nginx" -e "$OUT/nginx/logs/error.log" -c "$OUT/nginx/nginx.conf" ;;
@@ -331,11 +361,38 @@ check_response() {
     fi
 }
 
-# run_wrk port scenario seconds outfile -> exit status of wrk (bounded by timeout)
+# sticky_cookie port scenario -> prints the value of the session cookie the response sets
+# (empty if it sets none)
+sticky_cookie() {
+    curl -sS -o /dev/null -D - --max-time 5 "http://127.0.0.1:$1/$2" 2>/dev/null | tr -d '\r' |
+        sed -n "s/^[Ss][Ee][Tt]-[Cc][Oo][Oo][Kk][Ii][Ee]: *$STICKY_COOKIE=\([^;[:space:]]*\).*/\1/p" |
+        head -n 1 || true
+}
+
+# check_sticky port scenario [cookie] -> prints "ok" or what is wrong. With a cookie, the
+# response must not set a new one (the cookie was accepted and names the server that
+# answered); without, it must set one.
+check_sticky() {
+    local args=() got
+    [[ -z ${3-} ]] || args=(-H "Cookie: $STICKY_COOKIE=$3")
+    got=$(curl -sS -o /dev/null -D - --max-time 5 -w '%{http_code} %{size_download}\n' \
+        "${args[@]}" "http://127.0.0.1:$1/$2" 2>&1 | tr -d '\r') || true
+    if [[ $(tail -n 1 <<<"$got") != "200 ${SCENARIO_BYTES[$2]}" ]]; then
+        echo "bad response ($(tail -n 1 <<<"$got"))"
+    elif [[ -n ${3-} ]] && grep -qi "^set-cookie: *$STICKY_COOKIE=" <<<"$got"; then
+        echo "the $STICKY_COOKIE cookie sent was not accepted (the response sets a new one)"
+    elif [[ -z ${3-} ]] && ! grep -qi "^set-cookie: *$STICKY_COOKIE=" <<<"$got"; then
+        echo "no $STICKY_COOKIE cookie set on a request without one"
+    else
+        echo ok
+    fi
+}
+
+# run_wrk port scenario seconds outfile [wrk options...] -> exit status of wrk (bounded by timeout)
 run_wrk() {
     local rc=0
     start_bg wrk "$4" timeout -k 5 $(($3 + 30)) \
-        taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNECTIONS" -d"$3"s --latency \
+        taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNECTIONS" -d"$3"s --latency "${@:5}" \
         "http://127.0.0.1:$1/$2"
     local pid=$LAST_PID
     wait "$pid" || rc=$?
@@ -419,14 +476,32 @@ for ((r = 0; r < ROUNDS; r++)); do
             check=$(check_response "$port" "$s")
             [[ $check == ok ]] || problems+=("$check")
 
+            # Session persistence: the client either sends back the cookie it was
+            # given (fetched here, once per run) or never sends one.
+            wrk_opts=()
+            case $p in
+                gatehouse-sticky)
+                    cookie=$(sticky_cookie "$port" "$s")
+                    if [[ -z $cookie ]]; then
+                        problems+=("no $STICKY_COOKIE cookie in the response")
+                    else
+                        check=$(check_sticky "$port" "$s" "$cookie")
+                        [[ $check == ok ]] || problems+=("$check")
+                        wrk_opts=(-H "Cookie: $STICKY_COOKIE=$cookie")
+                    fi ;;
+                gatehouse-sticky-nocookie)
+                    check=$(check_sticky "$port" "$s")
+                    [[ $check == ok ]] || problems+=("$check") ;;
+            esac
+
             tag="r$((r + 1))-$s-$p"
-            run_wrk "$port" "$s" "$WARMUP_SECS" "$OUT/wrk/$tag-warmup.txt" ||
+            run_wrk "$port" "$s" "$WARMUP_SECS" "$OUT/wrk/$tag-warmup.txt" "${wrk_opts[@]}" ||
                 problems+=("warm-up wrk exit $?")
 
             if alive "$pid"; then
                 t0=$(cpu_ticks "$pid")
                 wrk_rc=0
-                run_wrk "$port" "$s" "$DURATION" "$OUT/wrk/$tag.txt" || wrk_rc=$?
+                run_wrk "$port" "$s" "$DURATION" "$OUT/wrk/$tag.txt" "${wrk_opts[@]}" || wrk_rc=$?
                 ((wrk_rc == 0)) || problems+=("wrk exit $wrk_rc")
                 if alive "$pid"; then
                     t1=$(cpu_ticks "$pid")
@@ -481,7 +556,7 @@ stop_pid "$ORIGIN_PID"
 
 # -------------------------------------------------------------------- report
 ver() { "$@" 2>&1 | head -n 1 || true; }
-if [[ " ${PROXIES[*]} " == *" gatehouse "* ]]; then
+if $GATEHOUSE_SELECTED; then
     if git_rev=$(git rev-parse --short HEAD 2>/dev/null); then
         git diff --quiet HEAD 2>/dev/null || git_rev="$git_rev + uncommitted changes"
     else
@@ -492,16 +567,10 @@ else
 fi
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
-{
-    echo "## Load benchmark results"
-    echo
-    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(uname -sr), ${cpu_model:-unknown CPU}, $(nproc --all) CPUs"
-    echo "- gatehouse: $git_rev; $(ver "$NGINX_BIN" -v); $(ver "$HAPROXY_BIN" -v | sed 's/ - https.*//'); $(ver "$WRK_BIN" -v | awk '{ print $1, $2 }')"
-    echo "- wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency; ${ROUNDS} interleaved round(s); ${WARMUP_SECS}s warm-up per run; proxy on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
-    echo "- Load average (1/5/15 min) before the run: $LOAD_BEFORE"
-    echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
-    echo
-    awk -F'\t' -v proxies="${PROXIES[*]}" -v scenarios="${SCENARIOS[*]}" \
+# table base "proxy ..." -> markdown table of medians from runs.tsv, one row per
+# scenario and proxy, with each value's ratio to the base proxy when it was run.
+table() {
+    awk -F'\t' -v base="$1" -v proxies="$2" -v scenarios="${SCENARIOS[*]}" \
         -v l1k="${SCENARIO_LABEL[1k]}" -v l64k="${SCENARIO_LABEL[64k]}" '
     function median(key,   n, i, j, t, a) {
         n = cnt[key]
@@ -520,10 +589,10 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
         v = median(s SUBSEP p SUBSEP m)
         if (v < 0) return "n/a"
         out = sprintf(fmt, v)
-        if (("nginx" in have) && p != "nginx") {
-            b = median(s SUBSEP "nginx" SUBSEP m)
+        if ((base in have) && p != base) {
+            b = median(s SUBSEP base SUBSEP m)
             out = out sprintf(" (%s)", (b > 0) ? sprintf("%.2f×", v / b) : "n/a")
-        } else if (p == "nginx") {
+        } else if (p == base) {
             out = out " (1.00×)"
         }
         return out
@@ -555,6 +624,32 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
         }
         if (anybad) { print ""; print "⚠ Rows marked ⚠ had errors, bad or short responses: their numbers are not comparable." }
     }' "$RUNS_TSV"
+}
+
+{
+    echo "## Load benchmark results"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(uname -sr), ${cpu_model:-unknown CPU}, $(nproc --all) CPUs"
+    echo "- gatehouse: $git_rev; $(ver "$NGINX_BIN" -v); $(ver "$HAPROXY_BIN" -v | sed 's/ - https.*//'); $(ver "$WRK_BIN" -v | awk '{ print $1, $2 }')"
+    echo "- wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency; ${ROUNDS} interleaved round(s); ${WARMUP_SECS}s warm-up per run; proxy on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
+    echo "- Load average (1/5/15 min) before the run: $LOAD_BEFORE"
+    echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
+    echo
+    table nginx "${PROXIES[*]}"
+    if $STICKY_SELECTED && selected gatehouse; then
+        echo
+        echo "### Session persistence: ratios to plain gatehouse"
+        echo
+        echo "- gatehouse-sticky: $GATEHOUSE_STICKY_CONFIG, the client sends its $STICKY_COOKIE cookie back on every request"
+        echo "- gatehouse-sticky-nocookie: the same, the client never sends it (a new cookie on every response)"
+        echo "- (×N) = ratio to gatehouse without session persistence ($GATEHOUSE_CONFIG) in the same scenario"
+        echo
+        sticky_rows=gatehouse
+        for p in gatehouse-sticky gatehouse-sticky-nocookie; do
+            if selected "$p"; then sticky_rows+=" $p"; fi
+        done
+        table gatehouse "$sticky_rows"
+    fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
 cat "$RESULTS"
