@@ -12,6 +12,7 @@ pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod proxy;
+pub mod security;
 pub mod server;
 pub mod settings;
 pub mod state_file;

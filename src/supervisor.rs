@@ -146,7 +146,9 @@ async fn apply(
             .collect();
         report.restart_needed = restart_needed(&running.settings, &new);
     }
-    let proxy = Proxy::new(&new, pools.values().cloned().collect()).map_err(ReloadError::Routes)?;
+    let edge = published.load().security.edge.clone();
+    let proxy =
+        Proxy::new(&new, pools.values().cloned().collect(), edge).map_err(ReloadError::Routes)?;
     published.store(Arc::new(proxy));
     let running = Running {
         settings: new,
@@ -328,7 +330,8 @@ impl SupervisorHandle {
         rebinder: Rebinder,
     ) -> Result<(Self, Arc<SharedProxy>, Vec<(String, PoolHandle)>), ReloadError> {
         // An empty request path until the first settings are applied, a moment later.
-        let empty = Proxy::new(&Settings::default(), Vec::new()).map_err(ReloadError::Routes)?;
+        let empty = Proxy::new(&Settings::default(), Vec::new(), Arc::default())
+            .map_err(ReloadError::Routes)?;
         let published = Arc::new(SharedProxy::from_pointee(empty));
         let (running, _) = apply(None, settings, &published, &rebinder).await?;
         let pools = running

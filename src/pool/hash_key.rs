@@ -1,8 +1,9 @@
 //! Where a hashing pool finds a request's key: read in place, borrowed from the request.
 
 use actix_web::http::header::{HeaderName, COOKIE};
-use actix_web::HttpRequest;
+use actix_web::{HttpMessage, HttpRequest};
 
+use crate::security::ClientIp;
 use crate::settings::HashKey;
 
 /// A pool's `hash_key`, prepared for reading requests (header names parsed once).
@@ -40,7 +41,12 @@ impl KeySource {
         let key: &[u8] = match self {
             Self::ClientIp => {
                 // An IPv4 client on a dual-stack listener hashes as itself.
-                match req.peer_addr()?.ip().to_canonical() {
+                // Behind trusted proxies the request carries the client they name.
+                let client = req.extensions().get::<ClientIp>().map(|client| client.0);
+                match client
+                    .or_else(|| req.peer_addr().map(|peer| peer.ip()))?
+                    .to_canonical()
+                {
                     std::net::IpAddr::V4(v4) => {
                         ip[..4].copy_from_slice(&v4.octets());
                         &ip[..4]

@@ -26,6 +26,10 @@ pub enum ProxyError {
     ResponseTimeout,
     #[error("the server failed while the request was exchanged: {0}")]
     Upstream(String),
+    #[error("the client's address is not allowed")]
+    Forbidden,
+    #[error("the client exceeded a rate limit")]
+    TooManyRequests(std::time::Duration),
 }
 
 impl ProxyError {
@@ -48,6 +52,8 @@ impl ResponseError for ProxyError {
             Self::BadRequestBody(_) | Self::BadHost => StatusCode::BAD_REQUEST,
             Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -57,8 +63,16 @@ impl ResponseError for ProxyError {
         let mut response = HttpResponseBuilder::new(status);
         response.insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"));
         response.insert_header((header::CACHE_CONTROL, "no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, "1"));
+        match self {
+            Self::TooManyRequests(wait) => {
+                // Whole seconds, rounded up: a client retrying sooner would be refused again.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
         }
         if matches!(
             self,

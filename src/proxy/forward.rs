@@ -18,8 +18,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use std::net::IpAddr;
+
 use crate::affinity::Session;
 use crate::pool::{self, InFlight, PickError, Server};
+use crate::security::{AccessList, RateLimit};
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
@@ -53,12 +56,23 @@ pub async fn forward(
     exchange: &mut Exchange,
 ) -> Result<HttpResponse, ProxyError> {
     admit(req, proxy.max_header_bytes)?;
+    let client = exchange.client;
+    guard(
+        req,
+        client,
+        &proxy.security.access,
+        &proxy.rate_limits,
+        proxy,
+    )?;
     let host = request_host(req);
     if host.is_some_and(|host| !is_valid_host(host)) {
         return Err(ProxyError::BadHost);
     }
     let path = req.uri().path();
     let route = proxy.routes.find(host, path).ok_or(ProxyError::NoRoute)?;
+    if !route.access.is_empty() || !route.rate_limits.is_empty() {
+        guard(req, client, &route.access, &route.rate_limits, proxy)?;
+    }
     let pool = &route.target;
     if proxy.log.enabled() {
         exchange.record.route = Some(route.label.clone());
@@ -393,6 +407,32 @@ async fn read_whole(
         }
     }
     Ok(kept.freeze())
+}
+
+/// The allow and deny lists (403) and rate limits (429) of `[security]` or of a route, and
+/// the runtime blocks. Nothing to check costs two loads.
+fn guard(
+    req: &HttpRequest,
+    client: Option<IpAddr>,
+    access: &AccessList,
+    limits: &[RateLimit],
+    proxy: &Proxy,
+) -> Result<(), ProxyError> {
+    if let Some(ip) = client {
+        if (!access.is_empty() && !access.admits(ip)) || proxy.security.edge.denies.blocks(ip) {
+            return Err(ProxyError::Forbidden);
+        }
+    }
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let now = pool::clock();
+    for limit in limits {
+        limit
+            .check(req, client, now)
+            .map_err(ProxyError::TooManyRequests)?;
+    }
+    Ok(())
 }
 
 /// How often a request queued for a full pool looks for a free slot again. Queueing happens

@@ -21,19 +21,22 @@ pub mod route;
 mod upgrade;
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use actix_web::body::{BodySize, MessageBody as _};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Version;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
 pub use error::ProxyError;
+pub use headers::X_FORWARDED_FOR;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::affinity::Affinity;
 use crate::pool::{InFlight, PoolHandle};
+use crate::security::{ClientIp, EdgeState, RateLimit, Security};
 use crate::settings::{PoolSettings, Settings};
 use body::Completion;
 use headers::X_REQUEST_ID;
@@ -75,6 +78,9 @@ impl PoolTarget {
 /// publishes a new one, and requests already running keep the one they started with.
 pub struct Proxy {
     pub routes: RouteTable<PoolTarget>,
+    pub security: Security,
+    /// `[security]`'s rate limits, applied to every request.
+    pub rate_limits: Vec<RateLimit>,
     pub pools: Vec<PoolTarget>,
     pub log: AccessLog,
     pub server_header: Option<HeaderValue>,
@@ -83,7 +89,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds the request path's state from settings and the running pools.
-    pub fn new(settings: &Settings, pools: Vec<PoolTarget>) -> Result<Self, String> {
+    /// `edge` is what outlives reloads: the admin API's runtime blocks.
+    pub fn new(
+        settings: &Settings,
+        pools: Vec<PoolTarget>,
+        edge: Arc<EdgeState>,
+    ) -> Result<Self, String> {
         let routes = RouteTable::new(&settings.routes, |name| {
             pools.iter().find(|pool| &*pool.name == name).cloned()
         })?;
@@ -92,6 +103,13 @@ impl Proxy {
             .and_then(|value| HeaderValue::from_str(value).ok());
         Ok(Self {
             routes,
+            security: Security::new(&settings.security, edge),
+            rate_limits: settings
+                .security
+                .rate_limits
+                .iter()
+                .map(RateLimit::new)
+                .collect(),
             pools,
             log: AccessLog::new(settings.log.access),
             server_header,
@@ -151,10 +169,12 @@ struct Exchange {
     started: Option<Instant>,
     request_id: HeaderValue,
     record: AccessRecord,
+    /// The client's address (behind trusted proxies, the one they name).
+    client: Option<IpAddr>,
 }
 
 impl Exchange {
-    fn new(req: &HttpRequest, log: &AccessLog) -> Self {
+    fn new(req: &HttpRequest, log: &AccessLog, client: Option<IpAddr>) -> Self {
         let request_id = req
             .headers()
             .get(X_REQUEST_ID)
@@ -170,7 +190,7 @@ impl Exchange {
             };
             record = AccessRecord {
                 time: Some(SystemTime::now()),
-                client: req.peer_addr().map(|addr| addr.ip()),
+                client,
                 method: req.method().to_string(),
                 target: req
                     .uri()
@@ -188,6 +208,7 @@ impl Exchange {
             started: log.enabled().then(Instant::now),
             request_id,
             record,
+            client,
         }
     }
 
@@ -238,6 +259,17 @@ fn protocol_name(version: Version) -> &'static str {
     }
 }
 
+/// The client's address, settled once: behind trusted proxies, the one they name, kept in the
+/// request so balancing, affinity and logs all use it.
+fn client_address(req: &HttpRequest, security: &Security) -> Option<IpAddr> {
+    if security.settings.trusted_proxies.is_empty() {
+        return req.peer_addr().map(|peer| peer.ip().to_canonical());
+    }
+    let client = security.client_ip(req)?;
+    req.extensions_mut().insert(ClientIp(client));
+    Some(client)
+}
+
 /// The handler for every request on a client listener.
 pub async fn handle(
     req: HttpRequest,
@@ -246,7 +278,8 @@ pub async fn handle(
     upstreams: web::Data<Upstreams>,
 ) -> HttpResponse {
     let proxy = shared.load_full();
-    let mut exchange = Exchange::new(&req, &proxy.log);
+    let client = client_address(&req, &proxy.security);
+    let mut exchange = Exchange::new(&req, &proxy.log, client);
     let result = forward::forward(&req, payload, &proxy, &upstreams, &mut exchange).await;
     let mut response = result.unwrap_or_else(|err| exchange.refuse(&req, &err, proxy.log));
     let headers = response.headers_mut();

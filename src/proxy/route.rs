@@ -1,5 +1,6 @@
 //! The route table: which pool serves a request, by host and path prefix.
 
+use crate::security::{AccessList, RateLimit};
 use crate::settings::RouteSettings;
 
 /// A route's host: exact, a `*.suffix` wildcard, or `*` for any host.
@@ -64,6 +65,10 @@ pub struct Route<T> {
     path: String,
     pub target: T,
     pub max_body_size: Option<u64>,
+    /// The route's own allow and deny lists (403).
+    pub access: AccessList,
+    /// The route's own rate limits (429).
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Routes ordered so the first match is the best: most specific host, then longest path.
@@ -87,6 +92,8 @@ impl<T> RouteTable<T> {
                 path: route.path.clone(),
                 target,
                 max_body_size: route.max_body_size.map(|size| size.get()),
+                access: AccessList::new(&route.allow, &route.deny),
+                rate_limits: route.rate_limits.iter().map(RateLimit::new).collect(),
             });
         }
         routes.sort_by(|a, b| {
@@ -140,6 +147,9 @@ mod tests {
                 path: path.to_string(),
                 pool: pool.to_string(),
                 max_body_size: None,
+                allow: Vec::new(),
+                deny: Vec::new(),
+                rate_limits: Vec::new(),
             })
             .collect();
         let pools: Vec<&'static str> = routes.iter().map(|r| r.2).collect();

@@ -6,6 +6,7 @@
 mod error;
 mod health;
 mod layers;
+mod security;
 mod sticky;
 mod units;
 mod validate;
@@ -20,6 +21,7 @@ pub use health::{
     HealthSettings, InitialState, PassiveSettings, ProbeMethod, RetryOn, RetrySettings, StatusRange,
 };
 pub use layers::{load, Loaded, Sources};
+pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecuritySettings};
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
 pub use units::{ByteSize, Duration};
 
@@ -30,6 +32,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub security: SecuritySettings,
     pub routes: Vec<RouteSettings>,
     pub pools: BTreeMap<String, PoolSettings>,
 }
@@ -54,6 +57,9 @@ pub struct ServerSettings {
     pub max_request_header_size: ByteSize,
     /// The `Server` header on every response; empty sends none.
     pub server_header: String,
+    /// Every connection on the listeners starts with a PROXY protocol header (v1 or v2), from
+    /// a load balancer in front; its client address is the one gatehouse uses.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerSettings {
@@ -67,6 +73,7 @@ impl Default for ServerSettings {
             shutdown_timeout: Duration::from_secs(30),
             max_request_header_size: ByteSize::kib(32),
             server_header: "gatehouse".into(),
+            proxy_protocol: false,
         }
     }
 }
@@ -138,6 +145,15 @@ pub struct RouteSettings {
     /// Request bodies larger than this get 413; absent means no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<ByteSize>,
+    /// Clients allowed on this route (after `[security]`'s lists); empty allows all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+    /// Clients refused on this route, with 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Cidr>,
+    /// Request limits for this route, on top of `[security]`'s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitSettings>,
 }
 
 fn any_host() -> String {

@@ -30,6 +30,7 @@ fn problem(key: String, value: impl std::fmt::Display, problem: impl Into<String
 pub fn check(settings: &Settings) -> Result<(), Problem> {
     check_server(settings)?;
     check_admin(settings)?;
+    check_security(settings)?;
     check_routes(settings)?;
     check_pools(settings)
 }
@@ -418,6 +419,56 @@ fn check_sticky(name: &str, sticky: &StickySettings) -> Result<(), Problem> {
     }
     if sticky.max_entries == 0 {
         return Err(problem(key("max_entries"), 0, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn check_security(settings: &Settings) -> Result<(), Problem> {
+    let security = &settings.security;
+    for (field, names) in [
+        ("hide_headers", &security.hide_headers),
+        ("pass_headers", &security.pass_headers),
+    ] {
+        for (index, name) in names.iter().enumerate() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(problem(
+                    format!("security.{field}[{index}]"),
+                    format!("{name:?}"),
+                    "is not a valid header name",
+                ));
+            }
+        }
+    }
+    if security.max_request_line.get() < 256 {
+        return Err(problem(
+            "security.max_request_line".into(),
+            format!("{:?}", security.max_request_line.to_string()),
+            "must be at least 256 bytes",
+        ));
+    }
+    if security.client_body_timeout.get().is_zero() {
+        return Err(problem(
+            "security.client_body_timeout".into(),
+            "\"0s\"",
+            "must be longer than 0s",
+        ));
+    }
+    check_rate_limits("security.rate_limits", &security.rate_limits)?;
+    for (index, route) in settings.routes.iter().enumerate() {
+        check_rate_limits(&format!("routes[{index}].rate_limits"), &route.rate_limits)?;
+    }
+    Ok(())
+}
+
+fn check_rate_limits(key: &str, limits: &[super::RateLimitSettings]) -> Result<(), Problem> {
+    for (index, limit) in limits.iter().enumerate() {
+        if limit.max_keys == 0 {
+            return Err(problem(
+                format!("{key}[{index}].max_keys"),
+                0,
+                "must be at least 1",
+            ));
+        }
     }
     Ok(())
 }
