@@ -3,6 +3,7 @@
 mod helpers;
 mod switchable;
 
+mod access;
 mod access_log;
 mod admin;
 mod affinity;
