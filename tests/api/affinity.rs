@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::basket::{Shop, Shopper};
-use crate::helpers::{one_pool, Conn, Proxy};
+use crate::helpers::{one_pool, Conn, Process, Proxy};
 use crate::switchable::Switchable;
 
 const SECRET: &str = "shop-test-secret-0123456789";
@@ -234,11 +234,13 @@ fn cookie(shopper: &Shopper) -> String {
 }
 
 #[test]
-fn gatehouses_with_the_same_secret_agree_and_others_ignore_the_cookie() {
+fn gatehouse_processes_with_the_same_secret_agree_and_others_ignore_the_cookie() {
     let shops = shops();
     let same = sticky(&format!("mode = \"cookie\"\nsecret = \"{SECRET}\""));
     let a = gatehouse(&shops, &same);
-    let b = gatehouse(&shops, &same);
+    // The second is another process: nothing is shared but the settings.
+    let addrs: Vec<SocketAddr> = shops.iter().map(|s| s.addr).collect();
+    let b = Process::start(&one_pool(&addrs, &same));
     let other = gatehouse(
         &shops,
         &sticky("mode = \"cookie\"\nsecret = \"another-secret-0123456789\""),
