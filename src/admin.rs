@@ -1,4 +1,5 @@
-//! The admin API: pools and their servers as JSON, and runtime membership changes.
+//! The admin API: pools and their servers as JSON, runtime membership changes, and runtime
+//! blocks of client addresses.
 //!
 //! Every change goes through the settings supervisor, one at a time with reloads, to the
 //! pool's actor as the same message start-up sends; each is logged with the caller's address.
@@ -17,7 +18,7 @@ use serde_json::json;
 use crate::affinity::Affinity;
 use crate::pool::{Condition, PoolError, PoolHandle, ProbeVerdict, Server, ServerChanges};
 use crate::proxy::SharedProxy;
-use crate::settings::{Balance, ServerEntry, ServerState, Settings};
+use crate::settings::{Balance, Cidr, Duration, ServerEntry, ServerState, Settings};
 use crate::supervisor::{Changed, ReloadError, ServerChange, SupervisorHandle};
 
 /// What the admin handlers read: the running pools (from the request path's published state),
@@ -329,6 +330,88 @@ async fn reload(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
     }
 }
 
+/// `POST /security/deny`'s body: a network to block, for a while or until lifted.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyRequest {
+    cidr: Cidr,
+    #[serde(default)]
+    ttl: Option<Duration>,
+}
+
+/// One runtime block as JSON; `seconds_left` is null for a block without expiry.
+fn describe_block(cidr: Cidr, seconds_left: Option<u64>) -> serde_json::Value {
+    json!({ "cidr": cidr, "seconds_left": seconds_left })
+}
+
+/// `POST /security/deny`: blocks a network now. New connections from it are closed as soon
+/// as they are accepted; requests on connections already open get 403. A block of the same
+/// network is replaced.
+async fn block(req: HttpRequest, admin: web::Data<Admin>, body: web::Bytes) -> HttpResponse {
+    let request: DenyRequest = match parse(&body, "block") {
+        Ok(request) => request,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    let ttl = request.ttl.map(Duration::get);
+    if ttl.is_some_and(|ttl| ttl.is_zero()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ttl must be more than 0; leave it out for a block until lifted",
+        );
+    }
+    admin
+        .shared
+        .load()
+        .security
+        .edge
+        .denies
+        .block(request.cidr, ttl);
+    let ttl_text = request
+        .ttl
+        .map_or_else(|| "until lifted".to_string(), |ttl| format!("for {ttl}"));
+    log::info!(
+        "admin {}: blocked {} {ttl_text}",
+        caller(&req),
+        request.cidr
+    );
+    let seconds = ttl.map(|ttl| ttl.as_secs().max(1));
+    HttpResponse::Ok().json(describe_block(request.cidr, seconds))
+}
+
+/// `GET /security/deny`: the blocks in force.
+async fn list_blocks(admin: web::Data<Admin>) -> HttpResponse {
+    let blocks: Vec<serde_json::Value> = admin
+        .shared
+        .load()
+        .security
+        .edge
+        .denies
+        .list()
+        .into_iter()
+        .map(|(cidr, left)| describe_block(cidr, left))
+        .collect();
+    HttpResponse::Ok().json(json!({ "blocks": blocks }))
+}
+
+/// `DELETE /security/deny/CIDR`: lifts the block of exactly that network. The prefix may
+/// be written with a plain slash (`/security/deny/192.0.2.0/24`) or encoded (`%2F`).
+async fn unblock(
+    req: HttpRequest,
+    admin: web::Data<Admin>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    let text = path.replace("%2F", "/").replace("%2f", "/");
+    let cidr: Cidr = match text.parse() {
+        Ok(cidr) => cidr,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    if !admin.shared.load().security.edge.denies.unblock(cidr) {
+        return error(StatusCode::NOT_FOUND, format!("{cidr} is not blocked"));
+    }
+    log::info!("admin {}: lifted the block of {cidr}", caller(&req));
+    HttpResponse::Ok().json(json!({ "unblocked": cidr }))
+}
+
 fn pool_error(err: PoolError) -> HttpResponse {
     let status = match err {
         PoolError::Duplicate(_) => StatusCode::CONFLICT,
@@ -409,6 +492,9 @@ pub fn start(admin: Admin, listen: SocketAddr) -> std::io::Result<(RunningServer
                 web::patch().to(update_server),
             )
             .route("/reload", web::post().to(reload))
+            .route("/security/deny", web::get().to(list_blocks))
+            .route("/security/deny", web::post().to(block))
+            .route("/security/deny/{cidr:.+}", web::delete().to(unblock))
             .default_service(web::to(not_found))
     })
     .workers(1)

@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::dev::{Server as HttpServerRunning, ServerHandle};
+use actix_server::{Server as HttpServerRunning, ServerHandle};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -191,7 +191,7 @@ const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Stops a listener replaced by a reload: no more accepting (the new listener takes the
 /// queue), a grace period, then a graceful stop that lets requests in flight finish.
-async fn retire(old: actix_web::dev::ServerHandle) {
+async fn retire(old: ServerHandle) {
     old.pause().await;
     actix_rt::time::sleep(RETIRE_GRACE).await;
     old.stop(true).await;

@@ -1,9 +1,10 @@
-//! The edge's defences that are not HTTP parsing: who may connect (`access`), the client's
-//! real address behind trusted proxies (`client`), and how fast it may send requests
-//! (`rate`).
+//! The edge's defences that are not HTTP parsing: who may connect (`access`), what the
+//! listeners check on each connection (`connections`), the client's real address behind
+//! trusted proxies (`client`), and how fast it may send requests (`rate`).
 
 mod access;
 mod client;
+mod connections;
 mod rate;
 
 use std::net::IpAddr;
@@ -13,15 +14,18 @@ use actix_web::HttpRequest;
 
 pub use access::{AccessList, Block, RuntimeDenies};
 pub use client::{client_ip, ClientIp};
+pub use connections::{ConnectionCounts, ConnectionGuard, Refusal, RefusalLog};
 pub use rate::RateLimit;
 
 use crate::settings::{Cidr, DenyAction, SecuritySettings};
 
 /// What the edge keeps for the whole life of the process, across reloads: the runtime blocks
-/// of the admin API.
+/// of the admin API, the open connections per client, and the log of refused connections.
 #[derive(Debug, Default)]
 pub struct EdgeState {
     pub denies: RuntimeDenies,
+    pub connections: Arc<ConnectionCounts>,
+    pub refusals: RefusalLog,
 }
 
 /// `[security]` as the listeners and the request path read it; part of the published

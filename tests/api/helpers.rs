@@ -92,6 +92,8 @@ pub fn one_pool(servers: &[SocketAddr], extra: &str) -> String {
 /// A gatehouse running in-process on its own actix system thread; stopped on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Every client listener's address, in the order of `listen`.
+    pub listeners: Vec<SocketAddr>,
     pub admin: SocketAddr,
     stopper: gatehouse::server::Stopper,
     thread: Option<thread::JoinHandle<()>>,
@@ -105,14 +107,15 @@ impl Proxy {
                 let gatehouse = gatehouse::Gatehouse::start(settings)
                     .await
                     .expect("gatehouse starts");
-                let addrs = (gatehouse.listeners()[0], gatehouse.admin_address());
+                let addrs = (gatehouse.listeners().to_vec(), gatehouse.admin_address());
                 tx.send((addrs, gatehouse.stopper())).unwrap();
                 gatehouse.run_until_stopped().await.unwrap();
             })
         });
-        let ((addr, admin), stopper) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
+        let ((listeners, admin), stopper) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
         Self {
-            addr,
+            addr: listeners[0],
+            listeners,
             admin,
             stopper,
             thread: Some(thread),
@@ -657,6 +660,40 @@ impl Conn {
     pub fn closed_by_peer(&mut self) -> bool {
         let mut rest = Vec::new();
         self.reader.read_to_end(&mut rest).is_ok()
+    }
+}
+
+/// A connection to `addr` from the local address `source` (port chosen by the kernel), for
+/// tests of per-client rules on loopback: every 127.0.0.0/8 address is the machine's own.
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|err| panic!("bind {source}: {err}"));
+    socket
+        .connect_timeout(&addr.into(), DEADLINE)
+        .unwrap_or_else(|err| panic!("connect {source} -> {addr}: {err}"));
+    socket.into()
+}
+
+/// Whether the server closed `stream` without sending a byte: end of file or a reset.
+/// Fails the test if nothing happens within the deadline.
+pub fn closed_without_response(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            true
+        }
+        Err(err) => panic!("neither answered nor closed: {err}"),
     }
 }
 

@@ -9,6 +9,7 @@ mod admin;
 mod affinity;
 mod balancing;
 mod basket;
+mod edge;
 mod ejection;
 mod failover;
 mod failures;
