@@ -1,5 +1,6 @@
-//! Streaming bodies: the request body on its way up (with its size limit) and the response
-//! body on its way down (with its idle timeout and the end-of-request bookkeeping).
+//! Streaming bodies: the request body on its way up (with its size limit and the client's
+//! pace) and the response body on its way down (with its idle timeout and the end-of-request
+//! bookkeeping).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -9,15 +10,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_rt::time::Sleep;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::Version;
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::oneshot;
 
-use super::connector;
+use super::{connector, ProxyError};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::pool::InFlight;
+use crate::settings::SecuritySettings;
 
 /// Why a request body stopped early.
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
@@ -26,14 +30,105 @@ pub enum BodyFault {
     TooLarge,
     #[error("{0}")]
     Client(String),
+    #[error("the client sent nothing for {0:?} mid-body")]
+    Stalled(Duration),
+    #[error("the client sent {received} bytes in {elapsed:?}, below min_body_rate")]
+    TooSlow { received: u64, elapsed: Duration },
 }
 
-/// The request body as sent upstream: counted against the route's limit, with its end
-/// signalled so the response timeout starts when the upload is done.
+impl From<BodyFault> for ProxyError {
+    fn from(fault: BodyFault) -> Self {
+        match fault {
+            BodyFault::TooLarge => Self::BodyTooLarge,
+            BodyFault::Client(reason) => Self::BadRequestBody(reason),
+            BodyFault::Stalled(_) => Self::BodyStalled,
+            BodyFault::TooSlow { .. } => Self::BodyTooSlow,
+        }
+    }
+}
+
+/// What a request body is held to while it is read: the route's size limit and the client's
+/// pace (`[security]` client_body_timeout and min_body_rate).
+#[derive(Clone)]
+pub struct Intake {
+    pub limit: Option<u64>,
+    /// The longest pause between two reads.
+    pub pause: Duration,
+    /// Bytes per second averaged over the upload, checked once `pause` has passed; 0 is off.
+    pub min_rate: u64,
+    /// Where a body refused for slowness is left for the refusal to hold; chunked bodies only.
+    unread: Option<Unread>,
+}
+
+impl Intake {
+    pub fn new(req: &HttpRequest, limit: Option<u64>, security: &SecuritySettings) -> Self {
+        let unread = req
+            .headers()
+            .contains_key(header::TRANSFER_ENCODING)
+            .then(|| {
+                let unread = Unread::default();
+                req.extensions_mut().insert(unread.clone());
+                unread
+            });
+        Self {
+            limit,
+            pause: security.client_body_timeout.get(),
+            min_rate: security.min_body_rate.get(),
+            unread,
+        }
+    }
+}
+
+/// A chunked request body refused for slowness, kept until the refusal has been sent.
+/// actix-http closes the connection after a response while the request's body is still held,
+/// but keeps reading a dropped chunked body to its end, for as long as the client takes.
+#[derive(Clone, Default)]
+struct Unread(Rc<RefCell<Option<Box<dyn std::any::Any>>>>);
+
+/// The refusal of `req` holding the request body left unread, if a slow client left one, so
+/// that its connection is closed once the refusal is sent.
+pub fn holding_unread(req: &HttpRequest, response: HttpResponse) -> HttpResponse {
+    let Some(Unread(cell)) = req.extensions_mut().remove::<Unread>() else {
+        return response;
+    };
+    let Some(held) = cell.borrow_mut().take() else {
+        return response;
+    };
+    response.map_body(|_, body| BoxBody::new(Holding { body, _held: held }))
+}
+
+/// A response body that owns something until it has been sent.
+struct Holding {
+    body: BoxBody,
+    _held: Box<dyn std::any::Any>,
+}
+
+impl MessageBody for Holding {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
+}
+
+/// The request body as sent upstream: counted against the route's limit, timed against the
+/// client's pace, with its end signalled so the response timeout starts when the upload is
+/// done.
 pub struct RequestBody<S> {
-    inner: S,
+    /// Taken when the body ends or fails.
+    inner: Option<S>,
     received: u64,
-    limit: Option<u64>,
+    intake: Intake,
+    /// Armed only when the client first makes the body wait: a body that arrives with its
+    /// head never needs it.
+    pace: Option<PaceTimer>,
     fault: Rc<RefCell<Option<BodyFault>>>,
     sent: Option<oneshot::Sender<()>>,
 }
@@ -43,51 +138,120 @@ impl<S> RequestBody<S> {
     #[allow(clippy::type_complexity)]
     pub fn new(
         inner: S,
-        limit: Option<u64>,
+        intake: Intake,
     ) -> (Self, Rc<RefCell<Option<BodyFault>>>, oneshot::Receiver<()>) {
         let fault = Rc::new(RefCell::new(None));
         let (sent, done) = oneshot::channel();
         let body = Self {
-            inner,
+            inner: Some(inner),
             received: 0,
-            limit,
+            intake,
+            pace: None,
             fault: fault.clone(),
             sent: Some(sent),
         };
         (body, fault, done)
     }
 
-    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Bytes, BodyFault>>> {
+    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Bytes, BodyFault>>>
+    where
+        S: 'static,
+    {
+        let inner = self.inner.take();
+        if matches!(fault, BodyFault::Stalled(_) | BodyFault::TooSlow { .. }) {
+            if let (Some(unread), Some(inner)) = (&self.intake.unread, inner) {
+                *unread.0.borrow_mut() = Some(Box::new(inner));
+            }
+        }
         *self.fault.borrow_mut() = Some(fault.clone());
         self.sent.take();
+        self.pace = None;
         Poll::Ready(Some(Err(fault)))
+    }
+
+    /// Fails the body when the client has paused longer than `pause`, or has sent less than
+    /// `min_rate` per second since the first wait, checked each time the timer fires (at
+    /// least once a `pause`). The timer is pushed back when it fires, not on every chunk.
+    fn poll_pace(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFault>>>
+    where
+        S: 'static,
+    {
+        let Intake {
+            pause, min_rate, ..
+        } = self.intake;
+        let pace = self.pace.get_or_insert_with(|| PaceTimer::start(pause));
+        loop {
+            if pace.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = actix_rt::time::Instant::now();
+            let deadline = pace.last_progress + pause;
+            if now >= deadline {
+                return self.fail(BodyFault::Stalled(pause));
+            }
+            let elapsed = now - pace.started;
+            if min_rate > 0 && elapsed >= pause {
+                let due = min_rate as f64 * elapsed.as_secs_f64();
+                if (self.received as f64) < due {
+                    let received = self.received;
+                    return self.fail(BodyFault::TooSlow { received, elapsed });
+                }
+            }
+            pace.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// The timer behind a request body's pace: one sleep, reset only when it fires.
+struct PaceTimer {
+    sleep: Pin<Box<Sleep>>,
+    started: actix_rt::time::Instant,
+    last_progress: actix_rt::time::Instant,
+}
+
+impl PaceTimer {
+    fn start(pause: Duration) -> Self {
+        let now = actix_rt::time::Instant::now();
+        Self {
+            sleep: Box::pin(actix_rt::time::sleep_until(now + pause)),
+            started: now,
+            last_progress: now,
+        }
     }
 }
 
 impl<S, E> Stream for RequestBody<S>
 where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    S: Stream<Item = Result<Bytes, E>> + Unpin + 'static,
     E: std::fmt::Display,
 {
     type Item = Result<Bytes, BodyFault>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match Pin::new(&mut self.inner).poll_next(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.received += chunk.len() as u64;
-                if self.limit.is_some_and(|limit| self.received > limit) {
+                if self.intake.limit.is_some_and(|limit| self.received > limit) {
                     return self.fail(BodyFault::TooLarge);
+                }
+                if let Some(pace) = &mut self.pace {
+                    pace.last_progress = actix_rt::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(err))) => self.fail(BodyFault::Client(err.to_string())),
             Poll::Ready(None) => {
+                self.pace = None;
+                self.inner = None;
                 if let Some(sent) = self.sent.take() {
                     let _ = sent.send(());
                 }
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => self.poll_pace(cx),
         }
     }
 }
@@ -417,6 +581,97 @@ mod tests {
             .framed_by(Framing::Chunked);
         connector::note_eof();
         assert_eq!(collect(body).await, []);
+    }
+
+    fn intake(pause_secs: u64, min_rate: u64) -> Intake {
+        Intake {
+            limit: None,
+            pause: Duration::from_secs(pause_secs),
+            min_rate,
+            unread: None,
+        }
+    }
+
+    /// A client stream sending `chunk` bytes every `every`, `count` times, then ending.
+    fn trickle(
+        chunk: usize,
+        every: Duration,
+        count: usize,
+    ) -> Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>>>> {
+        Box::pin(
+            futures_util::stream::iter(0..count).then(move |_| async move {
+                actix_rt::time::sleep(every).await;
+                Ok(Bytes::from(vec![b'x'; chunk]))
+            }),
+        )
+    }
+
+    /// Reads a request body to its end; the fault that stopped it, if one did.
+    async fn drain<S>(mut body: RequestBody<S>) -> Result<u64, BodyFault>
+    where
+        RequestBody<S>: Stream<Item = Result<Bytes, BodyFault>> + Unpin,
+    {
+        let mut total = 0;
+        // A deadline in paused time, so a timer that never fires fails instead of hanging.
+        let reading = async {
+            while let Some(chunk) = body.next().await {
+                total += chunk?.len() as u64;
+            }
+            Ok(total)
+        };
+        tokio::time::timeout(Duration::from_secs(3600), reading)
+            .await
+            .expect("the body ends or fails")
+    }
+
+    #[actix_rt::test]
+    async fn a_client_pausing_longer_than_client_body_timeout_fails_the_body() {
+        tokio::time::pause();
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"a"))]);
+        let stalled = first.chain(futures_util::stream::pending());
+        let (body, fault, _) = RequestBody::new(stalled, intake(60, 0));
+        assert_eq!(
+            drain(body).await,
+            Err(BodyFault::Stalled(Duration::from_secs(60)))
+        );
+        assert_eq!(
+            *fault.borrow(),
+            Some(BodyFault::Stalled(Duration::from_secs(60)))
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_slow_but_steady_client_passes_without_a_minimum_rate() {
+        tokio::time::pause();
+        let steady = trickle(1, Duration::from_secs(50), 10);
+        let (body, _, _) = RequestBody::new(steady, intake(60, 0));
+        assert_eq!(drain(body).await, Ok(10));
+    }
+
+    #[actix_rt::test]
+    async fn a_client_below_min_body_rate_fails_after_the_first_timeout() {
+        tokio::time::pause();
+        let started = actix_rt::time::Instant::now();
+        // 10 bytes a second against a minimum of 100.
+        let slow = trickle(10, Duration::from_secs(1), 1000);
+        let (body, _, _) = RequestBody::new(slow, intake(5, 100));
+        assert!(matches!(
+            drain(body).await,
+            Err(BodyFault::TooSlow { received, .. }) if received < 100
+        ));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(7),
+            "{took:?}"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_client_above_min_body_rate_passes() {
+        tokio::time::pause();
+        let fast_enough = trickle(200, Duration::from_secs(1), 30);
+        let (body, _, _) = RequestBody::new(fast_enough, intake(5, 100));
+        assert_eq!(drain(body).await, Ok(6000));
     }
 
     #[actix_rt::test]

@@ -30,6 +30,16 @@ pub enum ProxyError {
     Forbidden,
     #[error("the client exceeded a rate limit")]
     TooManyRequests(std::time::Duration),
+    #[error("the request line is longer than max_request_line")]
+    RequestLineTooLong,
+    #[error("the absolute-form target names another host than Host")]
+    HostMismatch,
+    #[error("the request target has a `..` path segment")]
+    DotSegment,
+    #[error("the client paused its request body longer than client_body_timeout")]
+    BodyStalled,
+    #[error("the client sent its request body slower than min_body_rate")]
+    BodyTooSlow,
 }
 
 impl ProxyError {
@@ -49,7 +59,11 @@ impl ResponseError for ProxyError {
             Self::NoServer => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequestBody(_) | Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::BadRequestBody(_) | Self::BadHost | Self::HostMismatch | Self::DotSegment => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::RequestLineTooLong => StatusCode::URI_TOO_LONG,
+            Self::BodyStalled | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Forbidden => StatusCode::FORBIDDEN,
@@ -76,9 +90,17 @@ impl ResponseError for ProxyError {
         }
         if matches!(
             self,
-            Self::BadRequestBody(_) | Self::HeaderTooLarge | Self::BodyTooLarge
+            Self::BadRequestBody(_)
+                | Self::HeaderTooLarge
+                | Self::BodyTooLarge
+                | Self::BodyStalled
+                | Self::BodyTooSlow
+                | Self::RequestLineTooLong
+                | Self::HostMismatch
+                | Self::DotSegment
         ) {
-            // The rest of the request is unread or broken; the connection cannot carry another.
+            // The rest of the request is unread or broken, or the client is not to be trusted
+            // with another request on this connection.
             response.force_close();
         }
         let reason = status.canonical_reason().unwrap_or("Error");

@@ -10,10 +10,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
 use futures_util::future::{select, Either};
 
-use super::body::{BodyFault, Framing, RequestBody, ResponseBody};
+use super::body::{BodyFault, Framing, Intake, RequestBody, ResponseBody};
 use super::connector::UpstreamConnector;
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
-use super::{upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
+use super::{strict, upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -55,6 +55,7 @@ pub async fn forward(
     upstreams: &Upstreams,
     exchange: &mut Exchange,
 ) -> Result<HttpResponse, ProxyError> {
+    strict::check_request_line(req, &proxy.security.settings)?;
     admit(req, proxy.max_header_bytes)?;
     let client = exchange.client;
     guard(
@@ -115,7 +116,8 @@ pub async fn forward(
         pool.handle.budget().request();
     }
     let framing = RequestFraming::of(req, declared);
-    let body = OutgoingBody::prepare(payload, framing, route.max_body_size, retry).await?;
+    let intake = Intake::new(req, route.max_body_size, &proxy.security.settings);
+    let body = OutgoingBody::prepare(payload, framing, intake, retry).await?;
     let sent_at = proxy.log.enabled().then(Instant::now);
     let tries = Tries {
         req,
@@ -139,6 +141,9 @@ pub async fn forward(
     if let (Some(affinity), Some(session)) = (&pool.affinity, &session) {
         affinity.bind(session, &server, &mut response);
     }
+    proxy
+        .hiding
+        .rewrite_redirects(response.headers_mut(), &server.authority, host);
     Ok(response)
 }
 
@@ -335,7 +340,7 @@ enum OutgoingBody {
 struct StreamedBody {
     payload: web::Payload,
     framing: RequestFraming,
-    limit: Option<u64>,
+    intake: Intake,
 }
 
 /// What one try sends.
@@ -356,7 +361,7 @@ impl OutgoingBody {
     async fn prepare(
         payload: web::Payload,
         framing: RequestFraming,
-        limit: Option<u64>,
+        intake: Intake,
         retry: &RetrySettings,
     ) -> Result<Self, ProxyError> {
         match framing {
@@ -365,12 +370,12 @@ impl OutgoingBody {
             RequestFraming::Length(length)
                 if retry.attempts > 1 && length <= retry.retry_body_limit.get() =>
             {
-                read_whole(payload, length, limit).await.map(Self::Kept)
+                read_whole(payload, length, intake).await.map(Self::Kept)
             }
             _ => Ok(Self::Streamed(Some(StreamedBody {
                 payload,
                 framing,
-                limit,
+                intake,
             }))),
         }
     }
@@ -390,21 +395,17 @@ impl OutgoingBody {
     }
 }
 
-/// Reads a body of `length` bytes whole, within the route's limit.
+/// Reads a body of `length` bytes whole, within the route's limit and the client's pace.
 async fn read_whole(
     payload: web::Payload,
     length: u64,
-    limit: Option<u64>,
+    intake: Intake,
 ) -> Result<Bytes, ProxyError> {
     use futures_util::StreamExt as _;
-    let (mut body, _, _) = RequestBody::new(payload, limit);
+    let (mut body, _, _) = RequestBody::new(payload, intake);
     let mut kept = bytes::BytesMut::with_capacity(length as usize);
     while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(chunk) => kept.extend_from_slice(&chunk),
-            Err(BodyFault::TooLarge) => return Err(ProxyError::BodyTooLarge),
-            Err(BodyFault::Client(reason)) => return Err(ProxyError::BadRequestBody(reason)),
-        }
+        kept.extend_from_slice(&chunk?);
     }
     Ok(kept.freeze())
 }
@@ -509,7 +510,7 @@ async fn send_stream(
     body: StreamedBody,
     response_timeout: std::time::Duration,
 ) -> Result<awc::ClientResponse, ProxyError> {
-    let (stream, fault, body_sent) = RequestBody::new(body.payload, body.limit);
+    let (stream, fault, body_sent) = RequestBody::new(body.payload, body.intake);
     let sending = match body.framing {
         RequestFraming::Length(length) => request.send_body(SizedStream::new(length, stream)),
         _ => request.send_body(BodyStream::new(stream)),
@@ -645,10 +646,8 @@ fn upstream_headers(
 
 /// Maps a failed exchange to the error the client sees, blaming the client when its body broke.
 fn upstream_error(err: SendRequestError, fault: Option<BodyFault>) -> ProxyError {
-    match fault {
-        Some(BodyFault::TooLarge) => return ProxyError::BodyTooLarge,
-        Some(BodyFault::Client(reason)) => return ProxyError::BadRequestBody(reason),
-        None => {}
+    if let Some(fault) = fault {
+        return fault.into();
     }
     match err {
         SendRequestError::Connect(ConnectError::Timeout) => ProxyError::ConnectTimeout,

@@ -65,10 +65,11 @@ pub fn upstream_request_headers(incoming: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// Turns a server's response headers into the client's, in place.
+/// Turns a server's response headers into the client's, in place. `Server` and the other
+/// headers that name the server's software are `[security]`'s to hide (`proxy::hide`).
 pub fn downstream_response_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers, false);
-    for name in [header::CONTENT_LENGTH, header::SERVER, X_REQUEST_ID] {
+    for name in [header::CONTENT_LENGTH, X_REQUEST_ID] {
         headers.remove(name);
     }
 }
@@ -151,7 +152,7 @@ mod tests {
             ("set-cookie", "b=2"),
             ("transfer-encoding", "chunked"),
             ("content-length", "10"),
-            ("server", "secret-origin/1.0"),
+            ("x-request-id", "from-the-server"),
             ("trailer", "x-checksum"),
         ]);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The request path. Its steps, in order:
 //!
-//! 1. **admit** — check the request head against the listener's limits (431).
+//! 1. **admit** — check the request line ([`strict`]: 414, 400) and the head against the
+//!    listener's limits (431).
 //! 2. **route** — match host and path prefix to a route (404).
 //! 3. **pick** — take a server from the route's pool snapshot (503), counted in flight.
 //! 4. **forward** — build the upstream request (end-to-end headers, forwarding headers, the
@@ -16,8 +17,10 @@ mod connector;
 mod error;
 mod forward;
 mod headers;
+mod hide;
 mod interim;
 pub mod route;
+mod strict;
 mod upgrade;
 
 use std::cell::RefCell;
@@ -79,6 +82,8 @@ impl PoolTarget {
 pub struct Proxy {
     pub routes: RouteTable<PoolTarget>,
     pub security: Security,
+    /// `[security]`'s response rules: hidden headers and rewritten redirects.
+    pub hiding: hide::Hiding,
     /// `[security]`'s rate limits, applied to every request.
     pub rate_limits: Vec<RateLimit>,
     pub pools: Vec<PoolTarget>,
@@ -104,6 +109,7 @@ impl Proxy {
         Ok(Self {
             routes,
             security: Security::new(&settings.security, edge),
+            hiding: hide::Hiding::new(&settings.security),
             rate_limits: settings
                 .security
                 .rate_limits
@@ -281,11 +287,13 @@ pub async fn handle(
     let client = client_address(&req, &proxy.security);
     let mut exchange = Exchange::new(&req, &proxy.log, client);
     let result = forward::forward(&req, payload, &proxy, &upstreams, &mut exchange).await;
-    let mut response = result.unwrap_or_else(|err| exchange.refuse(&req, &err, proxy.log));
+    let mut response = result
+        .unwrap_or_else(|err| body::holding_unread(&req, exchange.refuse(&req, &err, proxy.log)));
     let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID, exchange.request_id);
+    proxy.hiding.strip(headers);
     if let Some(server) = &proxy.server_header {
         headers.insert(header::SERVER, server.clone());
     }
-    headers.insert(X_REQUEST_ID, exchange.request_id);
     response
 }

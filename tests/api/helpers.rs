@@ -987,3 +987,118 @@ impl Load {
         self.failures.load(Ordering::Relaxed)
     }
 }
+
+/// An origin that reads each request whole (a `Content-Length` or chunked body) and records
+/// every head as it arrives and every request once its body is complete, so a test can tell
+/// what reached a server and whether it was a whole request. It answers each request with the
+/// bytes `answer` builds from its own address (for responses that name it, like redirects).
+pub struct RecordingOrigin {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    complete: Arc<Mutex<Vec<WholeRequest>>>,
+}
+
+/// A request head and its whole body.
+pub type WholeRequest = (String, Vec<u8>);
+
+impl RecordingOrigin {
+    /// Answers every request with 200 and `ok`.
+    pub fn start() -> Self {
+        Self::answering(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+    }
+
+    pub fn answering(answer: impl Fn(SocketAddr) -> Vec<u8> + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let complete = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(answer(addr));
+        let (seen, done) = (heads.clone(), complete.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (seen, done, answer) = (seen.clone(), done.clone(), answer.clone());
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(DEADLINE));
+                    let Ok(mut writer) = stream.try_clone() else {
+                        return;
+                    };
+                    let mut reader = BufReader::new(stream);
+                    while let Some(head) = read_head(&mut reader) {
+                        seen.lock().unwrap().push(head.clone());
+                        let Some(body) = read_body(&mut reader, &head) else {
+                            return;
+                        };
+                        done.lock().unwrap().push((head, body));
+                        if writer.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            heads,
+            complete,
+        }
+    }
+
+    /// Every request head received, whole or not.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// Every request received whole: its head and its body.
+    pub fn complete(&self) -> Vec<WholeRequest> {
+        self.complete.lock().unwrap().clone()
+    }
+}
+
+/// One request head up to its blank line; `None` when the connection ends first.
+fn read_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" || line == "\n" {
+            return Some(head);
+        }
+    }
+}
+
+/// The body a head announces, read whole (a `Content-Length`, or chunks up to the last);
+/// `None` when the connection ends or the framing is broken.
+fn read_body(reader: &mut BufReader<TcpStream>, head: &str) -> Option<Vec<u8>> {
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                return Some(body);
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    let length: usize = header("content-length").map_or(Some(0), |n| n.parse().ok())?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
+}

@@ -1,0 +1,190 @@
+//! Strict reading of the request line: what actix-http's parser lets through but a proxy must
+//! not forward, because gatehouse and the servers could read it differently (request
+//! smuggling, routing on one host and serving another, path traversal past a route's prefix).
+//! actix-http itself refuses malformed heads and framing with 400 (docs/security.md).
+
+use actix_web::http::{header, Uri};
+use actix_web::HttpRequest;
+
+use super::ProxyError;
+use crate::settings::SecuritySettings;
+
+/// The request line's length beyond its method and target: two spaces and `HTTP/1.1`.
+const LINE_OVERHEAD: usize = 2 + "HTTP/1.1".len();
+
+/// Checks the request line against `[security]`: its length (414), an absolute-form target
+/// naming another host than `Host` (400) and, when asked, `..` path segments (400).
+pub fn check_request_line(
+    req: &HttpRequest,
+    settings: &SecuritySettings,
+) -> Result<(), ProxyError> {
+    let uri = req.uri();
+    let line = req.method().as_str().len() + target_len(uri) + LINE_OVERHEAD;
+    if line as u64 > settings.max_request_line.get() {
+        return Err(ProxyError::RequestLineTooLong);
+    }
+    if let Some(authority) = uri.authority() {
+        // Routing follows the target's host (RFC 9112 3.2.2); a server that follows `Host`
+        // instead would serve a request routed for another site.
+        let agrees = req.headers().get_all(header::HOST).all(|host| {
+            host.to_str()
+                .is_ok_and(|host| same_authority(authority.as_str(), host, uri.scheme_str()))
+        });
+        if !agrees {
+            return Err(ProxyError::HostMismatch);
+        }
+    }
+    if settings.reject_dot_segments && has_dot_segment(uri.path()) {
+        return Err(ProxyError::DotSegment);
+    }
+    Ok(())
+}
+
+/// The request target's length as it was on the request line.
+fn target_len(uri: &Uri) -> usize {
+    let mut len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if let Some(authority) = uri.authority() {
+        len += authority.as_str().len();
+        if let Some(scheme) = uri.scheme_str() {
+            len += scheme.len() + "://".len();
+        }
+    }
+    len.max(1)
+}
+
+/// Whether an absolute-form target's authority and a `Host` value name the same host and port,
+/// ignoring case and the scheme's default port.
+fn same_authority(authority: &str, host: &str, scheme: Option<&str>) -> bool {
+    let default_port = match scheme {
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => ":443",
+        _ => ":80",
+    };
+    let bare = |value: &'_ str| -> String {
+        let value = value.to_ascii_lowercase();
+        match value.strip_suffix(default_port) {
+            Some(host) if !host.is_empty() => host.to_string(),
+            _ => value,
+        }
+    };
+    bare(authority) == bare(host)
+}
+
+/// One unit of a path as a server may decode it.
+#[derive(PartialEq)]
+enum Unit {
+    Dot,
+    Separator,
+    /// `;` starts a segment's parameters, which servers such as Tomcat drop (`..;x` is `..`).
+    Parameters,
+    Other,
+}
+
+/// Whether `path` has a `..` segment once percent-decoded. `/`, `\` and their encodings all
+/// separate segments, since some servers decode `%2F` or treat `\` as `/`.
+pub fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut at = 0;
+    let (mut dots, mut other, mut in_parameters) = (0usize, false, false);
+    loop {
+        let (unit, width) = match bytes.get(at) {
+            None => (Unit::Separator, 0),
+            Some(b'%') => match bytes.get(at + 1..at + 3).and_then(decode_hex) {
+                Some(b'.') => (Unit::Dot, 3),
+                Some(b'/' | b'\\') => (Unit::Separator, 3),
+                Some(b';') => (Unit::Parameters, 3),
+                _ => (Unit::Other, 1),
+            },
+            Some(b'.') => (Unit::Dot, 1),
+            Some(b'/' | b'\\') => (Unit::Separator, 1),
+            Some(b';') => (Unit::Parameters, 1),
+            Some(_) => (Unit::Other, 1),
+        };
+        match unit {
+            Unit::Separator => {
+                if dots == 2 && !other {
+                    return true;
+                }
+                if width == 0 {
+                    return false;
+                }
+                (dots, other, in_parameters) = (0, false, false);
+            }
+            _ if in_parameters => {}
+            Unit::Parameters => in_parameters = true,
+            Unit::Dot => dots += 1,
+            Unit::Other => other = true,
+        }
+        at += width;
+    }
+}
+
+fn decode_hex(pair: &[u8]) -> Option<u8> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling() {
+        for bad in [
+            "/..",
+            "/../etc/passwd",
+            "/a/../b",
+            "/a/..",
+            "/%2e%2e/x",
+            "/%2E%2E/x",
+            "/.%2E/x",
+            "/%2e./x",
+            "/a/..%2fb",
+            "/a/..%2Fb",
+            "/a%2f..%2fb",
+            "/a/..\\b",
+            "/a\\..\\b",
+            "/a/..;jsessionid=1/b",
+            "/a/%2e%2e%3b/b",
+            "..",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for good in [
+            "/",
+            "/a/b",
+            "/a/./b",
+            "/a/.../b",
+            "/a/..b/c",
+            "/a/b../c",
+            "/a/.hidden",
+            "/%2e",
+            "/a%2e%2eb",
+            "/a/x;..",
+            "/%",
+            "/%2",
+            "/%zz",
+        ] {
+            assert!(!has_dot_segment(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn authorities_compare_without_case_or_default_port() {
+        assert!(same_authority("Example.com", "example.COM", Some("http")));
+        assert!(same_authority(
+            "example.com:80",
+            "example.com",
+            Some("http")
+        ));
+        assert!(same_authority(
+            "example.com",
+            "example.com:443",
+            Some("https")
+        ));
+        assert!(same_authority("a:8080", "a:8080", Some("http")));
+        assert!(!same_authority("evil", "a", Some("http")));
+        assert!(!same_authority("a:8080", "a", Some("http")));
+        assert!(!same_authority("a:443", "a", Some("http")));
+        assert!(!same_authority("user@a", "a", Some("http")));
+    }
+}
