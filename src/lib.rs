@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod admin;
 pub mod affinity;
 pub mod cli;
+pub mod compression;
 pub mod demo;
 pub mod health;
 pub mod listener;

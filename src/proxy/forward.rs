@@ -21,6 +21,7 @@ use bytes::Bytes;
 use std::net::IpAddr;
 
 use crate::affinity::Session;
+use crate::compression::{self, Compress, Compression, Encoder};
 use crate::pool::{self, InFlight, PickError, Server};
 use crate::security::{AccessList, RateLimit};
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
@@ -132,10 +133,12 @@ pub async fn forward(
     exchange.record.upstream_status = Some(response.status().as_u16());
     exchange.record.upstream_time = sent_at.map(|t| t.elapsed());
     let server = claim.server().clone();
+    let compression = route.compression.or(proxy.compression.as_ref());
     let mut response = respond(
-        req.method(),
+        req,
         response,
         pool,
+        compression.map(|rules| &**rules),
         exchange.completion(proxy.log, Some(claim)),
     );
     if let (Some(affinity), Some(session)) = (&pool.affinity, &session) {
@@ -659,11 +662,13 @@ fn upstream_error(err: SendRequestError, fault: Option<BodyFault>) -> ProxyError
 
 /// Step 5: the client's response from the server's, body streamed with the framing it had.
 fn respond(
-    method: &Method,
+    req: &HttpRequest,
     upstream: awc::ClientResponse,
     pool: &PoolTarget,
+    compression: Option<&Compression>,
     completion: super::body::Completion,
 ) -> HttpResponse {
+    let method = req.method();
     let status = upstream.status();
     let framing = Framing::of(upstream.version(), upstream.headers());
     // A chunked body's Content-Length, if the server sent both, means nothing (RFC 9112 6.3).
@@ -678,8 +683,16 @@ fn respond(
         payload
     });
     headers::downstream_response_headers(&mut headers);
+    let encoder =
+        compression.and_then(|rules| compress(req, status.as_u16(), &mut headers, length, rules));
     let idle = pool.settings.response_timeout.get();
     let body = ResponseBody::new(upstream, idle, completion).framed_by(framing);
+    if let Some(encoder) = encoder {
+        let body = BoxBody::new(BodyStream::new(Compress::new(body, encoder)));
+        let mut response = HttpResponse::with_body(status, body);
+        *response.headers_mut() = headers;
+        return response;
+    }
     let body = if headers::response_has_no_body(method, status.as_u16()) {
         match length {
             // A HEAD response keeps the length the body would have had.
@@ -698,6 +711,33 @@ fn respond(
     let mut response = HttpResponse::with_body(status, body);
     *response.headers_mut() = headers;
     response
+}
+
+/// Applies the compression rules to a response's headers; the encoder for its body, if it
+/// is to be compressed.
+fn compress(
+    req: &HttpRequest,
+    status: u16,
+    headers: &mut HeaderMap,
+    length: Option<u64>,
+    rules: &Compression,
+) -> Option<Encoder> {
+    let accept = req.headers().get(header::ACCEPT_ENCODING);
+    let plan = rules.plan(req.method(), status, headers, length, accept);
+    if plan.vary {
+        compression::add_vary(headers);
+    }
+    let algorithm = plan.encode?;
+    match Encoder::new(algorithm, &rules.settings().levels) {
+        Ok(encoder) => {
+            compression::encoded_headers(headers, algorithm);
+            Some(encoder)
+        }
+        Err(err) => {
+            log::warn!("cannot start a {} encoder: {err}", algorithm.token());
+            None
+        }
+    }
 }
 
 #[cfg(test)]

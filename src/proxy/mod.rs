@@ -38,6 +38,7 @@ pub use headers::X_FORWARDED_FOR;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::affinity::Affinity;
+use crate::compression::Compression;
 use crate::pool::{InFlight, PoolHandle};
 use crate::security::{ClientIp, EdgeState, RateLimit, Security};
 use crate::settings::{PoolSettings, Settings};
@@ -86,6 +87,8 @@ pub struct Proxy {
     pub hiding: hide::Hiding,
     /// `[security]`'s rate limits, applied to every request.
     pub rate_limits: Vec<RateLimit>,
+    /// `[compression]`, when it is on; routes may override it.
+    pub compression: Option<Arc<Compression>>,
     pub pools: Vec<PoolTarget>,
     pub log: AccessLog,
     pub server_header: Option<HeaderValue>,
@@ -116,6 +119,7 @@ impl Proxy {
                 .iter()
                 .map(RateLimit::new)
                 .collect(),
+            compression: Compression::new(&settings.compression).map(Arc::new),
             pools,
             log: AccessLog::new(settings.log.access),
             server_header,

@@ -1,5 +1,8 @@
 //! The route table: which pool serves a request, by host and path prefix.
 
+use std::sync::Arc;
+
+use crate::compression::Compression;
 use crate::security::{AccessList, RateLimit};
 use crate::settings::RouteSettings;
 
@@ -69,6 +72,25 @@ pub struct Route<T> {
     pub access: AccessList,
     /// The route's own rate limits (429).
     pub rate_limits: Vec<RateLimit>,
+    /// The route's own compression rules, if it sets any.
+    pub compression: RouteCompression,
+}
+
+/// Whether a route compresses as `[compression]` says or by its own rules.
+pub enum RouteCompression {
+    Inherit,
+    /// Its own rules; `None` when they turn compression off.
+    Own(Option<Arc<Compression>>),
+}
+
+impl RouteCompression {
+    /// The rules that apply, given the global ones.
+    pub fn or<'a>(&'a self, global: Option<&'a Arc<Compression>>) -> Option<&'a Arc<Compression>> {
+        match self {
+            Self::Inherit => global,
+            Self::Own(own) => own.as_ref(),
+        }
+    }
 }
 
 /// Routes ordered so the first match is the best: most specific host, then longest path.
@@ -94,6 +116,10 @@ impl<T> RouteTable<T> {
                 max_body_size: route.max_body_size.map(|size| size.get()),
                 access: AccessList::new(&route.allow, &route.deny),
                 rate_limits: route.rate_limits.iter().map(RateLimit::new).collect(),
+                compression: match &route.compression {
+                    None => RouteCompression::Inherit,
+                    Some(own) => RouteCompression::Own(Compression::new(own).map(Arc::new)),
+                },
             });
         }
         routes.sort_by(|a, b| {
@@ -150,6 +176,7 @@ mod tests {
                 allow: Vec::new(),
                 deny: Vec::new(),
                 rate_limits: Vec::new(),
+                compression: None,
             })
             .collect();
         let pools: Vec<&'static str> = routes.iter().map(|r| r.2).collect();

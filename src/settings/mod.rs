@@ -3,6 +3,7 @@
 //! Layers, later wins: built-in defaults < `settings/default.toml` < `settings/$GATEHOUSE_ENV.toml`
 //! < `settings/local.toml` < the `--config` file or folder < `GATEHOUSE__SECTION__KEY` variables.
 
+mod compression;
 mod error;
 mod health;
 mod layers;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use compression::{Algorithm, CompressionSettings, Levels};
 pub use error::SettingsError;
 pub use health::{
     HealthSettings, InitialState, PassiveSettings, ProbeMethod, RetryOn, RetrySettings, StatusRange,
@@ -33,6 +35,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub log: LogSettings,
     pub security: SecuritySettings,
+    pub compression: CompressionSettings,
     pub routes: Vec<RouteSettings>,
     pub pools: BTreeMap<String, PoolSettings>,
 }
@@ -154,6 +157,9 @@ pub struct RouteSettings {
     /// Request limits for this route, on top of `[security]`'s.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitSettings>,
+    /// Compression for this route, replacing `[compression]` whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionSettings>,
 }
 
 fn any_host() -> String {

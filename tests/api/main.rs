@@ -9,6 +9,7 @@ mod admin;
 mod affinity;
 mod balancing;
 mod basket;
+mod compression;
 mod edge;
 mod ejection;
 mod failover;
