@@ -90,18 +90,7 @@ impl Algorithm {
     }
 }
 
-impl TryFrom<String> for Algorithm {
-    type Error = String;
-
-    fn try_from(word: String) -> Result<Self, String> {
-        match word.as_str() {
-            "gzip" => Ok(Self::Gzip),
-            "br" => Ok(Self::Brotli),
-            "zstd" => Ok(Self::Zstd),
-            _ => Err("expected one of: gzip, br, zstd".into()),
-        }
-    }
-}
+one_of!(Algorithm { "gzip" => Algorithm::Gzip, "br" => Algorithm::Brotli, "zstd" => Algorithm::Zstd });
 
 impl From<Algorithm> for String {
     fn from(algorithm: Algorithm) -> String {

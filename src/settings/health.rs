@@ -116,17 +116,7 @@ pub enum InitialState {
     Down,
 }
 
-impl TryFrom<String> for InitialState {
-    type Error = String;
-
-    fn try_from(word: String) -> Result<Self, String> {
-        match word.as_str() {
-            "up" => Ok(Self::Up),
-            "down" => Ok(Self::Down),
-            _ => Err("expected one of: up, down".into()),
-        }
-    }
-}
+one_of!(InitialState { "up" => InitialState::Up, "down" => InitialState::Down });
 
 /// Statuses `low..=high`; a single code is a range of one. Written `200`, `"302"` or
 /// `"200-299"`.

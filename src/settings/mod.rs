@@ -3,6 +3,22 @@
 //! Layers, later wins: built-in defaults < `settings/default.toml` < `settings/$GATEHOUSE_ENV.toml`
 //! < `settings/local.toml` < the `--config` file or folder < `GATEHOUSE__SECTION__KEY` variables.
 
+/// Parses a setting that is one word out of a fixed list, naming the list when it is not.
+macro_rules! one_of {
+    ($ty:ty { $($word:literal => $variant:expr),+ $(,)? }) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+
+            fn try_from(word: String) -> Result<Self, String> {
+                match word.as_str() {
+                    $($word => Ok($variant),)+
+                    _ => Err(format!("expected one of: {}", [$($word),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
 mod compression;
 mod error;
 mod health;
@@ -335,22 +351,6 @@ pub enum ServerState {
     Drain,
     /// Takes no requests at all.
     Down,
-}
-
-/// Parses a setting that is one word out of a fixed list, naming the list when it is not.
-macro_rules! one_of {
-    ($ty:ty { $($word:literal => $variant:expr),+ $(,)? }) => {
-        impl TryFrom<String> for $ty {
-            type Error = String;
-
-            fn try_from(word: String) -> Result<Self, String> {
-                match word.as_str() {
-                    $($word => Ok($variant),)+
-                    _ => Err(format!("expected one of: {}", [$($word),+].join(", "))),
-                }
-            }
-        }
-    };
 }
 
 one_of!(AccessLogFormat { "combined" => AccessLogFormat::Combined, "json" => AccessLogFormat::Json, "off" => AccessLogFormat::Off });

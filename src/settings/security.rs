@@ -80,20 +80,11 @@ pub enum DenyAction {
     #[default]
     Close,
     /// Each request gets 403 Forbidden (and is logged).
+    #[serde(rename = "403")]
     Forbid,
 }
 
-impl TryFrom<String> for DenyAction {
-    type Error = String;
-
-    fn try_from(word: String) -> Result<Self, String> {
-        match word.as_str() {
-            "close" => Ok(Self::Close),
-            "403" | "forbid" => Ok(Self::Forbid),
-            _ => Err("expected one of: close, 403".into()),
-        }
-    }
-}
+one_of!(DenyAction { "close" => DenyAction::Close, "403" => DenyAction::Forbid });
 
 /// An IPv4 or IPv6 network in CIDR notation; a bare address is a network of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]

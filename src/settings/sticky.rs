@@ -86,19 +86,12 @@ pub enum StickyMode {
     Header,
 }
 
-impl TryFrom<String> for StickyMode {
-    type Error = String;
-
-    fn try_from(word: String) -> Result<Self, String> {
-        match word.as_str() {
-            "cookie" => Ok(Self::Cookie),
-            "learn" => Ok(Self::Learn),
-            "client_ip" => Ok(Self::ClientIp),
-            "header" => Ok(Self::Header),
-            _ => Err("expected one of: cookie, learn, client_ip, header".into()),
-        }
-    }
-}
+one_of!(StickyMode {
+    "cookie" => StickyMode::Cookie,
+    "learn" => StickyMode::Learn,
+    "client_ip" => StickyMode::ClientIp,
+    "header" => StickyMode::Header,
+});
 
 /// A cookie's `SameSite` attribute.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -109,18 +102,7 @@ pub enum SameSite {
     None,
 }
 
-impl TryFrom<String> for SameSite {
-    type Error = String;
-
-    fn try_from(word: String) -> Result<Self, String> {
-        match word.as_str() {
-            "lax" => Ok(Self::Lax),
-            "strict" => Ok(Self::Strict),
-            "none" => Ok(Self::None),
-            _ => Err("expected one of: lax, strict, none".into()),
-        }
-    }
-}
+one_of!(SameSite { "lax" => SameSite::Lax, "strict" => SameSite::Strict, "none" => SameSite::None });
 
 impl SameSite {
     pub fn as_str(self) -> &'static str {

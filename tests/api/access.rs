@@ -2,21 +2,15 @@
 //! believed only from trusted proxies.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 
-use crate::helpers::{one_pool, Conn, Proxy, Response};
+use crate::helpers::{connect_from, one_pool, Conn, Proxy, Response};
 use crate::switchable::Switchable;
 
 /// A GET from the loopback address `source`, on a fresh connection.
 fn get_from(proxy: SocketAddr, source: &str, path: &str, extra: &str) -> Response {
     let source: IpAddr = source.parse().unwrap();
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::new(source, 0).into())
-        .expect("bind a loopback source address");
-    socket.connect(&proxy.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    let mut conn = Conn::from_stream(stream);
+    let mut conn = Conn::from_stream(connect_from(source, proxy));
     conn.stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n")

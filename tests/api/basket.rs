@@ -13,7 +13,7 @@ use std::thread;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use crate::helpers::{Conn, Response, DEADLINE};
+use crate::helpers::{connect_from, Conn, Response, DEADLINE};
 
 /// One application server: `POST /basket/add?item=N` and `GET /basket`, a session cookie
 /// `SID` set on the first request of a session it does not know.
@@ -183,16 +183,7 @@ impl Shopper {
     fn connect(&self, proxy: SocketAddr) -> Conn {
         let stream = match self.source {
             None => TcpStream::connect(proxy).expect("connect"),
-            Some(ip) => {
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                        .unwrap();
-                socket
-                    .bind(&SocketAddr::new(ip, 0).into())
-                    .expect("bind a loopback source address");
-                socket.connect(&proxy.into()).expect("connect");
-                socket.into()
-            }
+            Some(ip) => connect_from(ip, proxy),
         };
         Conn::from_stream(stream)
     }
