@@ -11,7 +11,10 @@
 #   BENCH_PROXIES      proxies to run, space separated   (default "gatehouse nginx haproxy")
 #                      also: gatehouse-sticky (cookie session persistence, the client
 #                      sends its gh_srv cookie back) and gatehouse-sticky-nocookie (the
-#                      same gatehouse, a client that never does: a new cookie per response)
+#                      same gatehouse, a client that never does: a new cookie per response),
+#                      gatehouse-secure (a hardened [security] section that admits the load:
+#                      the cost of the checks), and gatehouse-gzip and nginx-gzip (gzip level 5
+#                      on a 64 KiB HTML page, a scenario of their own; wrk asks for gzip)
 #
 # CPU layout: the proxy under test is pinned to CPU 0; the origin and wrk share CPU 1.
 # The markdown table goes to stdout and to target/bench-load/results.md; progress
@@ -41,21 +44,33 @@ GATEHOUSE_PORT=18081
 NGINX_PORT=18082
 HAPROXY_PORT=18083
 GATEHOUSE_STICKY_PORT=18084
+GATEHOUSE_SECURE_PORT=18085
+GATEHOUSE_GZIP_PORT=18086
+NGINX_GZIP_PORT=18087
 
 GATEHOUSE_CONFIG=benches/load/gatehouse.toml
 GATEHOUSE_STICKY_CONFIG=benches/load/gatehouse-sticky.toml
+GATEHOUSE_SECURE_CONFIG=benches/load/gatehouse-secure.toml
+GATEHOUSE_GZIP_CONFIG=benches/load/gatehouse-gzip.toml
 STICKY_COOKIE=gh_srv
 OUT="$ROOT/target/bench-load"
 RESULTS="$OUT/results.md"
 RUNS_TSV="$OUT/runs.tsv"
 
+# The standard scenarios, run by every proxy except the gzip ones, which run only the
+# GZIP_SCENARIO: an HTML page (text/html from the origin) fetched with Accept-Encoding: gzip.
 SCENARIOS=(1k 64k)
-declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536)
-declare -A SCENARIO_LABEL=([1k]="1 KiB GET" [64k]="64 KiB GET")
+GZIP_SCENARIO=page.html
+declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536 [page.html]=65536)
+declare -A SCENARIO_LABEL=([1k]="1 KiB GET" [64k]="64 KiB GET" [page.html]="64 KiB HTML, gzip")
 declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
-    [gatehouse-sticky]=$GATEHOUSE_STICKY_PORT [gatehouse-sticky-nocookie]=$GATEHOUSE_STICKY_PORT)
+    [gatehouse-sticky]=$GATEHOUSE_STICKY_PORT [gatehouse-sticky-nocookie]=$GATEHOUSE_STICKY_PORT
+    [gatehouse-secure]=$GATEHOUSE_SECURE_PORT [gatehouse-gzip]=$GATEHOUSE_GZIP_PORT
+    [nginx-gzip]=$NGINX_GZIP_PORT)
 declare -A PROXY_COMM=([gatehouse]=gatehouse [nginx]=nginx [haproxy]=haproxy
-    [gatehouse-sticky]=gatehouse [gatehouse-sticky-nocookie]=gatehouse)
+    [gatehouse-sticky]=gatehouse [gatehouse-sticky-nocookie]=gatehouse
+    [gatehouse-secure]=gatehouse [gatehouse-gzip]=gatehouse [nginx-gzip]=nginx)
+is_gzip() { [[ $1 == gatehouse-gzip || $1 == nginx-gzip ]]; }
 
 log() { printf '[bench-load] %s\n' "$*" >&2; }
 die() { printf '[bench-load] error: %s\n' "$*" >&2; exit 1; }
@@ -71,8 +86,9 @@ is_uint "$CONNECTIONS" && ((CONNECTIONS >= 1 && CONNECTIONS <= 10000)) ||
 PROXIES=()
 for p in $PROXIES_RAW; do
     case $p in
-        gatehouse | nginx | haproxy | gatehouse-sticky | gatehouse-sticky-nocookie) ;;
-        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy gatehouse-sticky gatehouse-sticky-nocookie)" ;;
+        gatehouse | nginx | haproxy | gatehouse-sticky | gatehouse-sticky-nocookie | gatehouse-secure | \
+            gatehouse-gzip | nginx-gzip) ;;
+        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip)" ;;
     esac
     [[ " ${PROXIES[*]-} " == *" $p "* ]] || PROXIES+=("$p")
 done
@@ -80,8 +96,20 @@ done
 selected() { [[ " ${PROXIES[*]} " == *" $1 "* ]]; }
 STICKY_SELECTED=false
 if selected gatehouse-sticky || selected gatehouse-sticky-nocookie; then STICKY_SELECTED=true; fi
+GZIP_SELECTED=false
+if selected gatehouse-gzip || selected nginx-gzip; then GZIP_SELECTED=true; fi
 GATEHOUSE_SELECTED=$STICKY_SELECTED
-if selected gatehouse; then GATEHOUSE_SELECTED=true; fi
+if selected gatehouse || selected gatehouse-secure || selected gatehouse-gzip; then GATEHOUSE_SELECTED=true; fi
+# Scenarios run: the standard ones when any proxy other than the gzip ones is selected,
+# the gzip one when a gzip proxy is.
+RUN_SCENARIOS=()
+for p in "${PROXIES[@]}"; do
+    if ! is_gzip "$p"; then RUN_SCENARIOS=("${SCENARIOS[@]}"); break; fi
+done
+if $GZIP_SELECTED; then RUN_SCENARIOS+=("$GZIP_SCENARIO"); fi
+proxy_runs() { # proxy scenario -> whether that proxy runs that scenario
+    if is_gzip "$1"; then [[ $2 == "$GZIP_SCENARIO" ]]; else [[ $2 != "$GZIP_SCENARIO" ]]; fi
+}
 
 # --------------------------------------------------------------- prerequisites
 NGINX_BIN=$(command -v nginx || true)
@@ -97,6 +125,11 @@ fi
 for tool in taskset curl timeout getconf awk; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
 done
+if $GZIP_SELECTED; then
+    for tool in gzip cmp; do
+        command -v "$tool" >/dev/null || die "'$tool' is required for the gzip scenario but not installed"
+    done
+fi
 (($(nproc --all 2>/dev/null || echo 1) >= 2)) || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, origin+wrk on CPU $LOAD_CPU)"
 CLK_TCK=$(getconf CLK_TCK)
 is_uint "$CLK_TCK" && ((CLK_TCK > 0)) || die "getconf CLK_TCK returned '$CLK_TCK'"
@@ -185,13 +218,16 @@ status_kb() { # pid field -> kB
 # ----------------------------------------------------------------- workspace
 [[ $OUT == "$ROOT/target/bench-load" ]] || die "unexpected output directory $OUT"
 rm -rf "$OUT/origin" "$OUT/nginx" "$OUT/haproxy" "$OUT/gatehouse" "$OUT/docroot" "$OUT/wrk" \
-    "$OUT/gatehouse-sticky" "$OUT/gatehouse-sticky-nocookie"
+    "$OUT/gatehouse-sticky" "$OUT/gatehouse-sticky-nocookie" "$OUT/gatehouse-secure" \
+    "$OUT/gatehouse-gzip" "$OUT/nginx-gzip"
 mkdir -p "$OUT"/{origin,nginx,haproxy,gatehouse,docroot,wrk}
-for p in gatehouse-sticky gatehouse-sticky-nocookie; do
+for p in gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip; do
     if selected "$p"; then mkdir -p "$OUT/$p"; fi
 done
-for d in origin nginx; do
-    mkdir -p "$OUT/$d"/{logs,tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi}
+for d in origin nginx nginx-gzip; do
+    if [[ $d != nginx-gzip ]] || selected nginx-gzip; then
+        mkdir -p "$OUT/$d"/{logs,tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi}
+    fi
 done
 
 CHECK_PORTS=("$ORIGIN_PORT")
@@ -205,6 +241,42 @@ done
 
 head -c 1024 /dev/zero | tr '\0' 'a' >"$OUT/docroot/1k"
 head -c 65536 /dev/zero | tr '\0' 'b' >"$OUT/docroot/64k"
+
+# The gzip scenario's page: a product listing in HTML, as a shop or dashboard serves it,
+# with the repetition of real markup (the same tags and classes on every row) and varying
+# text and numbers (from a fixed linear congruential generator, so every run gets the same
+# page), cut and padded to exactly 64 KiB. The origin serves *.html as text/html.
+make_page() { # bytes
+    awk -v size="$1" '
+    function rnd(n) { seed = (seed * 16807) % 2147483647; return int(seed / 256) % n }
+    BEGIN {
+        seed = 42
+        na = split("Compact Classic Deluxe Ergonomic Portable Rugged Slim Smart Wireless Heavy-duty Eco Pro", adj, " ")
+        nn = split("Desk Lamp|Office Chair|Coffee Grinder|Backpack|Water Bottle|Keyboard|Monitor Stand|Headphones|Kettle|Notebook|Cable Organiser|Bike Light|Travel Mug|Phone Case|Desk Mat", noun, "|")
+        nc = split("lighting furniture kitchen bags outdoor computing audio stationery accessories", cat, " ")
+        nt = split("In stock|Low stock|Ships in 2-3 days|Back-order|Pre-order", stock, "|")
+        head = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>Catalogue - All products</title>\n<link rel=\"stylesheet\" href=\"/static/css/site.css\">\n</head>\n<body class=\"catalogue\">\n<header class=\"site-header\"><nav class=\"main-nav\"><a href=\"/\">Home</a> <a href=\"/products\">Products</a> <a href=\"/cart\">Cart</a> <a href=\"/account\">Account</a></nav></header>\n<main id=\"content\">\n<h1>All products</h1>\n<table class=\"product-table\">\n<thead><tr><th>SKU</th><th>Product</th><th>Category</th><th>Price</th><th>Rating</th><th>Availability</th><th></th></tr></thead>\n<tbody>\n"
+        foot = "</tbody>\n</table>\n</main>\n<footer class=\"site-footer\"><p>&copy; Example Shop. Prices include VAT.</p></footer>\n</body>\n</html>\n"
+        out = head
+        for (i = 1; ; i++) {
+            sku = sprintf("SKU-%05d", 10000 + rnd(90000))
+            name = adj[1 + rnd(na)] " " noun[1 + rnd(nn)]
+            c = cat[1 + rnd(nc)]
+            r1 = 1 + rnd(4); r2 = rnd(10)
+            row = sprintf("<tr class=\"product-row%s\" data-id=\"%d\"><td class=\"sku\">%s</td><td class=\"name\"><a href=\"/products/%d\">%s</a></td><td class=\"category\"><a href=\"/c/%s\">%s</a></td><td class=\"price\">&euro;%d.%02d</td><td class=\"rating\" title=\"%d.%d out of 5\">%d.%d</td><td class=\"stock\">%s</td><td><button class=\"btn btn-primary add-to-cart\" data-sku=\"%s\">Add to cart</button></td></tr>\n",
+                (i % 2) ? "" : " even", i, sku, i, name, c, c, 5 + rnd(400), rnd(100), r1, r2, r1, r2, stock[1 + rnd(nt)], sku)
+            if (length(out) + length(row) + length(foot) + 16 > size) break
+            out = out row
+        }
+        pad = size - length(out) - length(foot) - 8
+        printf "%s<!--%s-->\n%s", out, sprintf("%" pad "s", ""), foot
+    }'
+}
+if $GZIP_SELECTED; then
+    make_page "${SCENARIO_BYTES[$GZIP_SCENARIO]}" >"$OUT/docroot/$GZIP_SCENARIO"
+    [[ $(wc -c <"$OUT/docroot/$GZIP_SCENARIO") == "${SCENARIO_BYTES[$GZIP_SCENARIO]}" ]] ||
+        die "generated $GZIP_SCENARIO is not ${SCENARIO_BYTES[$GZIP_SCENARIO]} bytes"
+fi
 
 temp_paths() { # prefix
     cat <<EOF
@@ -272,6 +344,45 @@ $(temp_paths "$OUT/nginx")
 }
 EOF
 
+# NGINX with gzip (the gzip scenario): the same as NGINX under test, plus gzip at level 5
+# for text/html, on the proxied responses (gzip_proxied any: whatever the request's Via).
+if selected nginx-gzip; then
+    cat >"$OUT/nginx-gzip/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/nginx-gzip/nginx.pid;
+error_log $OUT/nginx-gzip/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+$(temp_paths "$OUT/nginx-gzip")
+    gzip on;
+    gzip_comp_level 5;
+    gzip_types text/html;
+    gzip_min_length 1024;
+    gzip_proxied any;
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_GZIP_PORT backlog=4096;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+}
+EOF
+fi
+
 # HAProxy under test: one thread, connection reuse to the origin, no logging.
 cat >"$OUT/haproxy/haproxy.cfg" <<EOF
 global
@@ -303,6 +414,10 @@ if selected nginx; then
     "$NGINX_BIN" -t -q -p "$OUT/nginx" -e "$OUT/nginx/logs/error.log" -c "$OUT/nginx/nginx.conf" ||
         die "nginx config is invalid ($OUT/nginx/nginx.conf)"
 fi
+if selected nginx-gzip; then
+    "$NGINX_BIN" -t -q -p "$OUT/nginx-gzip" -e "$OUT/nginx-gzip/logs/error.log" -c "$OUT/nginx-gzip/nginx.conf" ||
+        die "nginx-gzip config is invalid ($OUT/nginx-gzip/nginx.conf)"
+fi
 if selected haproxy; then
     "$HAPROXY_BIN" -c -q -f "$OUT/haproxy/haproxy.cfg" ||
         die "haproxy config is invalid ($OUT/haproxy/haproxy.cfg)"
@@ -320,6 +435,18 @@ if $GATEHOUSE_SELECTED; then
             grep -q '^\[pools\.origin\.sticky\]' "$GATEHOUSE_STICKY_CONFIG" ||
             die "$GATEHOUSE_STICKY_CONFIG must listen on 127.0.0.1:$GATEHOUSE_STICKY_PORT, point at 127.0.0.1:$ORIGIN_PORT and have [pools.origin.sticky]"
     fi
+    if selected gatehouse-secure; then
+        grep -q "127.0.0.1:$GATEHOUSE_SECURE_PORT" "$GATEHOUSE_SECURE_CONFIG" &&
+            grep -q "127.0.0.1:$ORIGIN_PORT" "$GATEHOUSE_SECURE_CONFIG" &&
+            grep -q '^\[security\]' "$GATEHOUSE_SECURE_CONFIG" ||
+            die "$GATEHOUSE_SECURE_CONFIG must listen on 127.0.0.1:$GATEHOUSE_SECURE_PORT, point at 127.0.0.1:$ORIGIN_PORT and have [security]"
+    fi
+    if selected gatehouse-gzip; then
+        grep -q "127.0.0.1:$GATEHOUSE_GZIP_PORT" "$GATEHOUSE_GZIP_CONFIG" &&
+            grep -q "127.0.0.1:$ORIGIN_PORT" "$GATEHOUSE_GZIP_CONFIG" &&
+            grep -q '^\[compression\]' "$GATEHOUSE_GZIP_CONFIG" ||
+            die "$GATEHOUSE_GZIP_CONFIG must listen on 127.0.0.1:$GATEHOUSE_GZIP_PORT, point at 127.0.0.1:$ORIGIN_PORT and have [compression]"
+    fi
     log "building gatehouse (cargo build --release)"
     cargo build --release >&2 || die "cargo build --release failed"
     [[ -x $GATEHOUSE_BIN ]] || die "no gatehouse binary at $GATEHOUSE_BIN after the build"
@@ -335,6 +462,15 @@ start_proxy() { # proxy -> LAST_PID
         gatehouse-sticky | gatehouse-sticky-nocookie)
             start_bg "$proxy" "$logfile" env RUST_LOG=warn \
                 taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_STICKY_CONFIG" ;;
+        gatehouse-secure)
+            start_bg "$proxy" "$logfile" env RUST_LOG=warn \
+                taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_SECURE_CONFIG" ;;
+        gatehouse-gzip)
+            start_bg "$proxy" "$logfile" env RUST_LOG=warn \
+                taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_GZIP_CONFIG" ;;
+        nginx-gzip)
+            start_bg nginx-gzip "$logfile" taskset -c "$PROXY_CPU" \
+                "$NGINX_BIN" -p "$OUT/nginx-gzip" -e "$OUT/nginx-gzip/logs/error.log" -c "$OUT/nginx-gzip/nginx.conf" ;;
         nginx)
             start_bg nginx "$logfile" taskset -c "$PROXY_CPU" \
                 "$NGINX_BIN" -p "$OUT/nginx" -e "$OUT/nginx/logs/error.log" -c "$OUT/nginx/nginx.conf" ;;
@@ -358,6 +494,26 @@ check_response() {
         echo ok
     else
         echo "bad response (${got//[$'\n\t']/ })"
+    fi
+}
+
+# check_gzip port scenario -> prints "ok SIZE" (SIZE: the compressed body's bytes) or a
+# short description of what is wrong. The response to a request accepting gzip must be
+# 200, Content-Encoding: gzip, and decompress to exactly the page the origin serves.
+check_gzip() {
+    local got body="$OUT/wrk/check-$2.gz"
+    got=$(curl -sS -o "$body" -D - --max-time 5 -H 'Accept-Encoding: gzip' \
+        -w '%{http_code} %{size_download}\n' "http://127.0.0.1:$1/$2" 2>&1 | tr -d '\r') || true
+    local last
+    last=$(tail -n 1 <<<"$got")
+    if [[ ${last%% *} != 200 ]]; then
+        echo "bad response ($last)"
+    elif ! grep -qi '^content-encoding: *gzip' <<<"$got"; then
+        echo "response not gzip-encoded ($last)"
+    elif ! gzip -dc <"$body" 2>/dev/null | cmp -s - "$OUT/docroot/$2"; then
+        echo "the gzip body does not decompress to the page"
+    else
+        echo "ok ${last##* }"
     fi
 }
 
@@ -454,14 +610,21 @@ done
 printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\tcpu_ticks\tcpu_ms_per_1k\tidle_rss_kb\tpeak_rss_kb\tnon2xx\tsocket_errors\tbytes_per_response\tproblems\n' >"$RUNS_TSV"
 
 n=${#PROXIES[@]}
-total_runs=$((ROUNDS * ${#SCENARIOS[@]} * n))
+total_runs=0
+for s in "${RUN_SCENARIOS[@]}"; do
+    for p in "${PROXIES[@]}"; do
+        if proxy_runs "$p" "$s"; then total_runs=$((total_runs + ROUNDS)); fi
+    done
+done
+declare -A GZIP_SIZES=() # proxy -> compressed sizes of the page seen by the check requests
 run_no=0
 for ((r = 0; r < ROUNDS; r++)); do
     order=()
     for ((i = 0; i < n; i++)); do order+=("${PROXIES[(i + r) % n]}"); done
     log "round $((r + 1))/$ROUNDS: ${order[*]}"
-    for s in "${SCENARIOS[@]}"; do
+    for s in "${RUN_SCENARIOS[@]}"; do
         for p in "${order[@]}"; do
+            proxy_runs "$p" "$s" || continue
             run_no=$((run_no + 1))
             port=${PROXY_PORT[$p]}
             log "  [$run_no/$total_runs] $p ${SCENARIO_LABEL[$s]}: start, ${IDLE_SECS}s idle, ${WARMUP_SECS}s warm-up, ${DURATION}s measured"
@@ -473,8 +636,21 @@ for ((r = 0; r < ROUNDS; r++)); do
             sleep "$IDLE_SECS"
             idle_kb=$(status_kb "$pid" VmRSS)
 
-            check=$(check_response "$port" "$s")
-            [[ $check == ok ]] || problems+=("$check")
+            # The smallest body a response may carry: the page's size, or for the gzip
+            # scenario the compressed size the check request got.
+            min_body=${SCENARIO_BYTES[$s]}
+            if is_gzip "$p"; then
+                check=$(check_gzip "$port" "$s")
+                if [[ $check == "ok "* ]]; then
+                    min_body=${check#ok }
+                    GZIP_SIZES[$p]="${GZIP_SIZES[$p]-}${GZIP_SIZES[$p]+ }$min_body"
+                else
+                    problems+=("$check")
+                fi
+            else
+                check=$(check_response "$port" "$s")
+                [[ $check == ok ]] || problems+=("$check")
+            fi
 
             # Session persistence: the client either sends back the cookie it was
             # given (fetched here, once per run) or never sends one.
@@ -492,6 +668,8 @@ for ((r = 0; r < ROUNDS; r++)); do
                 gatehouse-sticky-nocookie)
                     check=$(check_sticky "$port" "$s")
                     [[ $check == ok ]] || problems+=("$check") ;;
+                gatehouse-gzip | nginx-gzip)
+                    wrk_opts=(-H "Accept-Encoding: gzip") ;;
             esac
 
             tag="r$((r + 1))-$s-$p"
@@ -525,7 +703,7 @@ for ((r = 0; r < ROUNDS; r++)); do
                 bpr=$(awk -v b="$bytes" -v n="$requests" 'BEGIN { printf "%.0f", b / n }')
                 # Every response must at least carry the full body; less means
                 # truncated or empty responses that would make a proxy look fast.
-                awk -v hi="$bytes_hi" -v n="$requests" -v body="${SCENARIO_BYTES[$s]}" \
+                awk -v hi="$bytes_hi" -v n="$requests" -v body="$min_body" \
                     'BEGIN { exit !(hi >= n * body) }' ||
                     problems+=("short responses (${bpr} B/response read)")
             else
@@ -567,11 +745,13 @@ else
 fi
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 
-# table base "proxy ..." -> markdown table of medians from runs.tsv, one row per
-# scenario and proxy, with each value's ratio to the base proxy when it was run.
+# table base "proxy ..." ["scenario ..."] -> markdown table of medians from runs.tsv, one
+# row per scenario and proxy that ran it, with each value's ratio to the base proxy when
+# it was run. Scenarios default to the standard ones.
 table() {
-    awk -F'\t' -v base="$1" -v proxies="$2" -v scenarios="${SCENARIOS[*]}" \
-        -v l1k="${SCENARIO_LABEL[1k]}" -v l64k="${SCENARIO_LABEL[64k]}" '
+    awk -F'\t' -v base="$1" -v proxies="$2" -v scenarios="${3:-${SCENARIOS[*]}}" \
+        -v l1k="${SCENARIO_LABEL[1k]}" -v l64k="${SCENARIO_LABEL[64k]}" \
+        -v lpage="${SCENARIO_LABEL[$GZIP_SCENARIO]}" -v page="$GZIP_SCENARIO" '
     function median(key,   n, i, j, t, a) {
         n = cnt[key]
         for (i = 1; i <= n; i++) a[i] = val[key, i]
@@ -608,11 +788,12 @@ table() {
     END {
         np = split(proxies, P, " "); ns = split(scenarios, S, " ")
         for (i = 1; i <= np; i++) have[P[i]] = 1
-        label["1k"] = l1k; label["64k"] = l64k
+        label["1k"] = l1k; label["64k"] = l64k; label[page] = lpage
         print "| Scenario | Proxy | req/s | p50 ms | p99 ms | CPU-ms / 1k req | Peak RSS MiB | Idle RSS MiB | Errors |"
         print "|---|---|---:|---:|---:|---:|---:|---:|---|"
         for (i = 1; i <= ns; i++) for (j = 1; j <= np; j++) {
             s = S[i]; p = P[j]
+            if (!runs[s, p]) continue
             if (bad[s, p]) {
                 name = "**" p " ⚠**"
                 err = sprintf("**%d/%d runs failed**: %s", bad[s, p], runs[s, p], why[s, p])
@@ -634,8 +815,14 @@ table() {
     echo "- wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency; ${ROUNDS} interleaved round(s); ${WARMUP_SECS}s warm-up per run; proxy on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
     echo "- Load average (1/5/15 min) before the run: $LOAD_BEFORE"
     echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
-    echo
-    table nginx "${PROXIES[*]}"
+    main_rows=()
+    for p in "${PROXIES[@]}"; do
+        if ! is_gzip "$p"; then main_rows+=("$p"); fi
+    done
+    if ((${#main_rows[@]} > 0)); then
+        echo
+        table nginx "${main_rows[*]}"
+    fi
     if $STICKY_SELECTED && selected gatehouse; then
         echo
         echo "### Session persistence: ratios to plain gatehouse"
@@ -649,6 +836,38 @@ table() {
             if selected "$p"; then sticky_rows+=" $p"; fi
         done
         table gatehouse "$sticky_rows"
+    fi
+    if selected gatehouse-secure; then
+        echo
+        echo "### Security checks: ratios to plain gatehouse"
+        echo
+        echo "- gatehouse-secure: $GATEHOUSE_SECURE_CONFIG, a hardened [security] section (allow/deny lists, 403 per"
+        echo "  request, trusted proxies, per-client connection count, dot segments, min_body_rate, a rate limit"
+        echo "  on client_ip) that admits every request of the benchmark: any 403 or 429 is an error"
+        echo "- (×N) = ratio to gatehouse without them ($GATEHOUSE_CONFIG) in the same scenario"
+        echo
+        secure_rows=gatehouse-secure
+        if selected gatehouse; then secure_rows="gatehouse gatehouse-secure"; fi
+        table gatehouse "$secure_rows"
+    fi
+    if $GZIP_SELECTED; then
+        echo
+        echo "### gzip: ratios to NGINX with gzip"
+        echo
+        echo "- /$GZIP_SCENARIO: a ${SCENARIO_BYTES[$GZIP_SCENARIO]}-byte HTML page (text/html), wrk sends Accept-Encoding: gzip"
+        echo "- gatehouse-gzip: $GATEHOUSE_GZIP_CONFIG ([compression], gzip level 5); nginx-gzip: gzip on, gzip_comp_level 5"
+        for p in gatehouse-gzip nginx-gzip; do
+            if selected "$p"; then
+                echo "- compressed size of the page through $p (bytes, each run's check request): ${GZIP_SIZES[$p]-none}"
+            fi
+        done
+        echo "- (×N) = ratio to nginx-gzip in the same scenario"
+        echo
+        gzip_rows=()
+        for p in gatehouse-gzip nginx-gzip; do
+            if selected "$p"; then gzip_rows+=("$p"); fi
+        done
+        table nginx-gzip "${gzip_rows[*]}" "$GZIP_SCENARIO"
     fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
