@@ -18,6 +18,7 @@ pub mod server;
 pub mod settings;
 pub mod state_file;
 pub mod supervisor;
+pub mod tls;
 
 pub use server::{run, Gatehouse, StartError};
 pub use settings::Settings;

@@ -10,7 +10,9 @@
 //!    address becomes the client's; a missing or malformed header closes the connection.
 //! 2. **deny**: runtime blocks, and the global lists with `deny_action = "close"`, close it.
 //! 3. **per-client limit**: `max_connections_per_client` open connections per address.
-//! 4. **HTTP**: actix-http serves the stream, with the client's address as the peer address.
+//! 4. **TLS** (on `tls.listen`): the handshake, certificate chosen by SNI, protocol by ALPN.
+//! 5. **HTTP**: actix-http serves the stream (HTTP/1.1, or HTTP/2 when ALPN chose it), with
+//!    the client's address as the peer address.
 
 mod proxy_protocol;
 
@@ -37,7 +39,8 @@ use tokio::net::TcpStream;
 use proxy_protocol::Prefixed;
 
 use crate::proxy::{self, SharedProxy, Upstreams};
-use crate::settings::ServerSettings;
+use crate::settings::{ServerSettings, Settings};
+use crate::tls::{Handshake, OverTls, TlsPort, TlsStore};
 
 /// Pending connections the kernel queues per listener (NGINX's default `backlog` on Linux is
 /// 511; actix-web's is 1024; the kernel caps it at `net.core.somaxconn`).
@@ -61,15 +64,44 @@ pub struct Listeners {
     sockets: Vec<(SocketAddr, TcpListener)>,
 }
 
+/// What a listener serves: the settings of both kinds of listener and the certificates.
+pub struct ListenerSettings<'a> {
+    pub server: &'a ServerSettings,
+    /// `tls.listen`.
+    pub tls_listen: &'a [SocketAddr],
+    pub certificates: &'a Arc<TlsStore>,
+}
+
+/// The addresses a server is bound to.
+#[derive(Clone, Debug, Default)]
+pub struct Bound {
+    pub plain: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+}
+
 impl Listeners {
-    /// Starts a server on the settings' listen addresses, reusing sockets already bound to
-    /// them and binding the others. Returns it and the addresses it is bound to.
+    /// Starts a server on the settings' listen addresses (plain and TLS), reusing sockets
+    /// already bound to them and binding the others. Returns it and the addresses it is
+    /// bound to.
     pub fn serve(
         &mut self,
-        settings: &ServerSettings,
+        listeners: ListenerSettings<'_>,
         shared: Arc<SharedProxy>,
-    ) -> Result<(Server, Vec<SocketAddr>), ListenError> {
-        let sockets = self.sockets_for(&settings.listen)?;
+    ) -> Result<(Server, Bound), ListenError> {
+        let settings = listeners.server;
+        let wanted: Vec<SocketAddr> = settings
+            .listen
+            .iter()
+            .chain(listeners.tls_listen)
+            .copied()
+            .collect();
+        let (sockets, tls_sockets): (Vec<_>, Vec<_>) = self
+            .sockets_by_entry(&wanted)?
+            .into_iter()
+            .partition(|(entry, _)| *entry < settings.listen.len());
+        let entry_address = |(entry, socket): (usize, TcpListener)| (wanted[entry], socket);
+        let sockets: Vec<_> = sockets.into_iter().map(entry_address).collect();
+        let tls_sockets: Vec<_> = tls_sockets.into_iter().map(entry_address).collect();
         let workers = settings.worker_count();
         let mut builder = Server::build()
             .workers(workers)
@@ -80,34 +112,57 @@ impl Listeners {
             keep_alive: settings.keep_alive.get(),
             client_header_timeout: settings.client_header_timeout.get(),
             shutdown: builder.graceful_shutdown_signal(),
+            connection: ConnectionData::default(),
         };
-        let mut bound = Vec::with_capacity(sockets.len());
-        for (address, socket) in sockets {
-            let local = socket
-                .local_addr()
-                .map_err(|source| ListenError { address, source })?;
-            let name = format!("gatehouse-{local}");
-            let (http, shared) = (http.clone(), shared.clone());
-            builder = if settings.proxy_protocol {
-                let front = ProxyProtocol(settings.client_header_timeout.get());
-                builder.listen(name, socket, move || {
-                    edge(front, shared.clone(), http.service(&shared, local))
-                })
-            } else {
-                builder.listen(name, socket, move || {
-                    edge(Plain, shared.clone(), http.service(&shared, local))
-                })
-            }
-            .map_err(|source| ListenError { address, source })?;
-            bound.push(local);
+        let local = |(address, socket): &(SocketAddr, TcpListener)| {
+            socket.local_addr().map_err(|source| ListenError {
+                address: *address,
+                source,
+            })
+        };
+        let mut bound = Bound::default();
+        for socket in &tls_sockets {
+            bound.tls.push(local(socket)?);
         }
-        for address in &bound {
-            let proxy = if settings.proxy_protocol {
-                " (PROXY protocol)"
-            } else {
-                ""
-            };
+        // Where `redirect_https` sends plain-HTTP clients: the first TLS listener.
+        let tls_port = bound.tls.first().map(|address| TlsPort(address.port()));
+        let front = Fronts {
+            proxy_protocol: settings
+                .proxy_protocol
+                .then(|| ProxyProtocol(settings.client_header_timeout.get())),
+        };
+        for socket in sockets {
+            let address = local(&socket)?;
+            let (_, socket) = socket;
+            let service = http.clone().with_connection_data(tls_port);
+            builder = front.listen(builder, socket, address, Clear, service, &shared)?;
+            bound.plain.push(address);
+        }
+        let handshake = Handshake::new(
+            listeners.certificates.clone(),
+            settings.client_header_timeout.get(),
+        );
+        for ((_, socket), &address) in tls_sockets.into_iter().zip(&bound.tls) {
+            let service = http.clone().with_connection_data(Some(OverTls));
+            builder = front.listen(
+                builder,
+                socket,
+                address,
+                handshake.clone(),
+                service,
+                &shared,
+            )?;
+        }
+        let proxy = if settings.proxy_protocol {
+            " (PROXY protocol)"
+        } else {
+            ""
+        };
+        for address in &bound.plain {
             log::info!("listening on http://{address}{proxy} with {workers} workers");
+        }
+        for address in &bound.tls {
+            log::info!("listening on https://{address}{proxy} with {workers} workers");
         }
         Ok((builder.run(), bound))
     }
@@ -115,39 +170,59 @@ impl Listeners {
     /// Duplicates of the sockets for `listen`, binding those not bound yet and forgetting those
     /// no longer listed (a running server keeps its own duplicates until it stops). If a bind
     /// fails, nothing changes.
-    #[allow(clippy::type_complexity)]
+    #[cfg(test)]
     fn sockets_for(
         &mut self,
         listen: &[SocketAddr],
     ) -> Result<Vec<(SocketAddr, TcpListener)>, ListenError> {
-        let mut fresh: Vec<(SocketAddr, TcpListener)> = Vec::new();
-        for &address in listen {
-            let known = |sockets: &[(SocketAddr, TcpListener)]| {
-                sockets.iter().any(|(a, s)| same(*a, s, address))
+        let sockets = self.sockets_by_entry(listen)?;
+        Ok(sockets
+            .into_iter()
+            .map(|(entry, socket)| (listen[entry], socket))
+            .collect())
+    }
+
+    /// [`Self::sockets_for`], each socket with the index of its entry in `listen`. An address
+    /// listed twice gets one socket; each port-0 entry gets its own.
+    fn sockets_by_entry(
+        &mut self,
+        listen: &[SocketAddr],
+    ) -> Result<Vec<(usize, TcpListener)>, ListenError> {
+        let mut old = std::mem::take(&mut self.sockets);
+        // (entry, the setting it was bound for, socket)
+        let mut kept: Vec<(usize, SocketAddr, TcpListener)> = Vec::new();
+        for (entry, &address) in listen.iter().enumerate() {
+            let listed = kept.iter().any(|(_, a, s)| same(*a, s, address));
+            if address.port() != 0 && listed {
+                continue;
+            }
+            let socket = match old.iter().position(|(a, s)| same(*a, s, address)) {
+                Some(index) => old.remove(index),
+                None => match bind(address) {
+                    Ok(socket) => (address, socket),
+                    Err(source) => {
+                        // Sockets bound by this call close; the others stay as they were.
+                        old.extend(kept.into_iter().map(|(_, a, s)| (a, s)));
+                        self.sockets = old;
+                        return Err(ListenError { address, source });
+                    }
+                },
             };
-            if !known(&self.sockets) && !known(&fresh) {
-                let socket = bind(address).map_err(|source| ListenError { address, source })?;
-                fresh.push((address, socket));
-            }
+            kept.push((entry, socket.0, socket.1));
         }
-        let mut all = std::mem::take(&mut self.sockets);
-        all.extend(fresh);
-        for &address in listen {
-            if let Some(index) = all.iter().position(|(a, s)| same(*a, s, address)) {
-                let (_, socket) = all.swap_remove(index);
-                self.sockets.push((address, socket));
-            }
+        let mut copies = Vec::with_capacity(kept.len());
+        for (entry, _, socket) in &kept {
+            let address = listen[*entry];
+            let copy = socket
+                .try_clone()
+                .map_err(|source| ListenError { address, source })?;
+            copies.push((*entry, copy));
         }
-        self.sockets
-            .iter()
-            .map(|(address, socket)| {
-                let copy = socket.try_clone().map_err(|source| ListenError {
-                    address: *address,
-                    source,
-                })?;
-                Ok((*address, copy))
-            })
-            .collect()
+        self.sockets = kept
+            .into_iter()
+            .map(|(entry, _, socket)| (listen[entry], socket))
+            .collect();
+        Ok(copies)
     }
 }
 
@@ -172,6 +247,43 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// The listener's front, for either kind of listener: plain TCP or a PROXY protocol header.
+#[derive(Clone, Copy)]
+struct Fronts {
+    proxy_protocol: Option<ProxyProtocol>,
+}
+
+impl Fronts {
+    /// Adds a listener on `socket` whose connections pass the front, the connection checks,
+    /// then `secure` (TLS or nothing), then HTTP.
+    fn listen<L>(
+        self,
+        builder: actix_server::ServerBuilder,
+        socket: TcpListener,
+        address: SocketAddr,
+        secure: L,
+        http: HttpSettings,
+        shared: &Arc<SharedProxy>,
+    ) -> Result<actix_server::ServerBuilder, ListenError>
+    where
+        L: Secure<TcpStream> + Secure<Prefixed<TcpStream>> + Send,
+    {
+        let name = format!("gatehouse-{address}");
+        let shared = shared.clone();
+        match self.proxy_protocol {
+            Some(front) => builder.listen(name, socket, move || {
+                let http = http.service::<<L as Secure<Prefixed<TcpStream>>>::Io>(&shared, address);
+                edge(front, secure.clone(), shared.clone(), http)
+            }),
+            None => builder.listen(name, socket, move || {
+                let http = http.service::<<L as Secure<TcpStream>>::Io>(&shared, address);
+                edge(Plain, secure.clone(), shared.clone(), http)
+            }),
+        }
+        .map_err(|source| ListenError { address, source })
+    }
+}
+
 /// What every connection's HTTP server is built from.
 #[derive(Clone)]
 struct HttpSettings {
@@ -179,11 +291,42 @@ struct HttpSettings {
     client_header_timeout: Duration,
     /// Resolves when the server starts a graceful stop, so idle keep-alive connections close.
     shutdown: GracefulShutdownSignal,
+    /// What the request path learns of the listener, through the connection data.
+    connection: ConnectionData,
+}
+
+/// The listener facts a request reads with `conn_data`: it came over TLS, or where the TLS
+/// listener is.
+#[derive(Clone, Copy, Default)]
+struct ConnectionData {
+    over_tls: Option<OverTls>,
+    tls_port: Option<TlsPort>,
+}
+
+trait IntoConnectionData {
+    fn apply(self, data: &mut ConnectionData);
+}
+
+impl IntoConnectionData for Option<OverTls> {
+    fn apply(self, data: &mut ConnectionData) {
+        data.over_tls = self;
+    }
+}
+
+impl IntoConnectionData for Option<TlsPort> {
+    fn apply(self, data: &mut ConnectionData) {
+        data.tls_port = self;
+    }
 }
 
 impl HttpSettings {
-    /// One worker's HTTP/1.1 service for streams of type `T` (what actix-web's `HttpServer`
-    /// builds, with gatehouse's application).
+    fn with_connection_data(mut self, data: impl IntoConnectionData) -> Self {
+        data.apply(&mut self.connection);
+        self
+    }
+
+    /// One worker's HTTP/1.1 and HTTP/2 service for streams of type `T` (what actix-web's
+    /// `HttpServer` builds, with gatehouse's application).
     fn service<T>(
         &self,
         shared: &Arc<SharedProxy>,
@@ -205,7 +348,19 @@ impl HttpSettings {
             .default_service(web::to(proxy::handle))
             .into_factory()
             .map_err(|err: actix_web::Error| err.error_response());
-        HttpService::build()
+        let data = self.connection;
+        let mut builder = HttpService::build();
+        if data.over_tls.is_some() || data.tls_port.is_some() {
+            builder = builder.on_connect_ext(move |_: &T, extensions| {
+                if let Some(over_tls) = data.over_tls {
+                    extensions.insert(over_tls);
+                }
+                if let Some(port) = data.tls_port {
+                    extensions.insert(port);
+                }
+            });
+        }
+        builder
             .graceful_shutdown_signal(move || {
                 let shutdown = shutdown.clone();
                 async move { shutdown.notified().await }
@@ -269,26 +424,66 @@ impl Front for ProxyProtocol {
     }
 }
 
-/// One worker's connection service: the front, the connection checks, then `http`.
-fn edge<P, F>(front: P, shared: Arc<SharedProxy>, http: F) -> EdgeFactory<P, F> {
+/// The step after the connection checks: TLS, or nothing.
+trait Secure<I>: Clone + 'static {
+    /// The stream HTTP is served on.
+    type Io: AsyncRead + AsyncWrite + Unpin + 'static;
+
+    /// The stream and its HTTP protocol, or `None` to close the connection.
+    fn secure(
+        &self,
+        io: I,
+        client: SocketAddr,
+    ) -> impl Future<Output = Option<(Self::Io, HttpProtocol)>>;
+}
+
+/// Plain HTTP/1.1, nothing in between.
+#[derive(Clone, Copy)]
+struct Clear;
+
+impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Secure<I> for Clear {
+    type Io = I;
+
+    async fn secure(&self, io: I, _: SocketAddr) -> Option<(I, HttpProtocol)> {
+        Some((io, HttpProtocol::Http1))
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Secure<I> for Handshake {
+    type Io = tokio_openssl::SslStream<I>;
+
+    async fn secure(
+        &self,
+        io: I,
+        client: SocketAddr,
+    ) -> Option<(tokio_openssl::SslStream<I>, HttpProtocol)> {
+        self.accept(io, client).await
+    }
+}
+
+/// One worker's connection service: the front, the connection checks, `secure`, then `http`.
+fn edge<P, L, F>(front: P, secure: L, shared: Arc<SharedProxy>, http: F) -> EdgeFactory<P, L, F> {
     EdgeFactory {
         front,
+        secure,
         shared,
         http,
     }
 }
 
-struct EdgeFactory<P, F> {
+struct EdgeFactory<P, L, F> {
     front: P,
+    secure: L,
     shared: Arc<SharedProxy>,
     http: F,
 }
 
-impl<P, F> ServiceFactory<TcpStream> for EdgeFactory<P, F>
+impl<P, L, F> ServiceFactory<TcpStream> for EdgeFactory<P, L, F>
 where
     P: Front,
+    L: Secure<P::Io>,
     F: ServiceFactory<
-        (P::Io, HttpProtocol, Option<SocketAddr>),
+        (L::Io, HttpProtocol, Option<SocketAddr>),
         Config = (),
         Response = (),
         Error = DispatchError,
@@ -300,16 +495,17 @@ where
     type Response = ();
     type Error = DispatchError;
     type Config = ();
-    type Service = Edge<P, F::Service>;
+    type Service = Edge<P, L, F::Service>;
     type InitError = ();
     type Future = LocalBoxFuture<'static, Result<Self::Service, ()>>;
 
     fn new_service(&self, _: ()) -> Self::Future {
         let http = self.http.new_service(());
-        let (front, shared) = (self.front, self.shared.clone());
+        let (front, secure, shared) = (self.front, self.secure.clone(), self.shared.clone());
         Box::pin(async move {
             Ok(Edge {
                 front,
+                secure,
                 shared,
                 http: Rc::new(http.await?),
             })
@@ -317,16 +513,18 @@ where
     }
 }
 
-struct Edge<P, S> {
+struct Edge<P, L, S> {
     front: P,
+    secure: L,
     shared: Arc<SharedProxy>,
     http: Rc<S>,
 }
 
-impl<P, S> Service<TcpStream> for Edge<P, S>
+impl<P, L, S> Service<TcpStream> for Edge<P, L, S>
 where
     P: Front,
-    S: Service<(P::Io, HttpProtocol, Option<SocketAddr>), Response = (), Error = DispatchError>
+    L: Secure<P::Io>,
+    S: Service<(L::Io, HttpProtocol, Option<SocketAddr>), Response = (), Error = DispatchError>
         + 'static,
 {
     type Response = ();
@@ -336,7 +534,8 @@ where
     actix_service::forward_ready!(http);
 
     fn call(&self, tcp: TcpStream) -> Self::Future {
-        let (front, shared, http) = (self.front, self.shared.clone(), self.http.clone());
+        let (front, secure) = (self.front, self.secure.clone());
+        let (shared, http) = (self.shared.clone(), self.http.clone());
         Box::pin(async move {
             // Without it a streamed response stalls on delayed ACKs (DESIGN.md).
             let _ = tcp.set_nodelay(true);
@@ -358,7 +557,10 @@ where
                     }
                 }
             };
-            http.call((io, HttpProtocol::Http1, Some(client))).await
+            let Some((io, protocol)) = secure.secure(io, client).await else {
+                return Ok(());
+            };
+            http.call((io, protocol, Some(client))).await
         })
     }
 }
@@ -367,14 +569,21 @@ where
 /// is then bound to, or why it kept the old ones.
 pub struct Rebind {
     pub settings: ServerSettings,
-    pub reply: tokio::sync::oneshot::Sender<Result<Vec<SocketAddr>, String>>,
+    /// `tls.listen`.
+    pub tls_listen: Vec<SocketAddr>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Bound, String>>,
 }
 
 /// Sends [`Rebind`] requests to the running gatehouse.
 pub type Rebinder = tokio::sync::mpsc::UnboundedSender<Rebind>;
 
-/// Whether two `[server]` sections differ in what only a new listener can apply.
-pub fn listener_changed(old: &ServerSettings, new: &ServerSettings) -> bool {
+/// Whether two sets of settings differ in what only a new listener can apply: `[server]`'s
+/// listener keys, or `tls.listen` (certificates are swapped without one).
+pub fn listener_changed(old: &Settings, new: &Settings) -> bool {
+    server_listener_changed(&old.server, &new.server) || old.tls.listen != new.tls.listen
+}
+
+fn server_listener_changed(old: &ServerSettings, new: &ServerSettings) -> bool {
     // The Server header and the request head limit are read per request, not by the listener.
     let per_request = |s: &ServerSettings| {
         let mut s = s.clone();
@@ -395,8 +604,14 @@ mod tests {
         let mut new = old.clone();
         new.server_header = "edge".into();
         new.max_request_header_size = crate::settings::ByteSize::kib(8);
-        assert!(!listener_changed(&old, &new));
+        assert!(!server_listener_changed(&old, &new));
         new.workers = 3;
+        assert!(server_listener_changed(&old, &new));
+        let old = Settings::default();
+        let mut new = old.clone();
+        new.tls.ciphers = "ECDHE-RSA-AES128-GCM-SHA256".into();
+        assert!(!listener_changed(&old, &new));
+        new.tls.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
         assert!(listener_changed(&old, &new));
     }
 
@@ -422,5 +637,26 @@ mod tests {
         assert!(listeners.sockets_for(&[pinned, taken]).is_err());
         assert_eq!(listeners.sockets.len(), 1);
         assert_eq!(listeners.sockets[0].0, pinned);
+    }
+
+    #[test]
+    fn each_port_0_entry_gets_its_own_socket_and_keeps_it() {
+        let mut listeners = Listeners::default();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let ports = |sockets: Vec<(SocketAddr, TcpListener)>| -> Vec<u16> {
+            sockets
+                .iter()
+                .map(|(_, s)| s.local_addr().unwrap().port())
+                .collect()
+        };
+        let first = ports(listeners.sockets_for(&[any, any]).unwrap());
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1]);
+        assert_eq!(ports(listeners.sockets_for(&[any, any]).unwrap()), first);
+        let pinned = SocketAddr::from(([127, 0, 0, 1], first[0]));
+        assert_eq!(
+            ports(listeners.sockets_for(&[pinned, pinned]).unwrap()),
+            [first[0]]
+        );
     }
 }

@@ -9,11 +9,12 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::admin::{self, Admin};
-use crate::listener::{ListenError, Listeners, Rebind};
+use crate::listener::{ListenError, ListenerSettings, Listeners, Rebind};
 use crate::pool::PoolHandle;
 use crate::proxy::SharedProxy;
 use crate::settings::{Settings, Sources};
 use crate::supervisor::{ReloadError, SupervisorHandle};
+use crate::tls::TlsStore;
 
 /// Why gatehouse could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +35,11 @@ pub enum StartError {
 /// A running gatehouse: its bound addresses, and the means to stop it.
 pub struct Gatehouse {
     listeners: Vec<SocketAddr>,
+    tls_listeners: Vec<SocketAddr>,
     server: HttpServerRunning,
     sockets: Listeners,
     shared: Arc<SharedProxy>,
+    certificates: Arc<TlsStore>,
     admin: HttpServerRunning,
     admin_address: SocketAddr,
     pools: Vec<(String, PoolHandle)>,
@@ -67,8 +70,9 @@ impl Gatehouse {
     pub async fn start_with(settings: Settings, sources: Sources) -> Result<Self, StartError> {
         let signals = Signals::listen().map_err(StartError::Signals)?;
         let (rebinder, rebinds) = mpsc::unbounded_channel();
+        let certificates = Arc::new(TlsStore::default());
         let (supervisor, shared, pools) =
-            SupervisorHandle::start(sources, settings.clone(), rebinder)
+            SupervisorHandle::start(sources, settings.clone(), rebinder, certificates.clone())
                 .await
                 .map_err(StartError::Settings)?;
         let (admin, admin_address) = admin::start(
@@ -80,15 +84,22 @@ impl Gatehouse {
             source,
         })?;
         let mut sockets = Listeners::default();
-        let (server, listeners) = sockets
-            .serve(&settings.server, shared.clone())
+        let listen = ListenerSettings {
+            server: &settings.server,
+            tls_listen: &settings.tls.listen,
+            certificates: &certificates,
+        };
+        let (server, bound) = sockets
+            .serve(listen, shared.clone())
             .map_err(StartError::Listen)?;
         let (stop_tx, stops) = mpsc::unbounded_channel();
         Ok(Self {
-            listeners,
+            listeners: bound.plain,
+            tls_listeners: bound.tls,
             server,
             sockets,
             shared,
+            certificates,
             admin,
             admin_address,
             pools,
@@ -103,6 +114,11 @@ impl Gatehouse {
     /// The addresses the client listeners are bound to.
     pub fn listeners(&self) -> &[SocketAddr] {
         &self.listeners
+    }
+
+    /// The addresses the TLS listeners are bound to.
+    pub fn tls_listeners(&self) -> &[SocketAddr] {
+        &self.tls_listeners
     }
 
     /// The address the admin API is bound to.
@@ -130,6 +146,7 @@ impl Gatehouse {
             server,
             mut sockets,
             shared,
+            certificates,
             admin,
             supervisor,
             signals,
@@ -155,7 +172,12 @@ impl Gatehouse {
                 }
                 Some(graceful) = stops.recv() => graceful,
                 Some(rebind) = rebinds.recv(), if !stopping => {
-                    let answer = match sockets.serve(&rebind.settings, shared.clone()) {
+                    let listen = ListenerSettings {
+                        server: &rebind.settings,
+                        tls_listen: &rebind.tls_listen,
+                        certificates: &certificates,
+                    };
+                    let answer = match sockets.serve(listen, shared.clone()) {
                         Ok((server, bound)) => {
                             let old = std::mem::replace(&mut current, server);
                             actix_rt::spawn(retire(old.handle()));

@@ -12,8 +12,9 @@ use crate::health::{HealthError, HealthHandle};
 use crate::listener::{listener_changed, Rebind, Rebinder};
 use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
-use crate::settings::{self, ServerEntry, ServerSettings, Settings, SettingsError, Sources};
+use crate::settings::{self, ServerEntry, Settings, SettingsError, Sources};
 use crate::state_file::{self, StateFileError};
+use crate::tls::{CertificateError, Certificates, TlsStore};
 
 /// Why a reload was refused or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum ReloadError {
     State(#[from] StateFileError),
     #[error("kept the running listeners: {0}")]
     Listen(String),
+    #[error("kept the running certificates: {0}")]
+    Certificates(#[from] CertificateError),
     #[error("the settings supervisor is not running")]
     Stopped,
 }
@@ -55,10 +58,28 @@ struct Running {
     next_index: usize,
 }
 
+/// Loads the certificates again (files replaced on disk are read anew), publishes them for
+/// new handshakes, then applies the rest; if anything fails, the running certificates stay.
+async fn apply(
+    running: Option<&Running>,
+    new: Settings,
+    published: &SharedProxy,
+    rebinder: &Rebinder,
+    certificates: &TlsStore,
+) -> Result<(Running, ReloadReport), ReloadError> {
+    let table = Certificates::load(&new.tls)?.map(Arc::new);
+    let previous = certificates.swap(table);
+    let applied = apply_settings(running, new, published, rebinder).await;
+    if applied.is_err() {
+        certificates.swap(previous);
+    }
+    applied
+}
+
 /// Applies `new` over what runs (nothing, at start-up) and publishes the new request path.
 /// Pools in the admin state file take their servers from it. Every pool's membership becomes
 /// what the settings say, whatever was changed at runtime.
-async fn apply(
+async fn apply_settings(
     running: Option<&Running>,
     mut new: Settings,
     published: &SharedProxy,
@@ -70,9 +91,9 @@ async fn apply(
     }
     let mut report = ReloadReport::default();
     if let Some(running) = running {
-        if listener_changed(&running.settings.server, &new.server) {
+        if listener_changed(&running.settings, &new) {
             // First, so a listener that cannot bind leaves everything as it was.
-            rebind(rebinder, &new.server).await?;
+            rebind(rebinder, &new).await?;
             report.listeners_restarted = true;
         }
     }
@@ -169,10 +190,11 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<String> {
 }
 
 /// Restarts the client listeners on new settings, keeping their sockets.
-async fn rebind(rebinder: &Rebinder, settings: &ServerSettings) -> Result<(), ReloadError> {
+async fn rebind(rebinder: &Rebinder, settings: &Settings) -> Result<(), ReloadError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let request = Rebind {
-        settings: settings.clone(),
+        settings: settings.server.clone(),
+        tls_listen: settings.tls.listen.clone(),
         reply,
     };
     rebinder.send(request).map_err(|_| ReloadError::Stopped)?;
@@ -190,6 +212,7 @@ pub struct Supervisor {
     rebinder: Rebinder,
     running: Option<Running>,
     published: Arc<SharedProxy>,
+    certificates: Arc<TlsStore>,
 }
 
 impl Actor for Supervisor {
@@ -209,9 +232,20 @@ impl Handler<Reload> for Supervisor {
         let running = self.running.take();
         let published = self.published.clone();
         let rebinder = self.rebinder.clone();
+        let certificates = self.certificates.clone();
         let work = async move {
             let outcome = match loaded {
-                Ok(loaded) => apply(running.as_ref(), loaded.settings, &published, &rebinder).await,
+                Ok(loaded) => {
+                    let settings = loaded.settings;
+                    apply(
+                        running.as_ref(),
+                        settings,
+                        &published,
+                        &rebinder,
+                        &certificates,
+                    )
+                    .await
+                }
                 Err(err) => Err(err.into()),
             };
             (outcome, running)
@@ -328,12 +362,13 @@ impl SupervisorHandle {
         sources: Sources,
         settings: Settings,
         rebinder: Rebinder,
+        certificates: Arc<TlsStore>,
     ) -> Result<(Self, Arc<SharedProxy>, Vec<(String, PoolHandle)>), ReloadError> {
         // An empty request path until the first settings are applied, a moment later.
         let empty = Proxy::new(&Settings::default(), Vec::new(), Arc::default())
             .map_err(ReloadError::Routes)?;
         let published = Arc::new(SharedProxy::from_pointee(empty));
-        let (running, _) = apply(None, settings, &published, &rebinder).await?;
+        let (running, _) = apply(None, settings, &published, &rebinder, &certificates).await?;
         let pools = running
             .pools
             .iter()
@@ -344,6 +379,7 @@ impl SupervisorHandle {
             rebinder,
             running: Some(running),
             published: published.clone(),
+            certificates,
         };
         Ok((
             Self {

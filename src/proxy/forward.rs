@@ -24,6 +24,7 @@ use crate::affinity::Session;
 use crate::compression::{self, Compress, Compression, Encoder};
 use crate::pool::{self, InFlight, PickError, Server};
 use crate::security::{AccessList, RateLimit};
+use crate::tls;
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
@@ -74,6 +75,14 @@ pub async fn forward(
     let route = proxy.routes.find(host, path).ok_or(ProxyError::NoRoute)?;
     if !route.access.is_empty() || !route.rate_limits.is_empty() {
         guard(req, client, &route.access, &route.rate_limits, proxy)?;
+    }
+    let over_tls = req.conn_data::<tls::OverTls>().is_some();
+    if route.redirect_https && !over_tls {
+        if let Some(response) = tls::redirect(req, host) {
+            exchange.record.status = response.status().as_u16();
+            exchange.completion(proxy.log, None).finish(0);
+            return Ok(response);
+        }
     }
     let pool = &route.target;
     if proxy.log.enabled() {
@@ -147,6 +156,10 @@ pub async fn forward(
     proxy
         .hiding
         .rewrite_redirects(response.headers_mut(), &server.authority, host);
+    if let (true, Some(hsts)) = (over_tls, &route.hsts) {
+        let headers = response.headers_mut();
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     Ok(response)
 }
 
@@ -636,7 +649,11 @@ fn upstream_headers(
             out.insert(X_FORWARDED_FOR, value);
         }
     }
-    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = match req.conn_data::<tls::OverTls>() {
+        Some(_) => "https",
+        None => "http",
+    };
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let via = match req.version() {
         actix_web::http::Version::HTTP_10 => VIA_HTTP_10,
         actix_web::http::Version::HTTP_2 => VIA_HTTP_2,

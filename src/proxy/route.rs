@@ -74,6 +74,10 @@ pub struct Route<T> {
     pub rate_limits: Vec<RateLimit>,
     /// The route's own compression rules, if it sets any.
     pub compression: RouteCompression,
+    /// Plain-HTTP requests are redirected to `https`.
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` for responses sent over TLS.
+    pub hsts: Option<actix_web::http::header::HeaderValue>,
 }
 
 /// Whether a route compresses as `[compression]` says or by its own rules.
@@ -120,6 +124,11 @@ impl<T> RouteTable<T> {
                     None => RouteCompression::Inherit,
                     Some(own) => RouteCompression::Own(Compression::new(own).map(Arc::new)),
                 },
+                redirect_https: route.redirect_https,
+                hsts: route
+                    .hsts
+                    .as_deref()
+                    .and_then(|hsts| actix_web::http::header::HeaderValue::from_str(hsts).ok()),
             });
         }
         routes.sort_by(|a, b| {
@@ -177,6 +186,8 @@ mod tests {
                 deny: Vec::new(),
                 rate_limits: Vec::new(),
                 compression: None,
+                redirect_https: false,
+                hsts: None,
             })
             .collect();
         let pools: Vec<&'static str> = routes.iter().map(|r| r.2).collect();

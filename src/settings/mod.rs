@@ -25,6 +25,7 @@ mod health;
 mod layers;
 mod security;
 mod sticky;
+mod tls;
 mod units;
 mod validate;
 
@@ -41,6 +42,7 @@ pub use health::{
 pub use layers::{load, Loaded, Sources};
 pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecuritySettings};
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
+pub use tls::{CertificateSettings, TlsSettings, TlsVersion, INTERMEDIATE_CIPHERS};
 pub use units::{ByteSize, Duration};
 
 /// Everything gatehouse runs from.
@@ -52,6 +54,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub security: SecuritySettings,
     pub compression: CompressionSettings,
+    pub tls: TlsSettings,
     pub routes: Vec<RouteSettings>,
     pub pools: BTreeMap<String, PoolSettings>,
 }
@@ -176,6 +179,12 @@ pub struct RouteSettings {
     /// Compression for this route, replacing `[compression]` whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionSettings>,
+    /// Plain-HTTP requests get a 308 to the same URL on `https`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` on responses sent over TLS, e.g. `max-age=31536000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<String>,
 }
 
 fn any_host() -> String {

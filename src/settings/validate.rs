@@ -31,6 +31,7 @@ pub fn check(settings: &Settings) -> Result<(), Problem> {
     check_server(settings)?;
     check_admin(settings)?;
     check_security(settings)?;
+    check_tls(settings)?;
     check_routes(settings)?;
     check_pools(settings)
 }
@@ -87,6 +88,48 @@ fn check_admin(settings: &Settings) -> Result<(), Problem> {
             "(hidden)",
             "use visible ASCII characters only",
         ));
+    }
+    Ok(())
+}
+
+/// `[tls]` and the routes' TLS keys. Certificates are loaded here, so `--check` and a
+/// reload name a missing file, a bad PEM or a key that does not match.
+fn check_tls(settings: &Settings) -> Result<(), Problem> {
+    let tls = &settings.tls;
+    if !tls.listen.is_empty() && tls.certificates.is_empty() {
+        return Err(problem(
+            "tls.certificates".into(),
+            "[]",
+            "a TLS listener needs at least one certificate",
+        ));
+    }
+    let plain = &settings.server.listen;
+    if let Some(both) = tls.listen.iter().find(|a| a.port() != 0 && plain.contains(a)) {
+        return Err(problem(
+            "tls.listen".into(),
+            both,
+            "is also in server.listen; a port is either plain or TLS",
+        ));
+    }
+    crate::tls::Certificates::load(tls)
+        .map_err(|err| problem(err.key, format!("{:?}", err.path), err.reason))?;
+    for (index, route) in settings.routes.iter().enumerate() {
+        if route.redirect_https && tls.listen.is_empty() {
+            return Err(problem(
+                format!("routes[{index}].redirect_https"),
+                true,
+                "there is no TLS listener to redirect to (tls.listen)",
+            ));
+        }
+        if let Some(hsts) = &route.hsts {
+            if HeaderValue::from_str(hsts).is_err() || !hsts.contains("max-age=") {
+                return Err(problem(
+                    format!("routes[{index}].hsts"),
+                    format!("{hsts:?}"),
+                    "write a Strict-Transport-Security value, e.g. \"max-age=31536000\"",
+                ));
+            }
+        }
     }
     Ok(())
 }

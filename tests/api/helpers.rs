@@ -94,6 +94,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Every client listener's address, in the order of `listen`.
     pub listeners: Vec<SocketAddr>,
+    /// Every TLS listener's address, in the order of `tls.listen`.
+    pub tls: Vec<SocketAddr>,
     pub admin: SocketAddr,
     stopper: gatehouse::server::Stopper,
     thread: Option<thread::JoinHandle<()>>,
@@ -107,15 +109,21 @@ impl Proxy {
                 let gatehouse = gatehouse::Gatehouse::start(settings)
                     .await
                     .expect("gatehouse starts");
-                let addrs = (gatehouse.listeners().to_vec(), gatehouse.admin_address());
+                let addrs = (
+                    gatehouse.listeners().to_vec(),
+                    gatehouse.tls_listeners().to_vec(),
+                    gatehouse.admin_address(),
+                );
                 tx.send((addrs, gatehouse.stopper())).unwrap();
                 gatehouse.run_until_stopped().await.unwrap();
             })
         });
-        let ((listeners, admin), stopper) = rx.recv_timeout(DEADLINE).expect("gatehouse started");
+        let ((listeners, tls, admin), stopper) =
+            rx.recv_timeout(DEADLINE).expect("gatehouse started");
         Self {
             addr: listeners[0],
             listeners,
+            tls,
             admin,
             stopper,
             thread: Some(thread),
@@ -770,6 +778,8 @@ pub fn closed_port() -> SocketAddr {
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The first TLS listener, when the settings have `[tls]`.
+    pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     /// The settings file it runs with; rewrite it and send SIGHUP to reload.
     pub config: PathBuf,
@@ -799,6 +809,7 @@ impl Process {
                 for (kind, marker) in [
                     ("admin", "admin API on http://"),
                     ("proxy", "listening on http://"),
+                    ("tls", "listening on https://"),
                 ] {
                     if let Some((_, rest)) = line.split_once(marker) {
                         let addr = rest.split_whitespace().next().unwrap().to_string();
@@ -817,20 +828,23 @@ impl Process {
             }
             let _ = closed_tx.send(());
         });
-        let (mut addr, mut admin) = (None, None);
-        while addr.is_none() || admin.is_none() {
+        let (mut addr, mut admin, mut tls) = (None, None, None);
+        let wants_tls = toml.contains("[tls]");
+        while addr.is_none() || admin.is_none() || (wants_tls && tls.is_none()) {
             let (kind, bound) = rx
                 .recv_timeout(DEADLINE)
                 .expect("gatehouse binary listening");
             let bound: SocketAddr = bound.parse().unwrap();
             match kind {
                 "admin" => admin = Some(bound),
+                "tls" => tls = tls.or(Some(bound)),
                 _ => addr = Some(bound),
             }
         }
         Self {
             child,
             addr: addr.unwrap(),
+            tls,
             admin: admin.unwrap(),
             config,
             stdout: stdout_lines,

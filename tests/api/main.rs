@@ -24,4 +24,5 @@ mod retries;
 mod settings;
 mod shutdown;
 mod strict;
+mod tls;
 mod websocket;

@@ -1,0 +1,71 @@
+//! `[tls]`: client-side TLS termination, its listeners and certificates (docs/tls.md).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Mozilla's "intermediate" TLS 1.2 cipher list (configuration generator, version 5): forward
+/// secrecy and AEAD only, for every client of the last several years. TLS 1.3 suites are
+/// OpenSSL's own, all of which are fine.
+pub const INTERMEDIATE_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+     ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+     ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+
+/// `[tls]`. No TLS listeners by default.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// TLS listen addresses, beside `server.listen`'s plain ones.
+    pub listen: Vec<SocketAddr>,
+    /// Certificates, chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificateSettings>,
+    /// The oldest protocol version accepted.
+    pub min_version: TlsVersion,
+    /// The TLS 1.2 cipher list, in OpenSSL's syntax, in the server's order of preference.
+    pub ciphers: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            certificates: Vec::new(),
+            min_version: TlsVersion::Tls12,
+            ciphers: INTERMEDIATE_CIPHERS.to_string(),
+        }
+    }
+}
+
+/// `[[tls.certificates]]`: one certificate and its key.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSettings {
+    /// PEM file: the certificate, then its intermediates (the full chain).
+    pub cert: String,
+    /// PEM file: the private key.
+    pub key: String,
+    /// Server names it is chosen for (`example.com`, `*.example.com`); empty takes the
+    /// certificate's DNS subject alternative names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+}
+
+/// The oldest TLS version accepted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+one_of!(TlsVersion { "1.2" => TlsVersion::Tls12, "1.3" => TlsVersion::Tls13 });
+
+impl From<TlsVersion> for String {
+    fn from(version: TlsVersion) -> String {
+        match version {
+            TlsVersion::Tls12 => "1.2".into(),
+            TlsVersion::Tls13 => "1.3".into(),
+        }
+    }
+}

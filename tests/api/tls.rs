@@ -1,0 +1,490 @@
+//! TLS termination: certificates by SNI, protocol versions, HTTP/2 by ALPN, the forwarding
+//! headers and redirects of TLS, and certificate reloads. Certificates are made here, signed
+//! by a test CA that the client trusts.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+
+use openssl::asn1::{Asn1Integer, Asn1Time};
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVersion};
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+use openssl::x509::{X509Builder, X509NameBuilder, X509};
+
+use crate::helpers::*;
+
+fn new_key() -> PKey<Private> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+}
+
+/// A certificate for `names` with serial `serial`, signed by `issuer` (self-signed CA when
+/// `None`).
+fn certificate(
+    names: &[&str],
+    serial: u32,
+    key: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+) -> X509 {
+    let mut name = X509NameBuilder::new().unwrap();
+    let common = names.first().copied().unwrap_or("gatehouse test CA");
+    name.append_entry_by_nid(Nid::COMMONNAME, common).unwrap();
+    let name = name.build();
+    let mut builder = X509Builder::new().unwrap();
+    builder.set_version(2).unwrap();
+    let serial = Asn1Integer::from_bn(&BigNum::from_u32(serial).unwrap()).unwrap();
+    builder.set_serial_number(&serial).unwrap();
+    builder.set_subject_name(&name).unwrap();
+    builder.set_pubkey(key).unwrap();
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    match issuer {
+        None => {
+            builder.set_issuer_name(&name).unwrap();
+            let ca = BasicConstraints::new().critical().ca().build().unwrap();
+            builder.append_extension(ca).unwrap();
+            builder.sign(key, MessageDigest::sha256()).unwrap();
+        }
+        Some((ca, ca_key)) => {
+            builder.set_issuer_name(ca.subject_name()).unwrap();
+            let mut san = SubjectAlternativeName::new();
+            for name in names {
+                san.dns(name);
+            }
+            let san = san.build(&builder.x509v3_context(Some(ca), None)).unwrap();
+            builder.append_extension(san).unwrap();
+            builder.sign(ca_key, MessageDigest::sha256()).unwrap();
+        }
+    }
+    builder.build()
+}
+
+/// A test CA and the files of the certificates it signs.
+struct Pki {
+    ca: X509,
+    ca_key: PKey<Private>,
+    dir: TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca_key = new_key();
+        let ca = certificate(&[], 1, &ca_key, None);
+        Self {
+            ca,
+            ca_key,
+            dir: TempDir::new(),
+        }
+    }
+
+    /// Writes `FILE.crt` and `FILE.key` for `names`; returns their paths.
+    fn issue(&self, file: &str, names: &[&str], serial: u32) -> (PathBuf, PathBuf) {
+        let key = new_key();
+        let cert = certificate(names, serial, &key, Some((&self.ca, &self.ca_key)));
+        let mut chain = cert.to_pem().unwrap();
+        chain.extend(self.ca.to_pem().unwrap());
+        let pem = String::from_utf8(chain).unwrap();
+        let key = String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        (
+            self.dir.write(&format!("{file}.crt"), &pem),
+            self.dir.write(&format!("{file}.key"), &key),
+        )
+    }
+
+    /// `[tls]` on port 0 with `a.test` (the default) and `*.b.test`.
+    fn tls_section(&self) -> String {
+        self.tls_section_with("")
+    }
+
+    /// [`Self::tls_section`] with more `[tls]` keys.
+    fn tls_section_with(&self, keys: &str) -> String {
+        let (a_cert, a_key) = self.issue("a", &["a.test"], 10);
+        let (b_cert, b_key) = self.issue("b", &["*.b.test"], 20);
+        format!(
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\n{keys}\
+             [[tls.certificates]]\ncert = {a_cert:?}\nkey = {a_key:?}\n\
+             [[tls.certificates]]\ncert = {b_cert:?}\nkey = {b_key:?}\n"
+        )
+    }
+}
+
+/// A TLS client connection trusting only `ca`, with SNI `sni`, offering `alpn`, and at most
+/// TLS version `max` (older versions allowed by the client, so the server decides).
+fn connect_tls(
+    addr: SocketAddr,
+    ca: &X509,
+    sni: Option<&str>,
+    alpn: &[u8],
+    max: Option<SslVersion>,
+) -> Result<SslStream<TcpStream>, String> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.cert_store_mut().add_cert(ca.clone()).unwrap();
+    if let Some(max) = max {
+        builder.set_cipher_list("DEFAULT:@SECLEVEL=0").unwrap();
+        builder
+            .set_min_proto_version(Some(SslVersion::TLS1))
+            .unwrap();
+        builder.set_max_proto_version(Some(max)).unwrap();
+    }
+    if !alpn.is_empty() {
+        builder.set_alpn_protos(alpn).unwrap();
+    }
+    let mut config = builder.build().configure().unwrap().verify_hostname(false);
+    config.set_use_server_name_indication(sni.is_some());
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    config
+        .connect(sni.unwrap_or("unused"), tcp)
+        .map_err(|err| err.to_string())
+}
+
+/// The DNS names and serial of the certificate the server presented.
+fn served(stream: &SslStream<TcpStream>) -> (Vec<String>, u32) {
+    let cert = stream
+        .ssl()
+        .peer_certificate()
+        .expect("a server certificate");
+    let names = cert
+        .subject_alt_names()
+        .into_iter()
+        .flatten()
+        .filter_map(|name| name.dnsname().map(String::from))
+        .collect();
+    let serial = cert.serial_number().to_bn().unwrap().to_string();
+    (names, serial.parse().unwrap())
+}
+
+/// One HTTP/1.1 request on a TLS connection; reads one response framed by Content-Length.
+fn request(stream: &mut SslStream<TcpStream>, raw: &str) -> Response {
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut slots);
+            parsed.parse(&buf[..end + 4]).unwrap();
+            let headers: Vec<(String, String)> = parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value).into_owned();
+                    (h.name.to_string(), value)
+                })
+                .collect();
+            let response = Response {
+                status: parsed.code.unwrap(),
+                headers,
+                body: Vec::new(),
+            };
+            let length: usize = response
+                .header("content-length")
+                .map_or(0, |n| n.parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                let body = buf[end + 4..end + 4 + length].to_vec();
+                return Response { body, ..response };
+            }
+        }
+        let n = stream.read(&mut chunk).expect("read response");
+        assert!(n > 0, "connection closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn get_echo(host: &str) -> String {
+    format!("GET /echo HTTP/1.1\r\nHost: {host}\r\n\r\n")
+}
+
+fn start(tls_keys: &str) -> (Origin, Pki, Proxy) {
+    let origin = Origin::start("origin");
+    let pki = Pki::new();
+    let toml = one_pool(&[origin.addr], &pki.tls_section_with(tls_keys));
+    let proxy = Proxy::from_toml(&toml);
+    (origin, pki, proxy)
+}
+
+#[test]
+fn sni_chooses_the_certificate_and_the_first_is_the_default() {
+    let (_origin, pki, proxy) = start("");
+    let tls = proxy.tls[0];
+    let names = |sni| served(&connect_tls(tls, &pki.ca, sni, b"", None).unwrap()).0;
+    assert_eq!(names(Some("a.test")), ["a.test"]);
+    assert_eq!(names(Some("A.TEST")), ["a.test"]);
+    assert_eq!(names(Some("www.b.test")), ["*.b.test"]);
+    // A wildcard covers one label, as it does in certificates.
+    assert_eq!(names(Some("deep.www.b.test")), ["a.test"]);
+    assert_eq!(names(Some("b.test")), ["a.test"]);
+    assert_eq!(names(Some("unknown.test")), ["a.test"]);
+    assert_eq!(names(None), ["a.test"]);
+}
+
+#[test]
+fn requests_over_tls_reach_the_origin_marked_https() {
+    let (origin, pki, proxy) = start("");
+    let mut stream = connect_tls(proxy.tls[0], &pki.ca, Some("a.test"), b"", None).unwrap();
+    assert_eq!(stream.ssl().version_str(), "TLSv1.3");
+    let response = request(&mut stream, &get_echo("a.test"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = Echo(response.json());
+    assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(echo.header("via").as_deref(), Some("1.1 gatehouse"));
+    // The same connection keeps serving.
+    let again = request(&mut stream, &get_echo("a.test"));
+    assert_eq!(again.status, 200);
+    assert_eq!(origin.hits(), 2);
+    // Plain HTTP stays `http`.
+    let (_, plain) = echo_via(proxy.addr);
+    assert_eq!(plain.header("x-forwarded-proto").as_deref(), Some("http"));
+}
+
+fn echo_via(addr: SocketAddr) -> (Response, Echo) {
+    echo(addr, "")
+}
+
+#[test]
+fn tls_1_1_and_older_are_refused_and_1_2_is_accepted() {
+    let (_origin, pki, proxy) = start("");
+    let tls = proxy.tls[0];
+    for old in [SslVersion::TLS1_1, SslVersion::TLS1] {
+        let err = connect_tls(tls, &pki.ca, Some("a.test"), b"", Some(old))
+            .expect_err("handshake refused");
+        // Refused by the server (an alert), not by the client's own configuration.
+        assert!(err.contains("alert protocol version"), "{err}");
+    }
+    let stream = connect_tls(tls, &pki.ca, Some("a.test"), b"", Some(SslVersion::TLS1_2))
+        .expect("TLS 1.2 accepted");
+    assert_eq!(stream.ssl().version_str(), "TLSv1.2");
+}
+
+#[test]
+fn min_version_1_3_refuses_1_2() {
+    let (_origin, pki, proxy) = start("min_version = \"1.3\"\n");
+    let tls = proxy.tls[0];
+    let err = connect_tls(tls, &pki.ca, Some("a.test"), b"", Some(SslVersion::TLS1_2))
+        .expect_err("TLS 1.2 refused");
+    assert!(err.contains("alert protocol version"), "{err}");
+    assert!(connect_tls(tls, &pki.ca, Some("a.test"), b"", None).is_ok());
+}
+
+#[test]
+fn alpn_chooses_http2_or_http1() {
+    let (origin, pki, proxy) = start("");
+    let tls = proxy.tls[0];
+    let h1 = connect_tls(tls, &pki.ca, Some("a.test"), b"\x08http/1.1", None).unwrap();
+    assert_eq!(h1.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
+        builder.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
+        let ssl = builder
+            .build()
+            .configure()
+            .unwrap()
+            .into_ssl("a.test")
+            .unwrap();
+        let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+        std::pin::Pin::new(&mut stream).connect().await.unwrap();
+        assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+        let (client, connection) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::get("https://a.test/echo").body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        (status, bytes)
+    });
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo = Echo(serde_json::from_slice(&body).unwrap());
+    assert_eq!(echo.header("via").as_deref(), Some("2 gatehouse"));
+    assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(echo.header("host").as_deref(), Some("a.test"));
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn redirect_https_sends_plain_requests_to_the_tls_port_and_hsts_goes_over_tls_only() {
+    let origin = Origin::start("origin");
+    let pki = Pki::new();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
+         [[routes]]\nhost = \"a.test\"\npool = \"web\"\nredirect_https = true\n\
+         hsts = \"max-age=31536000; includeSubDomains\"\n\
+         [[routes]]\npool = \"web\"\n\
+         [pools.web]\nservers = [{{ address = \"{}\" }}]\n{}",
+        origin.addr,
+        pki.tls_section()
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let tls_port = proxy.tls[0].port();
+    let plain_port = proxy.addr.port();
+    let redirected = raw(
+        proxy.addr,
+        &format!(
+            "POST /path/x?q=1&r=2 HTTP/1.1\r\nHost: a.test:{plain_port}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(redirected.status, 308);
+    assert_eq!(
+        redirected.header("location"),
+        Some(format!("https://a.test:{tls_port}/path/x?q=1&r=2").as_str())
+    );
+    assert!(redirected.header("strict-transport-security").is_none());
+    assert_eq!(origin.hits(), 0, "a redirected request was forwarded");
+    // Other routes are served over plain HTTP, without HSTS.
+    let (plain, _) = echo(proxy.addr, "");
+    assert!(plain.header("strict-transport-security").is_none());
+
+    let mut stream = connect_tls(proxy.tls[0], &pki.ca, Some("a.test"), b"", None).unwrap();
+    let response = request(&mut stream, &get_echo("a.test"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(origin.hits(), 2);
+}
+
+fn reload(process: &Process) -> Response {
+    admin_call(process.admin, "POST", "/reload", "")
+}
+
+#[test]
+fn reload_serves_a_replaced_certificate_to_new_connections_and_keeps_old_ones() {
+    let origin = Origin::start("origin");
+    let pki = Pki::new();
+    let process = Process::start(&one_pool(&[origin.addr], &pki.tls_section()));
+    let tls = process.tls.expect("a TLS listener");
+    let mut old = connect_tls(tls, &pki.ca, Some("a.test"), b"", None).unwrap();
+    assert_eq!(served(&old), (vec!["a.test".to_string()], 10));
+    assert_eq!(request(&mut old, &get_echo("a.test")).status, 200);
+
+    pki.issue("a", &["a.test"], 11);
+    let response = reload(&process);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let fresh = connect_tls(tls, &pki.ca, Some("a.test"), b"", None).unwrap();
+    assert_eq!(
+        served(&fresh).1,
+        11,
+        "new connections get the new certificate"
+    );
+    // The connection opened before the reload keeps working with its certificate.
+    assert_eq!(request(&mut old, &get_echo("a.test")).status, 200);
+    assert_eq!(served(&old).1, 10);
+}
+
+#[test]
+fn a_bad_key_at_reload_keeps_the_running_certificate_and_says_why() {
+    let origin = Origin::start("origin");
+    let pki = Pki::new();
+    let process = Process::start(&one_pool(&[origin.addr], &pki.tls_section()));
+    let tls = process.tls.expect("a TLS listener");
+    // A new certificate whose key file holds another key.
+    let (_, key) = pki.issue("a", &["a.test"], 12);
+    let other = new_key().private_key_to_pem_pkcs8().unwrap();
+    std::fs::write(&key, other).unwrap();
+    let response = reload(&process);
+    assert_ne!(response.status, 200);
+    let text = response.text();
+    assert!(text.contains("tls.certificates[0].key"), "{text}");
+    assert!(text.contains(key.to_str().unwrap()), "{text}");
+    assert!(text.contains("does not match"), "{text}");
+    let mut stream = connect_tls(tls, &pki.ca, Some("a.test"), b"", None).unwrap();
+    assert_eq!(served(&stream).1, 10, "the running certificate stays");
+    assert_eq!(request(&mut stream, &get_echo("a.test")).status, 200);
+}
+
+/// The error `settings::load` gives for `[tls]` settings.
+fn settings_error(toml: &str) -> String {
+    let dir = TempDir::new();
+    let file = dir.write("test.toml", toml);
+    let sources = gatehouse::settings::Sources {
+        settings_dir: Some(dir.0.join("none")),
+        config: Some(file),
+        env: Some(Default::default()),
+    };
+    match gatehouse::settings::load(&sources) {
+        Ok(_) => panic!("settings accepted:\n{toml}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn bad_tls_settings_name_the_key_and_the_file() {
+    let pki = Pki::new();
+    let (a_cert, a_key) = pki.issue("a", &["a.test"], 10);
+    let (b_cert, b_key) = pki.issue("b", &["a.test"], 20);
+    let base =
+        "[[routes]]\npool = \"web\"\n[pools.web]\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+    let tls = |certs: &[(&PathBuf, &PathBuf)], extra: &str| {
+        let mut toml = format!("{base}[tls]\nlisten = [\"127.0.0.1:0\"]\n{extra}");
+        for (cert, key) in certs {
+            toml.push_str(&format!(
+                "[[tls.certificates]]\ncert = {cert:?}\nkey = {key:?}\n"
+            ));
+        }
+        toml
+    };
+    let missing = pki.dir.0.join("missing.crt");
+    let err = settings_error(&tls(&[(&missing, &a_key)], ""));
+    assert!(err.contains("tls.certificates[0].cert"), "{err}");
+    assert!(err.contains("missing.crt"), "{err}");
+
+    let garbage = pki.dir.write("garbage.crt", "not PEM");
+    let err = settings_error(&tls(&[(&garbage, &a_key)], ""));
+    assert!(
+        err.contains("tls.certificates[0].cert") && err.contains("garbage.crt"),
+        "{err}"
+    );
+
+    let err = settings_error(&tls(&[(&a_cert, &b_key)], ""));
+    assert!(err.contains("tls.certificates[0].key"), "{err}");
+    assert!(
+        err.contains("b.key") && err.contains("does not match"),
+        "{err}"
+    );
+
+    let err = settings_error(&tls(&[(&a_cert, &a_key), (&b_cert, &b_key)], ""));
+    assert!(err.contains("tls.certificates[1].names"), "{err}");
+    assert!(err.contains("a.test"), "{err}");
+
+    let err = settings_error(&tls(&[], ""));
+    assert!(err.contains("tls.certificates"), "{err}");
+
+    let err = settings_error(&tls(&[(&a_cert, &a_key)], "min_version = \"1.1\"\n"));
+    assert!(err.contains("tls.min_version"), "{err}");
+
+    let err = settings_error(&format!(
+        "{}redirect_https = true\n[pools.web]\nservers = []\n",
+        "[[routes]]\npool = \"web\"\n"
+    ));
+    assert!(err.contains("routes[0].redirect_https"), "{err}");
+}
