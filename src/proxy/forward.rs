@@ -24,8 +24,8 @@ use crate::affinity::Session;
 use crate::compression::{self, Compress, Compression, Encoder};
 use crate::pool::{self, InFlight, PickError, Server};
 use crate::security::{AccessList, RateLimit};
-use crate::tls;
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
+use crate::tls;
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
 const VIA_HTTP_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");

@@ -104,7 +104,8 @@ fn check_tls(settings: &Settings) -> Result<(), Problem> {
         ));
     }
     let plain = &settings.server.listen;
-    if let Some(both) = tls.listen.iter().find(|a| a.port() != 0 && plain.contains(a)) {
+    let on_both = |a: &&std::net::SocketAddr| a.port() != 0 && plain.contains(a);
+    if let Some(both) = tls.listen.iter().find(on_both) {
         return Err(problem(
             "tls.listen".into(),
             both,
