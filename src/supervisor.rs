@@ -106,6 +106,16 @@ async fn apply_settings(
             source,
         };
         let checks = running.and_then(|r| r.health.get(name));
+        let current_tls = running
+            .and_then(|r| r.pools.get(name))
+            .map(|current| &current.settings.tls);
+        if let Some(tls) = &wanted.tls {
+            if !tls.verify && current_tls != Some(&wanted.tls) {
+                log::warn!(
+                    "pool {name}: tls.verify = false: the servers' certificates are not checked"
+                );
+            }
+        }
         if let (Some(checks), None) = (checks, &wanted.health) {
             // Stopped first, so no probe ends after the pool has cleared its verdicts.
             checks.stop().await;
@@ -142,12 +152,12 @@ async fn apply_settings(
                 pool: name.clone(),
                 source,
             };
+            let tls = wanted.tls.as_ref();
             let checks = match checks {
-                Some(checks) if checks.settings() == settings => checks.clone(),
-                Some(checks) => checks.retune(settings).await.map_err(health_failed)?,
-                None => {
-                    HealthHandle::start(target.handle.clone(), settings).map_err(health_failed)?
-                }
+                Some(checks) if checks.runs_on(settings, tls) => checks.clone(),
+                Some(checks) => checks.retune(settings, tls).await.map_err(health_failed)?,
+                None => HealthHandle::start(target.handle.clone(), settings, tls)
+                    .map_err(health_failed)?,
             };
             health.insert(name.clone(), checks);
         }

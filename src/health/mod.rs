@@ -22,13 +22,16 @@ pub use probe::{HttpProbe, Probe, ProbeFailure, BODY_LIMIT};
 pub use rise_fall::{RiseFall, Transition};
 
 use crate::pool::PoolHandle;
-use crate::settings::HealthSettings;
+use crate::proxy::{UpstreamTls, UpstreamTlsError};
+use crate::settings::{HealthSettings, UpstreamTlsSettings};
 
 /// Why a pool's health checks could not start or take new settings.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     #[error(transparent)]
     Expect(#[from] ExpectError),
+    #[error("TLS to the servers: {0}")]
+    Tls(#[from] UpstreamTlsError),
     #[error("the health checker is not running")]
     Stopped,
 }
@@ -38,25 +41,48 @@ pub enum HealthError {
 pub struct HealthHandle {
     addr: Addr<Checker<HttpProbe>>,
     settings: Arc<HealthSettings>,
+    /// The pool's `[pools.NAME.tls]`, which probes use too.
+    tls: Option<UpstreamTlsSettings>,
+}
+
+/// The probe for a pool's settings, over TLS when the pool has it.
+fn probe(
+    settings: &HealthSettings,
+    tls: Option<&UpstreamTlsSettings>,
+) -> Result<HttpProbe, HealthError> {
+    let tls = tls.map(UpstreamTls::new).transpose()?.map(Arc::new);
+    Ok(HttpProbe::new(settings)?.with_tls(tls))
 }
 
 impl HealthHandle {
     /// Starts probing `pool`'s servers on the current arbiter.
-    pub fn start(pool: PoolHandle, settings: &HealthSettings) -> Result<Self, HealthError> {
-        let probe = HttpProbe::new(settings)?;
+    pub fn start(
+        pool: PoolHandle,
+        settings: &HealthSettings,
+        tls: Option<&UpstreamTlsSettings>,
+    ) -> Result<Self, HealthError> {
+        let probe = probe(settings, tls)?;
         let settings = Arc::new(settings.clone());
         let addr = Checker::new(pool, settings.clone(), probe).start();
-        Ok(Self { addr, settings })
+        Ok(Self {
+            addr,
+            settings,
+            tls: tls.cloned(),
+        })
     }
 
-    /// The settings the checks run on.
-    pub fn settings(&self) -> &HealthSettings {
-        &self.settings
+    /// Whether the checks run on these settings already.
+    pub fn runs_on(&self, settings: &HealthSettings, tls: Option<&UpstreamTlsSettings>) -> bool {
+        *self.settings == *settings && self.tls.as_ref() == tls
     }
 
     /// Gives the running checks new settings; counters and verdicts are kept.
-    pub async fn retune(&self, settings: &HealthSettings) -> Result<Self, HealthError> {
-        let probe = HttpProbe::new(settings)?;
+    pub async fn retune(
+        &self,
+        settings: &HealthSettings,
+        tls: Option<&UpstreamTlsSettings>,
+    ) -> Result<Self, HealthError> {
+        let probe = probe(settings, tls)?;
         let settings = Arc::new(settings.clone());
         let msg = Retune {
             settings: settings.clone(),
@@ -69,6 +95,7 @@ impl HealthHandle {
         Ok(Self {
             addr: self.addr.clone(),
             settings,
+            tls: tls.cloned(),
         })
     }
 

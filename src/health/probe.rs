@@ -6,18 +6,21 @@
 //! body, a cap on the body it reads, and close-delimited bodies read as they are (awc reads an
 //! HTTP/1.1 response without a length as empty, which would fail `expect_body` on a plain
 //! health endpoint). It also refuses a socket connected to itself, as the upstream connector
-//! does.
+//! does, and speaks TLS to the servers of a pool with `[pools.NAME.tls]`, with the same
+//! settings as requests.
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::expect::{ExpectError, Expectations, Mismatch, ProbeResponse};
 use crate::pool::Server;
+use crate::proxy::UpstreamTls;
 use crate::settings::{HealthSettings, ProbeMethod};
 
 /// The most body a probe reads for matching: health pages are small, and a large page's
@@ -47,6 +50,9 @@ pub enum ProbeFailure {
     Connect(io::Error),
     #[error("connect: the socket connected to itself")]
     SelfConnect,
+    /// The TLS handshake failed; the text says why in OpenSSL's words.
+    #[error("{0}")]
+    Tls(String),
     #[error("no complete answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error("send: {0}")]
@@ -66,6 +72,8 @@ pub enum ProbeFailure {
 pub struct HttpProbe {
     settings: Arc<HealthSettings>,
     expect: Arc<Expectations>,
+    /// The pool's TLS to its servers, when it has `[pools.NAME.tls]`.
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 impl HttpProbe {
@@ -73,7 +81,13 @@ impl HttpProbe {
         Ok(Self {
             expect: Arc::new(Expectations::new(settings)?),
             settings: Arc::new(settings.clone()),
+            tls: None,
         })
+    }
+
+    /// The same probe over TLS (or plain TCP for `None`).
+    pub fn with_tls(self, tls: Option<Arc<UpstreamTls>>) -> Self {
+        Self { tls, ..self }
     }
 
     /// The request for `server`: method, path, `Host`, the configured headers and
@@ -113,8 +127,12 @@ impl Probe for HttpProbe {
         let head_only = self.settings.method == ProbeMethod::Head;
         let expect = self.expect.clone();
         let timeout = self.settings.timeout.get();
+        let tls = self
+            .tls
+            .clone()
+            .map(|tls| (tls, server.authority.host().to_string()));
         async move {
-            let exchange = exchange(&target, &request, head_only, expect.reads_body());
+            let exchange = exchange(&target, tls, &request, head_only, expect.reads_body());
             let response = tokio::time::timeout(timeout, exchange)
                 .await
                 .map_err(|_| ProbeFailure::Timeout(timeout))??;
@@ -124,21 +142,42 @@ impl Probe for HttpProbe {
     }
 }
 
-/// Connects, sends `request` and reads the response: its head, and its body (up to
-/// [`BODY_LIMIT`]) if `read_body`.
+/// Connects (with a TLS handshake when `tls` gives the context and the server's host), sends
+/// `request` and reads the response: its head, and its body (up to [`BODY_LIMIT`]) if
+/// `read_body`.
 async fn exchange(
     target: &str,
+    tls: Option<(Arc<UpstreamTls>, String)>,
     request: &[u8],
     head_only: bool,
     read_body: bool,
 ) -> Result<ProbeResponse, ProbeFailure> {
-    let mut stream = TcpStream::connect(target)
+    let stream = TcpStream::connect(target)
         .await
         .map_err(ProbeFailure::Connect)?;
     if stream.local_addr().ok() == stream.peer_addr().ok() {
         return Err(ProbeFailure::SelfConnect);
     }
     let _ = stream.set_nodelay(true);
+    let Some((tls, host)) = tls else {
+        return talk(stream, request, head_only, read_body).await;
+    };
+    let mut stream = tls
+        .stream(stream, &host)
+        .map_err(|err| ProbeFailure::Tls(format!("TLS: {err}")))?;
+    if let Err(err) = Pin::new(&mut stream).connect().await {
+        return Err(ProbeFailure::Tls(tls.failure(&stream, &err)));
+    }
+    talk(stream, request, head_only, read_body).await
+}
+
+/// [`exchange`] once connected.
+async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &[u8],
+    head_only: bool,
+    read_body: bool,
+) -> Result<ProbeResponse, ProbeFailure> {
     stream
         .write_all(request)
         .await
@@ -181,12 +220,12 @@ struct Head {
 }
 
 /// The connection and the bytes read from it but not yet consumed.
-struct Reader {
-    stream: TcpStream,
+struct Reader<S> {
+    stream: S,
     buf: Vec<u8>,
 }
 
-impl Reader {
+impl<S: AsyncRead + Unpin> Reader<S> {
     /// Reads more into the buffer; false at end of file.
     async fn fill(&mut self) -> Result<bool, ProbeFailure> {
         let start = self.buf.len();

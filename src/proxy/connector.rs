@@ -1,25 +1,37 @@
-//! The upstream clients' TCP connector: actix-tls's resolver and connector, with two checks
-//! of gatehouse's own.
+//! The upstream clients' connector: actix-tls's resolver and TCP connector, TLS for pools
+//! with `[pools.NAME.tls]`, and two checks of gatehouse's own.
 //!
 //! - Each connection's reads are watched for end-of-file, so a response body that awc ends
 //!   because the server closed the connection can be told from one that reached its framed end
 //!   (awc reports both as the body's end).
 //! - A socket connected to itself is refused.
+//!
+//! The TLS handshake happens here rather than in awc (whose TLS would need its own connector
+//! and bypass this one), so both checks and the response-head filter work the same over TLS:
+//! they see the plaintext. awc is always handed `http` URIs and never knows.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use actix_rt::net::{ActixStream, Ready, TcpStream};
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
 use actix_web::http::Uri;
+use openssl::error::ErrorStack;
+use openssl::pkey::PKey;
+use openssl::ssl::{self, SslConnector, SslMethod, SslOptions, SslVerifyMode, SslVersion};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509VerifyResult, X509};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_openssl::SslStream;
 
 use super::interim::HeadFilter;
+use crate::settings::{UpstreamTlsSettings, UpstreamTlsVersion};
 
 thread_local! {
     /// Set when a read on an upstream connection of this thread returned end-of-file.
@@ -42,27 +54,290 @@ pub fn note_eof() {
     READ_EOF.with(|eof| eof.set(true));
 }
 
-/// A connection to a server: a TCP stream that notes when a read returns end-of-file, and
-/// fixes each response head before awc reads it (see `interim.rs`).
+/// TLS to a pool's servers as each connection needs it: the OpenSSL client context built
+/// from `[pools.NAME.tls]` and how servers are named. Built once per worker client (and per
+/// prober); the same function checks the settings at load, so the files are read one way.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    context: SslConnector,
+    sni: Option<String>,
+    verify: bool,
+}
+
+/// Why `[pools.NAME.tls]` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        key: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{path} holds no {what} in PEM form{}", detail(.reason))]
+    Pem {
+        key: &'static str,
+        path: String,
+        what: &'static str,
+        reason: Option<String>,
+    },
+    #[error("the private key in {path} does not belong to the certificate in {cert}")]
+    KeyMismatch { path: String, cert: String },
+    #[error("OpenSSL refused it: {}", first_reason(.source).unwrap_or_else(|| .source.to_string()))]
+    Setup {
+        key: &'static str,
+        source: ErrorStack,
+    },
+}
+
+fn detail(reason: &Option<String>) -> String {
+    reason
+        .as_deref()
+        .map_or_else(String::new, |reason| format!(" ({reason})"))
+}
+
+impl UpstreamTlsError {
+    /// The key of `[pools.NAME.tls]` at fault (empty for the section as a whole).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Read { key, .. } | Self::Pem { key, .. } | Self::Setup { key, .. } => key,
+            Self::KeyMismatch { .. } => "key",
+        }
+    }
+}
+
+impl UpstreamTls {
+    pub fn new(settings: &UpstreamTlsSettings) -> Result<Self, UpstreamTlsError> {
+        let setup = |key| move |source| UpstreamTlsError::Setup { key, source };
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(setup(""))?;
+        builder
+            .set_min_proto_version(Some(match settings.min_version {
+                UpstreamTlsVersion::Tls12 => SslVersion::TLS1_2,
+                UpstreamTlsVersion::Tls13 => SslVersion::TLS1_3,
+            }))
+            .map_err(setup("min_version"))?;
+        // A server that closes without close_notify ends the stream as a plain socket's
+        // end-of-file does: close-delimited bodies end there, and the end-of-file marking
+        // still tells a cut-off framed body from a whole one.
+        builder.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
+        // gatehouse speaks HTTP/1.1 to servers; saying so keeps an h2-first server from
+        // guessing otherwise.
+        builder
+            .set_alpn_protos(b"\x08http/1.1")
+            .map_err(setup(""))?;
+        if let Some(path) = &settings.ca_file {
+            let cas = certificates("ca_file", path, "certificate")?;
+            let mut store = X509StoreBuilder::new().map_err(setup("ca_file"))?;
+            for ca in cas {
+                store.add_cert(ca).map_err(setup("ca_file"))?;
+            }
+            // Only the configured CAs: the system's roots would trust far more.
+            builder.set_cert_store(store.build());
+        }
+        if !settings.verify {
+            builder.set_verify(SslVerifyMode::NONE);
+        }
+        if let (Some(cert_path), Some(key_path)) = (&settings.cert, &settings.key) {
+            let mut chain = certificates("cert", cert_path, "certificate")?.into_iter();
+            if let Some(leaf) = chain.next() {
+                builder.set_certificate(&leaf).map_err(setup("cert"))?;
+            }
+            for extra in chain {
+                builder.add_extra_chain_cert(extra).map_err(setup("cert"))?;
+            }
+            let key = PKey::private_key_from_pem(&read("key", key_path)?).map_err(|err| {
+                UpstreamTlsError::Pem {
+                    key: "key",
+                    path: key_path.clone(),
+                    what: "private key",
+                    reason: first_reason(&err),
+                }
+            })?;
+            // OpenSSL refuses a key that does not match the certificate already set.
+            let mismatch = |_| UpstreamTlsError::KeyMismatch {
+                path: key_path.clone(),
+                cert: cert_path.clone(),
+            };
+            builder.set_private_key(&key).map_err(mismatch)?;
+            builder.check_private_key().map_err(mismatch)?;
+        }
+        Ok(Self {
+            context: builder.build(),
+            sni: settings.sni.clone(),
+            verify: settings.verify,
+        })
+    }
+
+    /// A TLS stream over `tcp` to a server whose address has `host`, ready for its handshake:
+    /// SNI and the verified name are `sni` when set, else `host` (no SNI for an IP address).
+    pub fn stream(&self, tcp: TcpStream, host: &str) -> io::Result<SslStream<TcpStream>> {
+        let mut config = self.context.configure().map_err(io::Error::other)?;
+        config.set_verify_hostname(self.verify);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = self.sni.as_deref().unwrap_or(host);
+        let ssl = config.into_ssl(name).map_err(io::Error::other)?;
+        SslStream::new(ssl, tcp).map_err(io::Error::other)
+    }
+
+    /// Why a handshake failed, in OpenSSL's words: the certificate check's verdict when that
+    /// is what failed, else the reasons on OpenSSL's error stack.
+    pub fn failure(&self, stream: &SslStream<TcpStream>, err: &ssl::Error) -> String {
+        let verdict = stream.ssl().verify_result();
+        if self.verify && verdict != X509VerifyResult::OK {
+            return format!(
+                "TLS handshake: certificate verify failed: {}",
+                verdict.error_string()
+            );
+        }
+        let reasons = err.ssl_error().map(|stack| {
+            stack
+                .errors()
+                .iter()
+                .filter_map(|e| e.reason())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        match (reasons, err.io_error()) {
+            (Some(reasons), _) if !reasons.is_empty() => format!("TLS handshake: {reasons}"),
+            (_, Some(io)) => format!("TLS handshake: {io}"),
+            _ => format!("TLS handshake: {err}"),
+        }
+    }
+}
+
+fn read(key: &'static str, path: &str) -> Result<Vec<u8>, UpstreamTlsError> {
+    std::fs::read(path).map_err(|source| UpstreamTlsError::Read {
+        key,
+        path: path.into(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM file; at least one.
+fn certificates(
+    key: &'static str,
+    path: &str,
+    what: &'static str,
+) -> Result<Vec<X509>, UpstreamTlsError> {
+    let pem = read(key, path)?;
+    let bad = |reason| UpstreamTlsError::Pem {
+        key,
+        path: path.into(),
+        what,
+        reason,
+    };
+    match X509::stack_from_pem(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(bad(None)),
+        Err(err) => Err(bad(first_reason(&err))),
+    }
+}
+
+fn first_reason(err: &ErrorStack) -> Option<String> {
+    err.errors()
+        .iter()
+        .find_map(|e| e.reason())
+        .map(str::to_string)
+}
+
+/// The bytes under an upstream connection: plain TCP, or TLS over it.
+#[derive(Debug)]
+enum Wire {
+    Plain(TcpStream),
+    Tls(Box<SslStream<TcpStream>>),
+}
+
+impl Wire {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref(),
+        }
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(tcp) => tcp.is_write_vectored(),
+            Self::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to a server: a TCP or TLS stream that notes when a read returns end-of-file,
+/// and fixes each response head before awc reads it (see `interim.rs`).
 #[derive(Debug)]
 pub struct UpstreamStream {
-    tcp: TcpStream,
+    wire: Wire,
     heads: HeadFilter,
 }
 
 impl UpstreamStream {
-    fn new(tcp: TcpStream) -> Self {
+    fn new(wire: Wire) -> Self {
         Self {
-            tcp,
+            wire,
             heads: HeadFilter::default(),
         }
     }
 
-    /// Reads from the socket, noting end-of-file; returns how many bytes arrived.
-    fn read_tcp(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+    /// Reads from the connection, noting end-of-file; returns how many bytes arrived.
+    fn read_wire(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<usize>> {
         let room = buf.remaining();
         let filled = buf.filled().len();
-        ready!(Pin::new(&mut self.tcp).poll_read(cx, buf))?;
+        ready!(Pin::new(&mut self.wire).poll_read(cx, buf))?;
         let got = buf.filled().len() - filled;
         // Nothing read into a buffer with room is end-of-file; a full buffer proves nothing.
         if room > 0 && got == 0 {
@@ -92,7 +367,7 @@ impl AsyncRead for UpstreamStream {
                 buf.put_slice(&held);
                 return Poll::Ready(Ok(()));
             }
-            return this.read_tcp(cx, buf).map_ok(|_| ());
+            return this.read_wire(cx, buf).map_ok(|_| ());
         }
         // A response head is awaited. Loop until bytes can be handed on or the socket has none.
         if buf.remaining() == 0 {
@@ -101,7 +376,7 @@ impl AsyncRead for UpstreamStream {
         loop {
             let start = buf.filled().len();
             let room = buf.remaining();
-            let got = ready!(this.read_tcp(cx, buf))?;
+            let got = ready!(this.read_wire(cx, buf))?;
             if got == 0 && room > 0 {
                 let held = this.heads.closed();
                 this.hand_on(&held, buf);
@@ -131,7 +406,7 @@ impl AsyncWrite for UpstreamStream {
         // awc writes a request only once the previous response was read: what is read next
         // starts the response to this one.
         this.heads.request_written();
-        Pin::new(&mut this.tcp).poll_write(cx, buf)
+        Pin::new(&mut this.wire).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -141,40 +416,56 @@ impl AsyncWrite for UpstreamStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.heads.request_written();
-        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut this.wire).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.wire.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        Pin::new(&mut self.get_mut().wire).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().wire).poll_shutdown(cx)
     }
 }
 
 impl ActixStream for UpstreamStream {
+    // awc requires these but never calls them; over TLS the socket's readiness is the
+    // nearest answer, as actix-tls's own TLS streams give.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
         if !self.heads.awaiting_head() && self.heads.has_pending() {
             return Poll::Ready(Ok(Ready::READABLE));
         }
-        ActixStream::poll_read_ready(&self.tcp, cx)
+        ActixStream::poll_read_ready(self.wire.tcp(), cx)
     }
 
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        ActixStream::poll_write_ready(&self.tcp, cx)
+        ActixStream::poll_write_ready(self.wire.tcp(), cx)
     }
 }
 
 /// The connector service for `awc::Connector::connector`. awc races each call against the
-/// pool's connect timeout, resolution included.
+/// pool's connect timeout, resolution and the TLS handshake included.
 #[derive(Clone, Default)]
 pub struct UpstreamConnector {
     tcp: ConnectorService,
+    tls: Option<TlsContext>,
+}
+
+/// A TLS pool's context, or why it could not be built (every connect then fails with that).
+type TlsContext = Result<Arc<UpstreamTls>, Arc<str>>;
+
+impl UpstreamConnector {
+    /// A connector that speaks TLS to every server when `tls` is given.
+    pub fn new(tls: Option<Result<Arc<UpstreamTls>, String>>) -> Self {
+        Self {
+            tcp: ConnectorService::default(),
+            tls: tls.map(|tls| tls.map_err(Arc::from)),
+        }
+    }
 }
 
 impl Service<ConnectInfo<Uri>> for UpstreamConnector {
@@ -189,27 +480,77 @@ impl Service<ConnectInfo<Uri>> for UpstreamConnector {
     fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
         Connecting {
             tcp: self.tcp.call(req),
+            tls: self.tls.clone(),
+            handshake: None,
         }
     }
 }
 
-/// A connection being made.
+/// A connection being made: TCP, then the TLS handshake for a TLS pool.
 pub struct Connecting {
     tcp: <ConnectorService as Service<ConnectInfo<Uri>>>::Future,
+    tls: Option<TlsContext>,
+    handshake: Option<Handshake>,
+}
+
+/// A TLS handshake under way.
+struct Handshake {
+    stream: Box<SslStream<TcpStream>>,
+    uri: Uri,
+    tls: Arc<UpstreamTls>,
 }
 
 impl Future for Connecting {
     type Output = Result<Connection<Uri, UpstreamStream>, ConnectError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (tcp, uri) = ready!(Pin::new(&mut self.tcp).poll(cx))?.into_parts();
-        if is_self_connect(tcp.local_addr(), tcp.peer_addr()) {
-            return Poll::Ready(Err(ConnectError::Io(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                "connected to itself: nothing listens on the server's port",
-            ))));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut handshake = match this.handshake.take() {
+            Some(handshake) => handshake,
+            None => {
+                let (tcp, uri) = ready!(Pin::new(&mut this.tcp).poll(cx))?.into_parts();
+                if is_self_connect(tcp.local_addr(), tcp.peer_addr()) {
+                    return Poll::Ready(Err(ConnectError::Io(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "connected to itself: nothing listens on the server's port",
+                    ))));
+                }
+                let tls = match this.tls.clone() {
+                    None => {
+                        let stream = UpstreamStream::new(Wire::Plain(tcp));
+                        return Poll::Ready(Ok(Connection::new(uri, stream)));
+                    }
+                    Some(Ok(tls)) => tls,
+                    Some(Err(reason)) => {
+                        return Poll::Ready(Err(ConnectError::Io(io::Error::other(format!(
+                            "TLS: {reason}"
+                        )))))
+                    }
+                };
+                let stream = tls
+                    .stream(tcp, uri.host().unwrap_or_default())
+                    .map_err(ConnectError::Io)?;
+                Handshake {
+                    stream: Box::new(stream),
+                    uri,
+                    tls,
+                }
+            }
+        };
+        match Pin::new(&mut *handshake.stream).poll_connect(cx) {
+            Poll::Pending => {
+                this.handshake = Some(handshake);
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => {
+                let stream = UpstreamStream::new(Wire::Tls(handshake.stream));
+                Poll::Ready(Ok(Connection::new(handshake.uri, stream)))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(ConnectError::Io(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                handshake.tls.failure(&handshake.stream, &err),
+            )))),
         }
-        Poll::Ready(Ok(Connection::new(uri, UpstreamStream::new(tcp))))
     }
 }
 
@@ -268,7 +609,10 @@ mod tests {
     async fn connected(listener: &TcpListener) -> (UpstreamStream, tokio::net::TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (UpstreamStream::new(tcp.unwrap()), accepted.unwrap().0)
+        (
+            UpstreamStream::new(Wire::Plain(tcp.unwrap())),
+            accepted.unwrap().0,
+        )
     }
 
     /// Reads once, as awc does, and tells what the polls that completed the read saw.

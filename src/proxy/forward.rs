@@ -11,7 +11,7 @@ use awc::error::{ConnectError, SendRequestError};
 use futures_util::future::{select, Either};
 
 use super::body::{BodyFault, Framing, Intake, RequestBody, ResponseBody};
-use super::connector::UpstreamConnector;
+use super::connector::{UpstreamConnector, UpstreamTls};
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::{strict, upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
 use std::sync::Arc;
@@ -34,9 +34,21 @@ const VIA_HTTP_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 
 /// Builds a worker's client for one pool from its settings.
 pub fn client(settings: &PoolSettings) -> awc::Client {
-    // awc bounds every call of the connector service by `timeout`, name resolution included.
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|tls| match UpstreamTls::new(tls) {
+            Ok(tls) => Ok(Arc::new(tls)),
+            // The files were read when the settings were loaded; they have changed since.
+            Err(err) => {
+                log::error!("upstream TLS: {err}");
+                Err(err.to_string())
+            }
+        });
+    // awc bounds every call of the connector service by `timeout`, name resolution and the
+    // TLS handshake included.
     let connector = awc::Connector::new()
-        .connector(UpstreamConnector::default())
+        .connector(UpstreamConnector::new(tls))
         .timeout(settings.connect_timeout.get())
         .conn_keep_alive(settings.keepalive_timeout.get())
         .limit(0);

@@ -33,6 +33,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Version;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
+pub use connector::{UpstreamTls, UpstreamTlsError};
 pub use error::ProxyError;
 pub use headers::X_FORWARDED_FOR;
 
@@ -140,11 +141,13 @@ pub struct Upstreams {
 }
 
 /// Whether a client built for `old` serves `new` as it is: only the connection settings
-/// count, so a reload that changes a pool's servers keeps its idle connections.
+/// count (timeouts and TLS), so a reload that changes a pool's servers keeps its idle
+/// connections.
 fn same_connections(old: &Arc<PoolSettings>, new: &Arc<PoolSettings>) -> bool {
     Arc::ptr_eq(old, new)
         || (old.connect_timeout == new.connect_timeout
-            && old.keepalive_timeout == new.keepalive_timeout)
+            && old.keepalive_timeout == new.keepalive_timeout
+            && old.tls == new.tls)
 }
 
 /// A worker's client for one pool, with the settings it was built from.

@@ -55,6 +55,13 @@ pub async fn relay(
     log: AccessLog,
 ) -> Result<HttpResponse, ProxyError> {
     let settings = &pool.settings;
+    if settings.tls.is_some() {
+        // The relay runs over plain TCP; a TLS pool's servers would get bytes they cannot
+        // read. Not the server's fault, so not counted against it (docs/tls.md).
+        return Err(ProxyError::Upstream(
+            "WebSocket upgrades to a pool with [pools.NAME.tls] are not relayed".into(),
+        ));
+    }
     if let Some(upgrade) = req.headers().get(header::UPGRADE) {
         upstream_headers.insert(header::UPGRADE, upgrade.clone());
     }

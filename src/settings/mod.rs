@@ -27,6 +27,7 @@ mod security;
 mod sticky;
 mod tls;
 mod units;
+mod upstream_tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecurityS
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
 pub use tls::{CertificateSettings, TlsSettings, TlsVersion, INTERMEDIATE_CIPHERS};
 pub use units::{ByteSize, Duration};
+pub use upstream_tls::{UpstreamTlsSettings, UpstreamTlsVersion};
 
 /// Everything gatehouse runs from.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -232,6 +234,9 @@ pub struct PoolSettings {
     pub sticky: Option<StickySettings>,
     /// How long a draining server still takes requests of sessions bound to it.
     pub drain_timeout: Duration,
+    /// TLS to the servers; absent means plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSettings>,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -252,6 +257,7 @@ impl Default for PoolSettings {
             retry: RetrySettings::default(),
             sticky: None,
             drain_timeout: Duration::from_secs(300),
+            tls: None,
             servers: Vec::new(),
         }
     }

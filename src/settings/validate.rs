@@ -6,9 +6,11 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 
 use super::{
     Balance, HealthSettings, PoolSettings, SameSite, Settings, StickyMode, StickySettings,
+    UpstreamTlsSettings,
 };
 use crate::pool::parse_address;
 use crate::proxy::route::HostPattern;
+use crate::proxy::UpstreamTls;
 
 /// One thing wrong with otherwise well-typed settings.
 #[derive(Debug)]
@@ -190,6 +192,9 @@ fn check_pools(settings: &Settings) -> Result<(), Problem> {
         if let Some(sticky) = &pool.sticky {
             check_sticky(name, sticky)?;
         }
+        if let Some(tls) = &pool.tls {
+            check_upstream_tls(name, tls)?;
+        }
         let mut seen = HashSet::new();
         for (index, server) in pool.servers.iter().enumerate() {
             let key = |field: &str| format!("pools.{name}.servers[{index}].{field}");
@@ -213,6 +218,63 @@ fn check_pools(settings: &Settings) -> Result<(), Problem> {
         }
     }
     Ok(())
+}
+
+/// `[pools.NAME.tls]`: the names and the files, read and parsed as the connections will.
+fn check_upstream_tls(name: &str, tls: &UpstreamTlsSettings) -> Result<(), Problem> {
+    let key = |field: &str| format!("pools.{name}.tls.{field}");
+    if let Some(sni) = &tls.sni {
+        let is_name = !sni.is_empty()
+            && sni.len() <= 253
+            && sni
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !is_name && sni.parse::<std::net::IpAddr>().is_err() {
+            return Err(problem(
+                key("sni"),
+                format!("{sni:?}"),
+                "is not a host name or IP address",
+            ));
+        }
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => {
+            return Err(problem(
+                key("key"),
+                "(absent)",
+                "cert needs its private key: set both or neither",
+            ))
+        }
+        (None, Some(path)) => {
+            return Err(problem(
+                key("cert"),
+                "(absent)",
+                format!("key = {path:?} needs its certificate: set both or neither"),
+            ))
+        }
+        _ => {}
+    }
+    UpstreamTls::new(tls).map(drop).map_err(|err| {
+        let (field, value) = match err.key() {
+            field @ ("ca_file" | "cert" | "key") => {
+                let path = match field {
+                    "ca_file" => &tls.ca_file,
+                    "cert" => &tls.cert,
+                    _ => &tls.key,
+                };
+                (
+                    key(field),
+                    format!("{:?}", path.as_deref().unwrap_or_default()),
+                )
+            }
+            "min_version" => (
+                key("min_version"),
+                format!("{:?}", String::from(tls.min_version)),
+            ),
+            _ => (format!("pools.{name}.tls"), "{ ... }".to_string()),
+        };
+        problem(field, value, err.to_string())
+    })
 }
 
 /// The health, passive and retry sections of one pool.

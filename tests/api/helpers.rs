@@ -1116,3 +1116,266 @@ fn read_body(reader: &mut BufReader<TcpStream>, head: &str) -> Option<Vec<u8>> {
     reader.read_exact(&mut body).ok()?;
     Some(body)
 }
+
+/// A certificate authority made for one test: EC P-256 keys, certificates valid for a day.
+pub struct Authority {
+    pub cert: openssl::x509::X509,
+    key: openssl::pkey::PKey<openssl::pkey::Private>,
+}
+
+/// A certificate and its private key, PEM-encoded.
+pub struct Issued {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+fn ec_key() -> openssl::pkey::PKey<openssl::pkey::Private> {
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    openssl::pkey::PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+}
+
+fn certificate_builder(
+    name: &str,
+    key: &openssl::pkey::PKeyRef<openssl::pkey::Private>,
+) -> openssl::x509::X509Builder {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::{BigNum, MsbOption};
+    let mut builder = openssl::x509::X509Builder::new().unwrap();
+    builder.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    builder
+        .set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    builder.set_subject_name(&subject(name)).unwrap();
+    builder.set_pubkey(key).unwrap();
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    builder
+        .set_not_after(&Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    builder
+}
+
+impl Authority {
+    pub fn new(name: &str) -> Self {
+        use openssl::hash::MessageDigest;
+        use openssl::x509::extension::{BasicConstraints, KeyUsage};
+        let key = ec_key();
+        let mut builder = certificate_builder(name, &key);
+        builder.set_issuer_name(&subject(name)).unwrap();
+        builder
+            .append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        builder
+            .append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .key_cert_sign()
+                    .crl_sign()
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap();
+        builder.sign(&key, MessageDigest::sha256()).unwrap();
+        Self {
+            cert: builder.build(),
+            key,
+        }
+    }
+
+    /// The CA certificate as PEM.
+    pub fn pem(&self) -> Vec<u8> {
+        self.cert.to_pem().unwrap()
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1.
+    pub fn server(&self) -> Issued {
+        self.issue("localhost", true)
+    }
+
+    /// A client certificate, for servers that require one.
+    pub fn client(&self) -> Issued {
+        self.issue("gatehouse", false)
+    }
+
+    fn issue(&self, name: &str, server: bool) -> Issued {
+        use openssl::hash::MessageDigest;
+        use openssl::x509::extension::{ExtendedKeyUsage, SubjectAlternativeName};
+        let key = ec_key();
+        let mut builder = certificate_builder(name, &key);
+        builder.set_issuer_name(self.cert.subject_name()).unwrap();
+        let context = builder.x509v3_context(Some(&self.cert), None);
+        let names = SubjectAlternativeName::new()
+            .dns("localhost")
+            .ip("127.0.0.1")
+            .build(&context)
+            .unwrap();
+        if server {
+            builder.append_extension(names).unwrap();
+            builder
+                .append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
+                .unwrap();
+        } else {
+            builder
+                .append_extension(ExtendedKeyUsage::new().client_auth().build().unwrap())
+                .unwrap();
+        }
+        builder.sign(&self.key, MessageDigest::sha256()).unwrap();
+        Issued {
+            cert_pem: builder.build().to_pem().unwrap(),
+            key_pem: key.private_key_to_pem_pkcs8().unwrap(),
+        }
+    }
+}
+
+fn subject(name: &str) -> openssl::x509::X509Name {
+    let mut subject = openssl::x509::X509NameBuilder::new().unwrap();
+    subject.append_entry_by_text("CN", name).unwrap();
+    subject.build()
+}
+
+/// An HTTP/1.1 origin over TLS (OpenSSL on std threads) with keep-alive. `/health` answers
+/// `ok` and is not counted; every other request is counted and answered with the origin's
+/// name. It counts handshakes that completed, and keeps the SNI name of each.
+pub struct TlsOrigin {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    health: Arc<AtomicUsize>,
+    handshakes: Arc<AtomicUsize>,
+    names: Arc<Mutex<Vec<Option<String>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsOrigin {
+    /// Serves with `identity`; with `client_ca`, a client certificate from that CA is required.
+    pub fn start(name: &str, identity: &Issued, client_ca: Option<&Authority>) -> Self {
+        use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        let cert = openssl::x509::X509::from_pem(&identity.cert_pem).unwrap();
+        let key = openssl::pkey::PKey::private_key_from_pem(&identity.key_pem).unwrap();
+        acceptor.set_certificate(&cert).unwrap();
+        acceptor.set_private_key(&key).unwrap();
+        if let Some(ca) = client_ca {
+            let mut store = openssl::x509::store::X509StoreBuilder::new().unwrap();
+            store.add_cert(ca.cert.clone()).unwrap();
+            acceptor.set_verify_cert_store(store.build()).unwrap();
+            acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        }
+        let acceptor = Arc::new(acceptor.build());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let origin = Self {
+            addr,
+            hits: Arc::default(),
+            health: Arc::default(),
+            handshakes: Arc::default(),
+            names: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (hits, health, handshakes, names, stop) = (
+            origin.hits.clone(),
+            origin.health.clone(),
+            origin.handshakes.clone(),
+            origin.names.clone(),
+            origin.stop.clone(),
+        );
+        let body = name.to_string();
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let (acceptor, hits, health, handshakes, names, body) = (
+                    acceptor.clone(),
+                    hits.clone(),
+                    health.clone(),
+                    handshakes.clone(),
+                    names.clone(),
+                    body.clone(),
+                );
+                thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(DEADLINE));
+                    let Ok(tls) = acceptor.accept(stream) else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    let sni = tls
+                        .ssl()
+                        .servername(openssl::ssl::NameType::HOST_NAME)
+                        .map(str::to_string);
+                    names.lock().unwrap().push(sni);
+                    let mut reader = BufReader::new(tls);
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            match reader.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            head.push_str(&line);
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let text = if path.starts_with("/health") {
+                            health.fetch_add(1, Ordering::SeqCst);
+                            "ok".to_string()
+                        } else {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            body.clone()
+                        };
+                        let close = head.to_ascii_lowercase().contains("connection: close");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        let stream = reader.get_mut();
+                        if stream.write_all(response.as_bytes()).is_err() || close {
+                            let _ = stream.shutdown();
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        origin
+    }
+
+    /// Requests answered, `/health` aside.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// `/health` requests answered.
+    pub fn health_checks(&self) -> usize {
+        self.health.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes completed.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// The SNI name of each completed handshake (`None`: the client sent none).
+    pub fn server_names(&self) -> Vec<Option<String>> {
+        self.names.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

@@ -25,4 +25,5 @@ mod settings;
 mod shutdown;
 mod strict;
 mod tls;
+mod upstream_tls;
 mod websocket;

@@ -1,0 +1,359 @@
+//! TLS to the servers (`[pools.NAME.tls]`): real TLS origins with certificates made by the
+//! test, verification, keep-alive, failures as connect errors, client certificates, probes.
+
+use std::net::SocketAddr;
+
+use crate::helpers::*;
+
+/// A CA, its file, and a TLS origin whose certificate it signed.
+struct Setup {
+    ca: Authority,
+    dir: TempDir,
+    ca_file: String,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let ca = Authority::new("gatehouse test CA");
+        let dir = TempDir::new();
+        let ca_file = write(&dir, "ca.pem", &ca.pem());
+        Self { ca, dir, ca_file }
+    }
+}
+
+fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
+    let path = dir.0.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Pool `web` of `servers` (addresses as written) over TLS with `tls` keys.
+fn tls_pool(servers: &[String], tls: &str, extra: &str) -> String {
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{{ address = \"{s}\" }}"))
+        .collect();
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
+         [[routes]]\npool = \"web\"\n[pools.web]\nservers = [{}]\n{extra}\n[pools.web.tls]\n{tls}\n",
+        servers.join(", ")
+    )
+}
+
+fn ip(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// Asserts a 502 from gatehouse's own page that names no server and no cause.
+fn assert_generic_502(response: &Response, origin: SocketAddr) {
+    assert_eq!(response.status, 502);
+    let body = response.text().to_lowercase();
+    for secret in [
+        origin.ip().to_string(),
+        origin.port().to_string(),
+        "certificate".into(),
+        "tls".into(),
+        "ssl".into(),
+        "verify".into(),
+    ] {
+        assert!(!body.contains(&secret), "{secret:?} in: {body}");
+    }
+}
+
+#[test]
+fn requests_reach_a_tls_server_verified_against_the_configured_ca() {
+    let setup = Setup::new();
+    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
+    let toml = tls_pool(
+        &[ip(origin.addr)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let response = get(proxy.addr, "/name");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "secure");
+    assert_eq!(origin.handshakes(), 1);
+    // An IP address is verified as such and sent no SNI.
+    assert_eq!(origin.server_names(), vec![None]);
+}
+
+#[test]
+fn a_server_named_by_host_gets_that_name_as_sni_and_sni_overrides_it() {
+    let setup = Setup::new();
+    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
+    let by_name = format!("localhost:{}", origin.addr.port());
+    let ca = format!("ca_file = {:?}", setup.ca_file);
+    let proxy = Proxy::from_toml(&tls_pool(&[by_name], &ca, ""));
+    assert_eq!(get(proxy.addr, "/name").text(), "secure");
+    drop(proxy);
+    let sni = format!("{ca}\nsni = \"localhost\"");
+    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], &sni, ""));
+    assert_eq!(get(proxy.addr, "/name").text(), "secure");
+    assert_eq!(
+        origin.server_names(),
+        vec![Some("localhost".to_string()), Some("localhost".to_string())]
+    );
+}
+
+#[test]
+fn a_server_name_that_the_certificate_does_not_match_fails() {
+    let setup = Setup::new();
+    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
+    let tls = format!("ca_file = {:?}\nsni = \"other.example\"", setup.ca_file);
+    let proxy = Proxy::from_toml(&tls_pool(
+        &[ip(origin.addr)],
+        &tls,
+        "[pools.web.retry]\nattempts = 1\n",
+    ));
+    assert_generic_502(&get(proxy.addr, "/name"), origin.addr);
+    assert_eq!(origin.hits(), 0);
+}
+
+#[test]
+fn keep_alive_reuses_one_tls_connection_for_several_requests() {
+    let setup = Setup::new();
+    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
+    let toml = tls_pool(
+        &[ip(origin.addr)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..5 {
+        conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
+        let response = conn.try_read(false).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "secure");
+    }
+    assert_eq!(origin.hits(), 5);
+    assert_eq!(
+        origin.handshakes(),
+        1,
+        "each request made its own connection"
+    );
+}
+
+#[test]
+fn an_untrusted_certificate_is_a_connect_failure_retried_on_another_server_and_ejected() {
+    let setup = Setup::new();
+    let stranger = Authority::new("someone else's CA");
+    let good = TlsOrigin::start("good", &setup.ca.server(), None);
+    let bad = TlsOrigin::start("bad", &stranger.server(), None);
+    let toml = tls_pool(
+        &[ip(good.addr), ip(bad.addr)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "[pools.web.passive]\nmax_fails = 2\nejection_time = \"60s\"\n",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    for _ in 0..6 {
+        let response = get(proxy.addr, "/name");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "good");
+    }
+    assert_eq!(bad.hits(), 0);
+    let server = admin_server(proxy.admin, "web", bad.addr);
+    assert_eq!(server["health"]["passive"], "ejected", "{server}");
+    assert_eq!(server["takes_traffic"], false, "{server}");
+}
+
+#[test]
+fn an_untrusted_certificate_answers_a_502_that_names_nothing() {
+    let setup = Setup::new();
+    let stranger = Authority::new("someone else's CA");
+    let origin = TlsOrigin::start("bad", &stranger.server(), None);
+    let toml = tls_pool(
+        &[ip(origin.addr)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    assert_generic_502(&get(proxy.addr, "/name"), origin.addr);
+    assert_eq!(origin.hits(), 0);
+}
+
+#[test]
+fn without_verification_an_untrusted_server_is_reached() {
+    let stranger = Authority::new("someone else's CA");
+    let origin = TlsOrigin::start("untrusted", &stranger.server(), None);
+    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], "verify = false", ""));
+    let response = get(proxy.addr, "/name");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "untrusted");
+}
+
+#[test]
+fn a_server_requiring_a_client_certificate_accepts_gatehouses_and_refuses_none() {
+    let setup = Setup::new();
+    let clients = Authority::new("client CA");
+    let origin = TlsOrigin::start("mutual", &setup.ca.server(), Some(&clients));
+    let client = clients.client();
+    let cert = write(&setup.dir, "client.pem", &client.cert_pem);
+    let key = write(&setup.dir, "client.key", &client.key_pem);
+    let ca = format!("ca_file = {:?}", setup.ca_file);
+
+    let with = format!("{ca}\ncert = {cert:?}\nkey = {key:?}");
+    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], &with, ""));
+    let response = get(proxy.addr, "/name");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "mutual");
+    drop(proxy);
+
+    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], &ca, ""));
+    assert_generic_502(&get(proxy.addr, "/name"), origin.addr);
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn a_health_probe_over_tls_marks_a_tls_server_up() {
+    let setup = Setup::new();
+    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
+    let toml = tls_pool(
+        &[ip(origin.addr)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "[pools.web.health]\npath = \"/health\"\ninterval = \"50ms\"\njitter = \"0s\"\n\
+         initial_state = \"down\"\nrise = 1\n",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    wait_until("the probe marks the server up", || {
+        admin_server(proxy.admin, "web", origin.addr)["health"]["probe"] == "up"
+    });
+    assert!(origin.health_checks() > 0);
+    assert_eq!(get(proxy.addr, "/name").text(), "secure");
+}
+
+#[test]
+fn a_health_probe_refuses_an_untrusted_tls_server() {
+    let setup = Setup::new();
+    let stranger = Authority::new("someone else's CA");
+    let origin = TlsOrigin::start("bad", &stranger.server(), None);
+    let toml = tls_pool(
+        &[ip(origin.addr)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "[pools.web.health]\npath = \"/health\"\ninterval = \"50ms\"\njitter = \"0s\"\n\
+         initial_state = \"up\"\nfall = 1\n",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    wait_until("the probe marks the server down", || {
+        admin_server(proxy.admin, "web", origin.addr)["health"]["probe"] == "down"
+    });
+    let server = admin_server(proxy.admin, "web", origin.addr);
+    let detail = server["health"]["last_probe"]["detail"].to_string();
+    assert!(detail.contains("certificate verify failed"), "{detail}");
+    assert_eq!(origin.health_checks(), 0);
+}
+
+#[test]
+fn a_reload_that_changes_the_tls_settings_rebuilds_the_pools_connections() {
+    let setup = Setup::new();
+    let stranger = Authority::new("someone else's CA");
+    let wrong_ca = write(&setup.dir, "wrong.pem", &stranger.pem());
+    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
+    let servers = [ip(origin.addr)];
+    let retry = "[pools.web.retry]\nattempts = 1\n[pools.web.passive]\nenabled = false\n";
+    let mut process = Process::start(&tls_pool(
+        &servers,
+        &format!("ca_file = {wrong_ca:?}"),
+        retry,
+    ));
+    assert_eq!(get(process.addr, "/name").status, 502);
+
+    let reload = |process: &Process| {
+        raw(
+            process.admin,
+            "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+    };
+    // A CA file that cannot be read is refused, and the running settings stay.
+    let missing = setup.dir.0.join("missing.pem");
+    let toml = tls_pool(&servers, &format!("ca_file = {missing:?}"), retry);
+    std::fs::write(&process.config, toml).unwrap();
+    let refused = reload(&process);
+    assert_ne!(refused.status, 200);
+    assert!(
+        refused.text().contains("pools.web.tls.ca_file"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(get(process.addr, "/name").status, 502);
+
+    let toml = tls_pool(&servers, &format!("ca_file = {:?}", setup.ca_file), retry);
+    std::fs::write(&process.config, toml).unwrap();
+    assert_eq!(reload(&process).status, 200);
+    let response = get(process.addr, "/name");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "secure");
+    process.signal(libc::SIGTERM);
+    process.wait();
+}
+
+/// Loads `toml` as the binary would; the error's text.
+fn refused(toml: &str) -> String {
+    let dir = TempDir::new();
+    let file = dir.write("bad.toml", toml);
+    let sources = gatehouse::settings::Sources {
+        settings_dir: Some(dir.0.join("none")),
+        config: Some(file),
+        env: Some(Default::default()),
+    };
+    match gatehouse::settings::load(&sources) {
+        Ok(_) => panic!("accepted: {toml}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn bad_tls_files_are_settings_errors_naming_key_value_and_file() {
+    let setup = Setup::new();
+    let servers = ["127.0.0.1:9".to_string()];
+    let missing = setup.dir.0.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let error = refused(&tls_pool(&servers, &format!("ca_file = {missing:?}"), ""));
+    for part in ["pools.web.tls.ca_file", missing, "bad.toml", "cannot read"] {
+        assert!(error.contains(part), "{part:?} missing from: {error}");
+    }
+
+    let junk = write(&setup.dir, "junk.pem", b"not a certificate");
+    let error = refused(&tls_pool(&servers, &format!("ca_file = {junk:?}"), ""));
+    assert!(error.contains("pools.web.tls.ca_file"), "{error}");
+    assert!(error.contains("no certificate"), "{error}");
+
+    let client = setup.ca.client();
+    let other = setup.ca.client();
+    let cert = write(&setup.dir, "client.pem", &client.cert_pem);
+    let key = write(&setup.dir, "other.key", &other.key_pem);
+    let error = refused(&tls_pool(
+        &servers,
+        &format!("cert = {cert:?}\nkey = {key:?}"),
+        "",
+    ));
+    assert!(error.contains("pools.web.tls.key"), "{error}");
+    assert!(error.contains("does not belong"), "{error}");
+
+    let error = refused(&tls_pool(&servers, &format!("cert = {cert:?}"), ""));
+    assert!(error.contains("pools.web.tls.key"), "{error}");
+
+    let error = refused(&tls_pool(&servers, "min_version = \"1.1\"", ""));
+    assert!(error.contains("min_version"), "{error}");
+}
+
+#[test]
+fn a_websocket_upgrade_to_a_tls_pool_is_refused_with_a_502() {
+    let setup = Setup::new();
+    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
+    let toml = tls_pool(
+        &[ip(origin.addr)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let response = raw(
+        proxy.addr,
+        "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_generic_502(&response, origin.addr);
+    assert_eq!(origin.handshakes(), 0);
+    assert_eq!(get(proxy.addr, "/name").text(), "secure");
+}
