@@ -814,14 +814,16 @@ table() {
     echo "- gatehouse: $git_rev; $(ver "$NGINX_BIN" -v); $(ver "$HAPROXY_BIN" -v | sed 's/ - https.*//'); $(ver "$WRK_BIN" -v | awk '{ print $1, $2 }')"
     echo "- wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency; ${ROUNDS} interleaved round(s); ${WARMUP_SECS}s warm-up per run; proxy on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
     echo "- Load average (1/5/15 min) before the run: $LOAD_BEFORE"
-    echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
     main_rows=()
     for p in "${PROXIES[@]}"; do
         if ! is_gzip "$p"; then main_rows+=("$p"); fi
     done
     if ((${#main_rows[@]} > 0)); then
+        echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
         echo
         table nginx "${main_rows[*]}"
+    else
+        echo "- Medians over rounds"
     fi
     if $STICKY_SELECTED && selected gatehouse; then
         echo
