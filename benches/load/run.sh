@@ -14,7 +14,11 @@
 #                      same gatehouse, a client that never does: a new cookie per response),
 #                      gatehouse-secure (a hardened [security] section that admits the load:
 #                      the cost of the checks), and gatehouse-gzip and nginx-gzip (gzip level 5
-#                      on a 64 KiB HTML page, a scenario of their own; wrk asks for gzip)
+#                      on a 64 KiB HTML page, a scenario of their own; wrk asks for gzip),
+#                      and gatehouse-tls and nginx-tls (TLS termination with the same test
+#                      certificate and Mozilla intermediate settings, scenarios of their own:
+#                      the 1 KiB GET over keep-alive HTTPS, the same with a new TLS connection
+#                      per request, and over HTTP/2 with h2load when it is installed)
 #
 # CPU layout: the proxy under test is pinned to CPU 0; the origin and wrk share CPU 1.
 # The markdown table goes to stdout and to target/bench-load/results.md; progress
@@ -47,11 +51,14 @@ GATEHOUSE_STICKY_PORT=18084
 GATEHOUSE_SECURE_PORT=18085
 GATEHOUSE_GZIP_PORT=18086
 NGINX_GZIP_PORT=18087
+GATEHOUSE_TLS_PORT=18088       # TLS; gatehouse-tls.toml's plain listener is 18092
+NGINX_TLS_PORT=18089
 
 GATEHOUSE_CONFIG=benches/load/gatehouse.toml
 GATEHOUSE_STICKY_CONFIG=benches/load/gatehouse-sticky.toml
 GATEHOUSE_SECURE_CONFIG=benches/load/gatehouse-secure.toml
 GATEHOUSE_GZIP_CONFIG=benches/load/gatehouse-gzip.toml
+GATEHOUSE_TLS_CONFIG=benches/load/gatehouse-tls.toml
 STICKY_COOKIE=gh_srv
 OUT="$ROOT/target/bench-load"
 RESULTS="$OUT/results.md"
@@ -61,16 +68,27 @@ RUNS_TSV="$OUT/runs.tsv"
 # GZIP_SCENARIO: an HTML page (text/html from the origin) fetched with Accept-Encoding: gzip.
 SCENARIOS=(1k 64k)
 GZIP_SCENARIO=page.html
-declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536 [page.html]=65536)
-declare -A SCENARIO_LABEL=([1k]="1 KiB GET" [64k]="64 KiB GET" [page.html]="64 KiB HTML, gzip")
+# The TLS proxies run only the TLS scenarios, all on the 1 KiB page: keep-alive HTTPS (wrk),
+# a new TLS connection per request (wrk with Connection: close: wrk does not resume sessions,
+# so every request costs a full handshake) and HTTP/2 (h2load, one stream per connection, when
+# h2load is installed).
+TLS_SCENARIOS=(tls-1k tls-new)
+declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536 [page.html]=65536 [tls-1k]=1024 [tls-new]=1024 [tls-h2]=1024)
+declare -A SCENARIO_LABEL=([1k]="1 KiB GET" [64k]="64 KiB GET" [page.html]="64 KiB HTML, gzip"
+    [tls-1k]="1 KiB GET, HTTPS keep-alive" [tls-new]="1 KiB GET, new TLS connection each"
+    [tls-h2]="1 KiB GET, HTTP/2 over TLS")
+declare -A SCENARIO_PATH=([1k]=1k [64k]=64k [page.html]=page.html [tls-1k]=1k [tls-new]=1k [tls-h2]=1k)
 declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
     [gatehouse-sticky]=$GATEHOUSE_STICKY_PORT [gatehouse-sticky-nocookie]=$GATEHOUSE_STICKY_PORT
     [gatehouse-secure]=$GATEHOUSE_SECURE_PORT [gatehouse-gzip]=$GATEHOUSE_GZIP_PORT
-    [nginx-gzip]=$NGINX_GZIP_PORT)
+    [nginx-gzip]=$NGINX_GZIP_PORT [gatehouse-tls]=$GATEHOUSE_TLS_PORT [nginx-tls]=$NGINX_TLS_PORT)
 declare -A PROXY_COMM=([gatehouse]=gatehouse [nginx]=nginx [haproxy]=haproxy
     [gatehouse-sticky]=gatehouse [gatehouse-sticky-nocookie]=gatehouse
-    [gatehouse-secure]=gatehouse [gatehouse-gzip]=gatehouse [nginx-gzip]=nginx)
+    [gatehouse-secure]=gatehouse [gatehouse-gzip]=gatehouse [nginx-gzip]=nginx
+    [gatehouse-tls]=gatehouse [nginx-tls]=nginx)
 is_gzip() { [[ $1 == gatehouse-gzip || $1 == nginx-gzip ]]; }
+is_tls() { [[ $1 == gatehouse-tls || $1 == nginx-tls ]]; }
+is_tls_scenario() { [[ $1 == tls-* ]]; }
 
 log() { printf '[bench-load] %s\n' "$*" >&2; }
 die() { printf '[bench-load] error: %s\n' "$*" >&2; exit 1; }
@@ -87,8 +105,8 @@ PROXIES=()
 for p in $PROXIES_RAW; do
     case $p in
         gatehouse | nginx | haproxy | gatehouse-sticky | gatehouse-sticky-nocookie | gatehouse-secure | \
-            gatehouse-gzip | nginx-gzip) ;;
-        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip)" ;;
+            gatehouse-gzip | nginx-gzip | gatehouse-tls | nginx-tls) ;;
+        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip gatehouse-tls nginx-tls)" ;;
     esac
     [[ " ${PROXIES[*]-} " == *" $p "* ]] || PROXIES+=("$p")
 done
@@ -99,16 +117,29 @@ if selected gatehouse-sticky || selected gatehouse-sticky-nocookie; then STICKY_
 GZIP_SELECTED=false
 if selected gatehouse-gzip || selected nginx-gzip; then GZIP_SELECTED=true; fi
 GATEHOUSE_SELECTED=$STICKY_SELECTED
-if selected gatehouse || selected gatehouse-secure || selected gatehouse-gzip; then GATEHOUSE_SELECTED=true; fi
-# Scenarios run: the standard ones when any proxy other than the gzip ones is selected,
-# the gzip one when a gzip proxy is.
+TLS_SELECTED=false
+if selected gatehouse-tls || selected nginx-tls; then TLS_SELECTED=true; fi
+if selected gatehouse || selected gatehouse-secure || selected gatehouse-gzip || selected gatehouse-tls; then
+    GATEHOUSE_SELECTED=true
+fi
+H2LOAD_BIN=$(command -v h2load || true)
+if $TLS_SELECTED && [[ -n $H2LOAD_BIN ]]; then TLS_SCENARIOS+=(tls-h2); fi
+# Scenarios run: the standard ones when any proxy other than the gzip and TLS ones is
+# selected, the gzip one when a gzip proxy is, the TLS ones when a TLS proxy is.
 RUN_SCENARIOS=()
 for p in "${PROXIES[@]}"; do
-    if ! is_gzip "$p"; then RUN_SCENARIOS=("${SCENARIOS[@]}"); break; fi
+    if ! is_gzip "$p" && ! is_tls "$p"; then RUN_SCENARIOS=("${SCENARIOS[@]}"); break; fi
 done
 if $GZIP_SELECTED; then RUN_SCENARIOS+=("$GZIP_SCENARIO"); fi
+if $TLS_SELECTED; then RUN_SCENARIOS+=("${TLS_SCENARIOS[@]}"); fi
 proxy_runs() { # proxy scenario -> whether that proxy runs that scenario
-    if is_gzip "$1"; then [[ $2 == "$GZIP_SCENARIO" ]]; else [[ $2 != "$GZIP_SCENARIO" ]]; fi
+    if is_gzip "$1"; then
+        [[ $2 == "$GZIP_SCENARIO" ]]
+    elif is_tls "$1"; then
+        is_tls_scenario "$2"
+    else
+        [[ $2 != "$GZIP_SCENARIO" ]] && ! is_tls_scenario "$2"
+    fi
 }
 
 # --------------------------------------------------------------- prerequisites
@@ -125,6 +156,10 @@ fi
 for tool in taskset curl timeout getconf awk; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
 done
+if $TLS_SELECTED; then
+    command -v openssl >/dev/null || die "'openssl' is required for the TLS scenarios but not installed"
+    [[ -n $H2LOAD_BIN ]] || log "h2load not found (apt-get install -y nghttp2-client): the HTTP/2 scenario is not run"
+fi
 if $GZIP_SELECTED; then
     for tool in gzip cmp; do
         command -v "$tool" >/dev/null || die "'$tool' is required for the gzip scenario but not installed"
@@ -219,19 +254,20 @@ status_kb() { # pid field -> kB
 [[ $OUT == "$ROOT/target/bench-load" ]] || die "unexpected output directory $OUT"
 rm -rf "$OUT/origin" "$OUT/nginx" "$OUT/haproxy" "$OUT/gatehouse" "$OUT/docroot" "$OUT/wrk" \
     "$OUT/gatehouse-sticky" "$OUT/gatehouse-sticky-nocookie" "$OUT/gatehouse-secure" \
-    "$OUT/gatehouse-gzip" "$OUT/nginx-gzip"
+    "$OUT/gatehouse-gzip" "$OUT/nginx-gzip" "$OUT/gatehouse-tls" "$OUT/nginx-tls" "$OUT/tls"
 mkdir -p "$OUT"/{origin,nginx,haproxy,gatehouse,docroot,wrk}
-for p in gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip; do
+for p in gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip gatehouse-tls nginx-tls; do
     if selected "$p"; then mkdir -p "$OUT/$p"; fi
 done
-for d in origin nginx nginx-gzip; do
-    if [[ $d != nginx-gzip ]] || selected nginx-gzip; then
+for d in origin nginx nginx-gzip nginx-tls; do
+    if [[ $d == origin || $d == nginx ]] || selected "$d"; then
         mkdir -p "$OUT/$d"/{logs,tmp/body,tmp/proxy,tmp/fastcgi,tmp/uwsgi,tmp/scgi}
     fi
 done
 
 CHECK_PORTS=("$ORIGIN_PORT")
 for p in "${PROXIES[@]}"; do CHECK_PORTS+=("${PROXY_PORT[$p]}"); done
+if selected gatehouse-tls; then CHECK_PORTS+=(18092); fi # gatehouse-tls.toml's plain listener
 for port in "${CHECK_PORTS[@]}"; do
     if port_in_use "$port"; then
         ss -Htlnp "sport = :$port" >&2 2>/dev/null || true
@@ -383,6 +419,75 @@ $(temp_paths "$OUT/nginx-gzip")
 EOF
 fi
 
+# TLS: a test CA and a leaf certificate for localhost and 127.0.0.1 (RSA 2048, SHA-256, the
+# common case), made fresh for every run, both proxies serving the same leaf; and the RFC 7919
+# ffdhe2048 group for NGINX's DHE ciphers, the group gatehouse uses.
+TLS_DIR="$OUT/tls"
+MOZILLA_CIPHERS=ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384
+if $TLS_SELECTED; then
+    mkdir -p "$TLS_DIR"
+    {
+        openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 -subj "/CN=gatehouse bench CA" \
+            -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+            openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
+                -keyout "$TLS_DIR/localhost.key" -out "$TLS_DIR/localhost.csr" &&
+            printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+                "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$TLS_DIR/leaf.ext" &&
+            openssl x509 -req -sha256 -days 30 -in "$TLS_DIR/localhost.csr" -CA "$TLS_DIR/ca.pem" \
+                -CAkey "$TLS_DIR/ca.key" -CAcreateserial -extfile "$TLS_DIR/leaf.ext" -out "$TLS_DIR/localhost.crt" &&
+            cat "$TLS_DIR/localhost.crt" "$TLS_DIR/ca.pem" >"$TLS_DIR/localhost.pem" &&
+            openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048 -out "$TLS_DIR/ffdhe2048.pem"
+    } >"$TLS_DIR/openssl.log" 2>&1 || die "could not generate the test certificates (log: $TLS_DIR/openssl.log)"
+fi
+
+# NGINX with TLS: the same as NGINX under test, listening with TLS on the same certificate,
+# with Mozilla's intermediate settings (its generator's NGINX output, version 5: TLS 1.2 and
+# 1.3, the same cipher list as gatehouse's default, the client's cipher order, a 10 MB shared
+# session cache, no session tickets, ffdhe2048) and HTTP/2 on the listener as gatehouse offers it.
+if selected nginx-tls; then
+    cat >"$OUT/nginx-tls/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/nginx-tls/nginx.pid;
+error_log $OUT/nginx-tls/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+$(temp_paths "$OUT/nginx-tls")
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2 backlog=4096;
+        ssl_certificate     $TLS_DIR/localhost.pem;
+        ssl_certificate_key $TLS_DIR/localhost.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ecdh_curve X25519:prime256v1:secp384r1;
+        ssl_ciphers $MOZILLA_CIPHERS;
+        ssl_prefer_server_ciphers off;
+        ssl_session_timeout 1d;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets off;
+        ssl_dhparam $TLS_DIR/ffdhe2048.pem;
+        http2_max_requests 10000000;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+}
+EOF
+fi
+
 # HAProxy under test: one thread, connection reuse to the origin, no logging.
 cat >"$OUT/haproxy/haproxy.cfg" <<EOF
 global
@@ -418,6 +523,10 @@ if selected nginx-gzip; then
     "$NGINX_BIN" -t -q -p "$OUT/nginx-gzip" -e "$OUT/nginx-gzip/logs/error.log" -c "$OUT/nginx-gzip/nginx.conf" ||
         die "nginx-gzip config is invalid ($OUT/nginx-gzip/nginx.conf)"
 fi
+if selected nginx-tls; then
+    "$NGINX_BIN" -t -q -p "$OUT/nginx-tls" -e "$OUT/nginx-tls/logs/error.log" -c "$OUT/nginx-tls/nginx.conf" ||
+        die "nginx-tls config is invalid ($OUT/nginx-tls/nginx.conf)"
+fi
 if selected haproxy; then
     "$HAPROXY_BIN" -c -q -f "$OUT/haproxy/haproxy.cfg" ||
         die "haproxy config is invalid ($OUT/haproxy/haproxy.cfg)"
@@ -447,6 +556,12 @@ if $GATEHOUSE_SELECTED; then
             grep -q '^\[compression\]' "$GATEHOUSE_GZIP_CONFIG" ||
             die "$GATEHOUSE_GZIP_CONFIG must listen on 127.0.0.1:$GATEHOUSE_GZIP_PORT, point at 127.0.0.1:$ORIGIN_PORT and have [compression]"
     fi
+    if selected gatehouse-tls; then
+        grep -q "127.0.0.1:$GATEHOUSE_TLS_PORT" "$GATEHOUSE_TLS_CONFIG" &&
+            grep -q "127.0.0.1:$ORIGIN_PORT" "$GATEHOUSE_TLS_CONFIG" &&
+            grep -q '^\[tls\]' "$GATEHOUSE_TLS_CONFIG" ||
+            die "$GATEHOUSE_TLS_CONFIG must listen on 127.0.0.1:$GATEHOUSE_TLS_PORT, point at 127.0.0.1:$ORIGIN_PORT and have [tls]"
+    fi
     log "building gatehouse (cargo build --release)"
     cargo build --release >&2 || die "cargo build --release failed"
     [[ -x $GATEHOUSE_BIN ]] || die "no gatehouse binary at $GATEHOUSE_BIN after the build"
@@ -468,6 +583,12 @@ start_proxy() { # proxy -> LAST_PID
         gatehouse-gzip)
             start_bg "$proxy" "$logfile" env RUST_LOG=warn \
                 taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_GZIP_CONFIG" ;;
+        gatehouse-tls)
+            start_bg "$proxy" "$logfile" env RUST_LOG=warn \
+                taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_TLS_CONFIG" ;;
+        nginx-tls)
+            start_bg nginx-tls "$logfile" taskset -c "$PROXY_CPU" \
+                "$NGINX_BIN" -p "$OUT/nginx-tls" -e "$OUT/nginx-tls/logs/error.log" -c "$OUT/nginx-tls/nginx.conf" ;;
         nginx-gzip)
             start_bg nginx-gzip "$logfile" taskset -c "$PROXY_CPU" \
                 "$NGINX_BIN" -p "$OUT/nginx-gzip" -e "$OUT/nginx-gzip/logs/error.log" -c "$OUT/nginx-gzip/nginx.conf" ;;
@@ -488,6 +609,23 @@ start_proxy() { # proxy -> LAST_PID
 # check_response port scenario -> prints "ok" or a short description of what is wrong
 check_response() {
     local got
+    if is_tls_scenario "$2"; then
+        local http=--http1.1
+        [[ $2 != tls-h2 ]] || http=--http2
+        got=$(curl -sS -o /dev/null --max-time 5 -w '%{http_code} %{size_download} %{http_version}' "$http" \
+            --cacert "$TLS_DIR/ca.pem" --resolve "localhost:$1:127.0.0.1" \
+            "https://localhost:$1/${SCENARIO_PATH[$2]}" 2>&1) || true
+        if [[ $got == "200 ${SCENARIO_BYTES[$2]} "* ]]; then
+            if [[ $2 == tls-h2 && $got != *" 2" ]]; then
+                echo "not HTTP/2 (${got//[$'\n\t']/ })"
+            else
+                echo ok
+            fi
+        else
+            echo "bad response (${got//[$'\n\t']/ })"
+        fi
+        return
+    fi
     got=$(curl -sS -o /dev/null --max-time 5 -w '%{http_code} %{size_download}' \
         "http://127.0.0.1:$1/$2" 2>&1) || true
     if [[ $got == "200 ${SCENARIO_BYTES[$2]}" ]]; then
@@ -544,20 +682,44 @@ check_sticky() {
     fi
 }
 
-# run_wrk port scenario seconds outfile [wrk options...] -> exit status of wrk (bounded by timeout)
+# run_wrk port scenario seconds outfile [wrk options...] -> exit status of wrk (bounded by
+# timeout). The TLS scenarios use https (tls-h2: h2load, one stream per connection, as many
+# connections as wrk; its output is parsed by parse_h2load).
 run_wrk() {
-    local rc=0
-    start_bg wrk "$4" timeout -k 5 $(($3 + 30)) \
-        taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNECTIONS" -d"$3"s --latency "${@:5}" \
-        "http://127.0.0.1:$1/$2"
+    local rc=0 scheme=http
+    is_tls_scenario "$2" && scheme=https
+    if [[ $2 == tls-h2 ]]; then
+        start_bg h2load "$4" timeout -k 5 $(($3 + 30)) \
+            taskset -c "$LOAD_CPU" "$H2LOAD_BIN" -t1 -c"$CONNECTIONS" -m1 -D"$3" "${@:5}" \
+            "https://127.0.0.1:$1/${SCENARIO_PATH[$2]}"
+    else
+        start_bg wrk "$4" timeout -k 5 $(($3 + 30)) \
+            taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c"$CONNECTIONS" -d"$3"s --latency "${@:5}" \
+            "$scheme://127.0.0.1:$1/${SCENARIO_PATH[$2]}"
+    fi
     local pid=$LAST_PID
     wait "$pid" || rc=$?
     unset "STARTED[$pid]"
     return "$rc"
 }
 
+# parse_h2load file -> the same fields as parse_wrk; h2load gives no percentiles (-1), the
+# bytes are the response bodies (its "data"), failed, errored and timed out requests count
+# as socket errors.
+parse_h2load() {
+    awk '
+    BEGIN { rps = 0; req = 0; bytes = 0; non2xx = 0; sock = 0 }
+    $1 == "finished" && $2 == "in" { rps = $4 + 0 }
+    $1 == "requests:" { req = $8 + 0; sock = ($10 + 0) + ($12 + 0) + ($14 + 0) }
+    $1 == "status" && $2 == "codes:" { non2xx = ($5 + 0) + ($7 + 0) + ($9 + 0) }
+    $1 == "traffic:" { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^data/) { b = $i; gsub(/[()]/, "", b); bytes = b + 0 } }
+    END { printf "%s -1 -1 %d %.0f %.0f %d %d\n", rps, req, bytes, bytes, non2xx, sock }
+    ' "$1"
+}
+
 # parse_wrk file -> "rps p50_ms p99_ms requests bytes_read bytes_read_max non2xx socket_errors"
 parse_wrk() {
+    if [[ $1 == *-tls-h2-* ]]; then parse_h2load "$1"; return; fi
     awk '
     function to_ms(v,   n, u) {
         n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
@@ -671,6 +833,7 @@ for ((r = 0; r < ROUNDS; r++)); do
                 gatehouse-gzip | nginx-gzip)
                     wrk_opts=(-H "Accept-Encoding: gzip") ;;
             esac
+            [[ $s != tls-new ]] || wrk_opts=(-H "Connection: close")
 
             tag="r$((r + 1))-$s-$p"
             run_wrk "$port" "$s" "$WARMUP_SECS" "$OUT/wrk/$tag-warmup.txt" "${wrk_opts[@]}" ||
@@ -713,7 +876,7 @@ for ((r = 0; r < ROUNDS; r++)); do
             fi
             ((non2xx == 0)) || problems+=("$non2xx non-2xx")
             ((sockerr == 0)) || problems+=("$sockerr socket errors")
-            [[ $p50 != -1 && $p99 != -1 ]] || problems+=("no latency distribution")
+            [[ $s == tls-h2 || ($p50 != -1 && $p99 != -1) ]] || problems+=("no latency distribution")
 
             problem_text=ok
             if ((${#problems[@]} > 0)); then
@@ -751,7 +914,8 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/n
 table() {
     awk -F'\t' -v base="$1" -v proxies="$2" -v scenarios="${3:-${SCENARIOS[*]}}" \
         -v l1k="${SCENARIO_LABEL[1k]}" -v l64k="${SCENARIO_LABEL[64k]}" \
-        -v lpage="${SCENARIO_LABEL[$GZIP_SCENARIO]}" -v page="$GZIP_SCENARIO" '
+        -v lpage="${SCENARIO_LABEL[$GZIP_SCENARIO]}" -v page="$GZIP_SCENARIO" \
+        -v ltls1k="${SCENARIO_LABEL[tls-1k]}" -v ltlsnew="${SCENARIO_LABEL[tls-new]}" -v ltlsh2="${SCENARIO_LABEL[tls-h2]}" '
     function median(key,   n, i, j, t, a) {
         n = cnt[key]
         for (i = 1; i <= n; i++) a[i] = val[key, i]
@@ -789,6 +953,7 @@ table() {
         np = split(proxies, P, " "); ns = split(scenarios, S, " ")
         for (i = 1; i <= np; i++) have[P[i]] = 1
         label["1k"] = l1k; label["64k"] = l64k; label[page] = lpage
+        label["tls-1k"] = ltls1k; label["tls-new"] = ltlsnew; label["tls-h2"] = ltlsh2
         print "| Scenario | Proxy | req/s | p50 ms | p99 ms | CPU-ms / 1k req | Peak RSS MiB | Idle RSS MiB | Errors |"
         print "|---|---|---:|---:|---:|---:|---:|---:|---|"
         for (i = 1; i <= ns; i++) for (j = 1; j <= np; j++) {
@@ -816,7 +981,7 @@ table() {
     echo "- Load average (1/5/15 min) before the run: $LOAD_BEFORE"
     main_rows=()
     for p in "${PROXIES[@]}"; do
-        if ! is_gzip "$p"; then main_rows+=("$p"); fi
+        if ! is_gzip "$p" && ! is_tls "$p"; then main_rows+=("$p"); fi
     done
     if ((${#main_rows[@]} > 0)); then
         echo "- Medians over rounds; (×N) = ratio to NGINX in the same scenario (lower is better except req/s)"
@@ -870,6 +1035,28 @@ table() {
             if selected "$p"; then gzip_rows+=("$p"); fi
         done
         table nginx-gzip "${gzip_rows[*]}" "$GZIP_SCENARIO"
+    fi
+    if $TLS_SELECTED; then
+        echo
+        echo "### TLS: ratios to NGINX with TLS"
+        echo
+        echo "- the same test certificate on both (RSA 2048, a test CA's leaf for localhost): $TLS_DIR/localhost.pem"
+        echo "- gatehouse-tls: $GATEHOUSE_TLS_CONFIG (the [tls] defaults: Mozilla intermediate); nginx-tls: Mozilla"
+        echo "  intermediate (ssl_protocols TLSv1.2 TLSv1.3, the same ciphers, ssl_session_cache shared:SSL:10m)"
+        echo "- ${SCENARIO_LABEL[tls-1k]}: wrk over https, connections reused; ${SCENARIO_LABEL[tls-new]}: wrk"
+        echo "  over https with Connection: close, a full handshake per request (wrk does not resume), req/s = handshakes/s"
+        if [[ -n $H2LOAD_BIN ]]; then
+            echo "- ${SCENARIO_LABEL[tls-h2]}: $(ver "$H2LOAD_BIN" --version) -t1 -c$CONNECTIONS -m1 -D${DURATION} (no percentiles: n/a)"
+        else
+            echo "- HTTP/2: not run (h2load not installed)"
+        fi
+        echo "- (×N) = ratio to nginx-tls in the same scenario"
+        echo
+        tls_rows=()
+        for p in gatehouse-tls nginx-tls; do
+            if selected "$p"; then tls_rows+=("$p"); fi
+        done
+        table nginx-tls "${tls_rows[*]}" "${TLS_SCENARIOS[*]}"
     fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
