@@ -69,15 +69,18 @@ RUNS_TSV="$OUT/runs.tsv"
 SCENARIOS=(1k 64k)
 GZIP_SCENARIO=page.html
 # The TLS proxies run only the TLS scenarios, all on the 1 KiB page: keep-alive HTTPS (wrk),
-# a new TLS connection per request (wrk with Connection: close: wrk does not resume sessions,
-# so every request costs a full handshake) and HTTP/2 (h2load, one stream per connection, when
+# a new TLS connection per request with wrk (Connection: close; wrk keeps each connection's
+# TLS session and resumes it on the next connection, so these are resumed handshakes), a new
+# connection per request with a full handshake (openssl s_time -new, which never resumes,
+# TLS_FULL_CLIENTS of them at once), and HTTP/2 (h2load, one stream per connection, when
 # h2load is installed).
-TLS_SCENARIOS=(tls-1k tls-new)
-declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536 [page.html]=65536 [tls-1k]=1024 [tls-new]=1024 [tls-h2]=1024)
+TLS_SCENARIOS=(tls-1k tls-new tls-full)
+TLS_FULL_CLIENTS=16
+declare -A SCENARIO_BYTES=([1k]=1024 [64k]=65536 [page.html]=65536 [tls-1k]=1024 [tls-new]=1024 [tls-full]=1024 [tls-h2]=1024)
 declare -A SCENARIO_LABEL=([1k]="1 KiB GET" [64k]="64 KiB GET" [page.html]="64 KiB HTML, gzip"
-    [tls-1k]="1 KiB GET, HTTPS keep-alive" [tls-new]="1 KiB GET, new TLS connection each"
-    [tls-h2]="1 KiB GET, HTTP/2 over TLS")
-declare -A SCENARIO_PATH=([1k]=1k [64k]=64k [page.html]=page.html [tls-1k]=1k [tls-new]=1k [tls-h2]=1k)
+    [tls-1k]="1 KiB GET, HTTPS keep-alive" [tls-new]="1 KiB GET, new connection each, resumed TLS"
+    [tls-full]="1 KiB GET, new connection each, full TLS handshake" [tls-h2]="1 KiB GET, HTTP/2 over TLS")
+declare -A SCENARIO_PATH=([1k]=1k [64k]=64k [page.html]=page.html [tls-1k]=1k [tls-new]=1k [tls-full]=1k [tls-h2]=1k)
 declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
     [gatehouse-sticky]=$GATEHOUSE_STICKY_PORT [gatehouse-sticky-nocookie]=$GATEHOUSE_STICKY_PORT
     [gatehouse-secure]=$GATEHOUSE_SECURE_PORT [gatehouse-gzip]=$GATEHOUSE_GZIP_PORT
@@ -688,7 +691,21 @@ check_sticky() {
 run_wrk() {
     local rc=0 scheme=http
     is_tls_scenario "$2" && scheme=https
-    if [[ $2 == tls-h2 ]]; then
+    if [[ $2 == tls-full ]]; then
+        # TLS_FULL_CLIENTS openssl s_time -new at once, each for the given seconds; the summary
+        # line (connections, bytes, wall-clock seconds of the whole) is what parse_s_time reads.
+        start_bg s_time "$4" timeout -k 5 $(($3 + 30)) taskset -c "$LOAD_CPU" bash -c '
+            out=$1 port=$2 path=$3 secs=$4 k=$5
+            t0=$(date +%s.%N)
+            for ((i = 1; i <= k; i++)); do
+                openssl s_time -new -connect "127.0.0.1:$port" -www "/$path" -time "$secs" >"$out.$i" 2>&1 &
+            done
+            wait
+            t1=$(date +%s.%N)
+            awk -v t0="$t0" -v t1="$t1" "\$2 == \"connections\" && \$5 == \"real\" { n += \$1; b += \$1 * \$7 }
+                END { printf \"s_time total %d connections %.0f bytes %.3f seconds\\n\", n, b, t1 - t0 }" "$out".*
+        ' s_time "$4" "$1" "${SCENARIO_PATH[$2]}" "$3" "$TLS_FULL_CLIENTS"
+    elif [[ $2 == tls-h2 ]]; then
         start_bg h2load "$4" timeout -k 5 $(($3 + 30)) \
             taskset -c "$LOAD_CPU" "$H2LOAD_BIN" -t1 -c"$CONNECTIONS" -m1 -D"$3" "${@:5}" \
             "https://127.0.0.1:$1/${SCENARIO_PATH[$2]}"
@@ -718,8 +735,18 @@ parse_h2load() {
 }
 
 # parse_wrk file -> "rps p50_ms p99_ms requests bytes_read bytes_read_max non2xx socket_errors"
+# parse_s_time file -> the same fields as parse_wrk, from run_wrk's summary of the s_time
+# clients: no percentiles (-1), req/s = connections per wall-clock second; s_time reads the
+# whole response of HTTP/1.0 requests and checks no status, so bytes stand in for that.
+parse_s_time() {
+    awk '$1 == "s_time" && $2 == "total" {
+        printf "%.2f -1 -1 %d %.0f %.0f 0 0\n", ($7 > 0) ? $3 / $7 : 0, $3, $5, $5; found = 1 }
+        END { if (!found) print "0 -1 -1 0 0 0 0 0" }' "$1"
+}
+
 parse_wrk() {
     if [[ $1 == *-tls-h2-* ]]; then parse_h2load "$1"; return; fi
+    if [[ $1 == *-tls-full-* ]]; then parse_s_time "$1"; return; fi
     awk '
     function to_ms(v,   n, u) {
         n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
@@ -876,7 +903,7 @@ for ((r = 0; r < ROUNDS; r++)); do
             fi
             ((non2xx == 0)) || problems+=("$non2xx non-2xx")
             ((sockerr == 0)) || problems+=("$sockerr socket errors")
-            [[ $s == tls-h2 || ($p50 != -1 && $p99 != -1) ]] || problems+=("no latency distribution")
+            [[ $s == tls-h2 || $s == tls-full || ($p50 != -1 && $p99 != -1) ]] || problems+=("no latency distribution")
 
             problem_text=ok
             if ((${#problems[@]} > 0)); then
@@ -915,7 +942,8 @@ table() {
     awk -F'\t' -v base="$1" -v proxies="$2" -v scenarios="${3:-${SCENARIOS[*]}}" \
         -v l1k="${SCENARIO_LABEL[1k]}" -v l64k="${SCENARIO_LABEL[64k]}" \
         -v lpage="${SCENARIO_LABEL[$GZIP_SCENARIO]}" -v page="$GZIP_SCENARIO" \
-        -v ltls1k="${SCENARIO_LABEL[tls-1k]}" -v ltlsnew="${SCENARIO_LABEL[tls-new]}" -v ltlsh2="${SCENARIO_LABEL[tls-h2]}" '
+        -v ltls1k="${SCENARIO_LABEL[tls-1k]}" -v ltlsnew="${SCENARIO_LABEL[tls-new]}" -v ltlsh2="${SCENARIO_LABEL[tls-h2]}" \
+        -v ltlsfull="${SCENARIO_LABEL[tls-full]}" '
     function median(key,   n, i, j, t, a) {
         n = cnt[key]
         for (i = 1; i <= n; i++) a[i] = val[key, i]
@@ -953,7 +981,7 @@ table() {
         np = split(proxies, P, " "); ns = split(scenarios, S, " ")
         for (i = 1; i <= np; i++) have[P[i]] = 1
         label["1k"] = l1k; label["64k"] = l64k; label[page] = lpage
-        label["tls-1k"] = ltls1k; label["tls-new"] = ltlsnew; label["tls-h2"] = ltlsh2
+        label["tls-1k"] = ltls1k; label["tls-new"] = ltlsnew; label["tls-h2"] = ltlsh2; label["tls-full"] = ltlsfull
         print "| Scenario | Proxy | req/s | p50 ms | p99 ms | CPU-ms / 1k req | Peak RSS MiB | Idle RSS MiB | Errors |"
         print "|---|---|---:|---:|---:|---:|---:|---:|---|"
         for (i = 1; i <= ns; i++) for (j = 1; j <= np; j++) {
@@ -1043,8 +1071,11 @@ table() {
         echo "- the same test certificate on both (RSA 2048, a test CA's leaf for localhost): $TLS_DIR/localhost.pem"
         echo "- gatehouse-tls: $GATEHOUSE_TLS_CONFIG (the [tls] defaults: Mozilla intermediate); nginx-tls: Mozilla"
         echo "  intermediate (ssl_protocols TLSv1.2 TLSv1.3, the same ciphers, ssl_session_cache shared:SSL:10m)"
-        echo "- ${SCENARIO_LABEL[tls-1k]}: wrk over https, connections reused; ${SCENARIO_LABEL[tls-new]}: wrk"
-        echo "  over https with Connection: close, a full handshake per request (wrk does not resume), req/s = handshakes/s"
+        echo "- ${SCENARIO_LABEL[tls-1k]}: wrk over https, connections reused"
+        echo "- ${SCENARIO_LABEL[tls-new]}: wrk over https with Connection: close; wrk resumes each connection's"
+        echo "  previous TLS session, so these are resumed handshakes; req/s = connections/s"
+        echo "- ${SCENARIO_LABEL[tls-full]}: $TLS_FULL_CLIENTS x openssl s_time -new -www /1k (HTTP/1.0, a full"
+        echo "  handshake per connection, never resumed); req/s = handshakes/s over the wall clock, no percentiles (n/a)"
         if [[ -n $H2LOAD_BIN ]]; then
             echo "- ${SCENARIO_LABEL[tls-h2]}: $(ver "$H2LOAD_BIN" --version) -t1 -c$CONNECTIONS -m1 -D${DURATION} (no percentiles: n/a)"
         else
