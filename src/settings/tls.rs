@@ -48,6 +48,10 @@ pub struct CertificateSettings {
     /// certificate's DNS subject alternative names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
+    /// DER file: an OCSP response for the certificate, stapled to every handshake that asks
+    /// for one. Read again at every reload; refreshing it is the operator's job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_file: Option<String>,
 }
 
 /// The oldest TLS version accepted.

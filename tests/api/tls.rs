@@ -488,3 +488,65 @@ fn bad_tls_settings_name_the_key_and_the_file() {
     ));
     assert!(err.contains("routes[0].redirect_https"), "{err}");
 }
+
+/// The OCSP response the server stapled, if any, asking for one.
+fn stapled(addr: SocketAddr, ca: &X509, sni: &str) -> Option<Vec<u8>> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.cert_store_mut().add_cert(ca.clone()).unwrap();
+    // Accept whatever is stapled; the test compares the bytes.
+    builder.set_status_callback(|_| Ok(true)).unwrap();
+    let mut config = builder.build().configure().unwrap().verify_hostname(false);
+    config
+        .set_status_type(openssl::ssl::StatusType::OCSP)
+        .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let stream = config.connect(sni, tcp).expect("handshake");
+    stream.ssl().ocsp_status().map(<[u8]>::to_vec)
+}
+
+#[test]
+fn an_ocsp_response_is_stapled_for_its_certificate_only() {
+    use openssl::ocsp::{OcspResponse, OcspResponseStatus};
+    let origin = Origin::start("origin");
+    let pki = Pki::new();
+    // A well-formed response; what it says does not matter to stapling.
+    let der = OcspResponse::create(OcspResponseStatus::TRY_LATER, None)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let ocsp = pki.dir.0.join("a.ocsp");
+    std::fs::write(&ocsp, &der).unwrap();
+    // In the first certificate's table (a.test), not the second's (*.b.test).
+    let base = pki.tls_section();
+    let second = base.match_indices("[[tls.certificates]]").nth(1).unwrap().0;
+    let section = format!(
+        "{}ocsp_file = {ocsp:?}\n{}",
+        &base[..second],
+        &base[second..]
+    );
+    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], &section));
+    assert_eq!(stapled(proxy.tls[0], &pki.ca, "a.test"), Some(der));
+    assert_eq!(stapled(proxy.tls[0], &pki.ca, "www.b.test"), None);
+}
+
+#[test]
+fn a_broken_ocsp_file_is_a_settings_error_naming_it() {
+    let pki = Pki::new();
+    let junk = pki.dir.write("junk.ocsp", "not DER");
+    let section = pki.tls_section().replacen(
+        "\n[[tls.certificates]]",
+        &format!("\n[[tls.certificates]]\nocsp_file = {junk:?}"),
+        1,
+    );
+    let dir = TempDir::new();
+    let config = dir.write("g.toml", &one_pool(&[closed_port()], &section));
+    let (code, _, stderr) = run_binary(
+        &dir.0,
+        &["--check", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("ocsp_file"), "{stderr}");
+    assert!(stderr.contains("junk.ocsp"), "{stderr}");
+}
