@@ -23,6 +23,17 @@ pub enum ProbeVerdict {
     Down = 2,
 }
 
+impl ProbeVerdict {
+    /// The verdict an atomic holds as its discriminant.
+    fn from_byte(byte: u8) -> Self {
+        match byte {
+            1 => Self::Up,
+            2 => Self::Down,
+            _ => Self::Unchecked,
+        }
+    }
+}
+
 /// What live traffic says (passive detection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,11 +96,7 @@ impl Condition {
     }
 
     pub fn probe(&self) -> ProbeVerdict {
-        match self.probe.load(Ordering::Relaxed) {
-            1 => ProbeVerdict::Up,
-            2 => ProbeVerdict::Down,
-            _ => ProbeVerdict::Unchecked,
-        }
+        ProbeVerdict::from_byte(self.probe.load(Ordering::Relaxed))
     }
 
     /// Records the active checks' verdict and returns the one it replaced. A server that
@@ -99,11 +106,7 @@ impl Condition {
         if before == ProbeVerdict::Down as u8 && verdict != ProbeVerdict::Down {
             self.came_back();
         }
-        match before {
-            1 => ProbeVerdict::Up,
-            2 => ProbeVerdict::Down,
-            _ => ProbeVerdict::Unchecked,
-        }
+        ProbeVerdict::from_byte(before)
     }
 
     pub fn set_last_probe(&self, report: ProbeReport) {

@@ -557,10 +557,8 @@ async fn send_stream(
 
 /// Step 1: the request head's size against `max_request_header_size`.
 fn admit(req: &HttpRequest, max_header_bytes: usize) -> Result<(), ProxyError> {
-    let line = req.method().as_str().len()
-        + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len())
-        + 11;
-    let mut size = line;
+    // The line and its CRLF, then each header with its ": " and CRLF.
+    let mut size = strict::request_line_len(req) + 2;
     for (name, value) in req.headers() {
         size += name.as_str().len() + value.len() + 4;
         if size > max_header_bytes {

@@ -19,8 +19,7 @@ pub fn check_request_line(
     settings: &SecuritySettings,
 ) -> Result<(), ProxyError> {
     let uri = req.uri();
-    let line = req.method().as_str().len() + target_len(uri) + LINE_OVERHEAD;
-    if line as u64 > settings.max_request_line.get() {
+    if request_line_len(req) as u64 > settings.max_request_line.get() {
         return Err(ProxyError::RequestLineTooLong);
     }
     if let Some(authority) = uri.authority() {
@@ -38,6 +37,11 @@ pub fn check_request_line(
         return Err(ProxyError::DotSegment);
     }
     Ok(())
+}
+
+/// The length of the request line as the client sent it (method, target, version, spaces).
+pub fn request_line_len(req: &HttpRequest) -> usize {
+    req.method().as_str().len() + target_len(req.uri()) + LINE_OVERHEAD
 }
 
 /// The request target's length as it was on the request line.

@@ -78,6 +78,12 @@ fn test_env() -> HashMap<String, String> {
 
 /// Settings for one pool `web` of the given servers behind a listener on port 0.
 pub fn one_pool(servers: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(SocketAddr::to_string).collect();
+    pool_of(&servers, extra)
+}
+
+/// [`one_pool`] for server addresses as settings write them (names allowed).
+pub fn pool_of(servers: &[String], extra: &str) -> String {
     let servers: Vec<String> = servers
         .iter()
         .map(|s| format!("{{ address = \"{s}\" }}"))
@@ -486,19 +492,7 @@ impl RawOrigin {
                 thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(DEADLINE));
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    loop {
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            match reader.read_line(&mut line) {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                            head.push_str(&line);
-                            if line == "\r\n" {
-                                break;
-                            }
-                        }
+                    while let Some(head) = read_head(&mut reader) {
                         seen.lock().unwrap().push(head);
                         if stream.write_all(response).is_err() || close {
                             return;
@@ -685,12 +679,13 @@ pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
     socket.into()
 }
 
-/// Whether the server closed `stream` without sending a byte: end of file or a reset.
-/// Fails the test if nothing happens within the deadline.
+/// Whether the server closed `stream` without sending a byte: end of file or a reset. A
+/// response, if there is one, is left unread. Fails the test if nothing happens within the
+/// deadline.
 pub fn closed_without_response(stream: &mut TcpStream) -> bool {
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
+    match stream.peek(&mut byte) {
         Ok(0) => true,
         Ok(_) => false,
         Err(err)
@@ -1069,8 +1064,8 @@ impl RecordingOrigin {
     }
 }
 
-/// One request head up to its blank line; `None` when the connection ends first.
-fn read_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
+/// One request head up to its blank line; `None` when the connection ends or fails first.
+pub fn read_head(reader: &mut impl BufRead) -> Option<String> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -1315,19 +1310,7 @@ impl TlsOrigin {
                         .map(str::to_string);
                     names.lock().unwrap().push(sni);
                     let mut reader = BufReader::new(tls);
-                    loop {
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            match reader.read_line(&mut line) {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                            head.push_str(&line);
-                            if line == "\r\n" {
-                                break;
-                            }
-                        }
+                    while let Some(head) = read_head(&mut reader) {
                         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                         let text = if path.starts_with("/health") {
                             health.fetch_add(1, Ordering::SeqCst);

@@ -29,15 +29,7 @@ fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
 
 /// Pool `web` of `servers` (addresses as written) over TLS with `tls` keys.
 fn tls_pool(servers: &[String], tls: &str, extra: &str) -> String {
-    let servers: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{{ address = \"{s}\" }}"))
-        .collect();
-    format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\nservers = [{}]\n{extra}\n[pools.web.tls]\n{tls}\n",
-        servers.join(", ")
-    )
+    pool_of(servers, &format!("{extra}\n[pools.web.tls]\n{tls}\n"))
 }
 
 fn ip(addr: SocketAddr) -> String {
