@@ -456,7 +456,16 @@ pub struct UpstreamConnector {
 }
 
 /// A TLS pool's context, or why it could not be built (every connect then fails with that).
-type TlsContext = Result<Arc<UpstreamTls>, Arc<str>>;
+pub type TlsContext = Result<Arc<UpstreamTls>, Arc<str>>;
+
+/// A pool's TLS context from its `[pools.NAME.tls]`. The files were read when the settings
+/// were loaded; an error here means they have changed since, and is logged.
+pub fn tls_context(settings: &UpstreamTlsSettings) -> TlsContext {
+    UpstreamTls::new(settings).map(Arc::new).map_err(|err| {
+        log::error!("upstream TLS: {err}");
+        Arc::from(err.to_string())
+    })
+}
 
 impl UpstreamConnector {
     /// A connector that speaks TLS to every server when `tls` is given.

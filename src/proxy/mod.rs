@@ -23,7 +23,7 @@ pub mod route;
 mod strict;
 mod upgrade;
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell, RefMut};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -44,6 +44,7 @@ use crate::pool::{InFlight, PoolHandle};
 use crate::security::{ClientIp, EdgeState, RateLimit, Security};
 use crate::settings::{PoolSettings, Settings};
 use body::Completion;
+use connector::TlsContext;
 use headers::X_REQUEST_ID;
 use route::RouteTable;
 
@@ -151,28 +152,54 @@ fn same_connections(old: &Arc<PoolSettings>, new: &Arc<PoolSettings>) -> bool {
 }
 
 /// A worker's client for one pool, with the settings it was built from.
-type PoolClient = (Arc<PoolSettings>, awc::Client);
+struct PoolClient {
+    settings: Arc<PoolSettings>,
+    client: awc::Client,
+    /// The TLS context of the pool's WebSocket relays, which connect outside awc; built for
+    /// the first one.
+    relay_tls: OnceCell<Option<TlsContext>>,
+}
 
 impl Upstreams {
     /// The worker's client for `pool` (a cheap handle on a shared connection pool).
     fn client(&self, pool: &PoolTarget) -> awc::Client {
+        self.current(pool).client.clone()
+    }
+
+    /// The TLS context for WebSocket relays to `pool`'s servers; `None` for a plain pool.
+    fn relay_tls(&self, pool: &PoolTarget) -> Option<TlsContext> {
+        let entry = self.current(pool);
+        let tls = entry
+            .relay_tls
+            .get_or_init(|| pool.settings.tls.as_ref().map(connector::tls_context));
+        tls.clone()
+    }
+
+    /// The worker's entry for `pool`, built anew when the pool's connection settings changed.
+    fn current(&self, pool: &PoolTarget) -> RefMut<'_, PoolClient> {
         let mut clients = self.clients.borrow_mut();
         if clients.len() <= pool.index {
             clients.resize_with(pool.index + 1, || None);
         }
         match &mut clients[pool.index] {
-            Some((settings, client)) if same_connections(settings, &pool.settings) => {
-                if !Arc::ptr_eq(settings, &pool.settings) {
-                    *settings = pool.settings.clone();
+            Some(entry) if same_connections(&entry.settings, &pool.settings) => {
+                if !Arc::ptr_eq(&entry.settings, &pool.settings) {
+                    entry.settings = pool.settings.clone();
                 }
-                client.clone()
             }
-            _ => {
-                let client = forward::client(&pool.settings);
-                clients[pool.index] = Some((pool.settings.clone(), client.clone()));
-                client
+            slot => {
+                *slot = Some(PoolClient {
+                    settings: pool.settings.clone(),
+                    client: forward::client(&pool.settings),
+                    relay_tls: OnceCell::new(),
+                });
             }
         }
+        RefMut::map(clients, |clients| {
+            clients[pool.index]
+                .as_mut()
+                .expect("the pool's entry was just made")
+        })
     }
 }
 

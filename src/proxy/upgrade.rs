@@ -1,5 +1,6 @@
-//! WebSocket upgrades: the handshake goes to the server over a fresh connection, and after
-//! its `101 Switching Protocols` bytes are relayed both ways until either side closes.
+//! WebSocket upgrades: the handshake goes to the server over a fresh connection (TLS for a
+//! pool with `[pools.NAME.tls]`), and after its `101 Switching Protocols` bytes are relayed
+//! both ways until either side closes.
 //!
 //! actix-http hands gatehouse the raw client bytes only for `Upgrade: websocket`; other
 //! upgrade tokens are forwarded as ordinary requests with `Upgrade` removed, which a server
@@ -14,12 +15,14 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, Stream, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
 
 use super::body::ResponseBody;
+use super::connector::{tls_context, UpstreamTls};
 use super::headers;
-use super::{Exchange, PoolTarget, ProxyError};
+use super::{Exchange, PoolTarget, ProxyError, Upstreams};
 use crate::access_log::AccessLog;
 use crate::pool::{InFlight, Server};
 
@@ -55,27 +58,93 @@ pub async fn relay(
     log: AccessLog,
 ) -> Result<HttpResponse, ProxyError> {
     let settings = &pool.settings;
-    if settings.tls.is_some() {
-        // The relay runs over plain TCP; a TLS pool's servers would get bytes they cannot
-        // read. Not the server's fault, so not counted against it (docs/tls.md).
-        return Err(ProxyError::Upstream(
-            "WebSocket upgrades to a pool with [pools.NAME.tls] are not relayed".into(),
-        ));
-    }
     if let Some(upgrade) = req.headers().get(header::UPGRADE) {
         upstream_headers.insert(header::UPGRADE, upgrade.clone());
     }
     upstream_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let head = request_head(req, &upstream_headers);
+    let tls = match req.app_data::<web::Data<Upstreams>>() {
+        Some(upstreams) => upstreams.relay_tls(pool),
+        None => settings.tls.as_ref().map(tls_context),
+    };
+    let tls = match tls.transpose() {
+        Ok(tls) => tls,
+        Err(reason) => {
+            let err = ProxyError::Connect(format!("TLS: {reason}"));
+            return Err(failed(&claim, pool, err));
+        }
+    };
 
+    // As for other requests, `connect_timeout` covers the TCP connect and the TLS handshake.
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout.get();
     let connect = TcpStream::connect(&*server.address);
-    let mut socket = match actix_rt::time::timeout(settings.connect_timeout.get(), connect).await {
+    let socket = match tokio::time::timeout_at(deadline, connect).await {
         Ok(Ok(socket)) => socket,
-        Ok(Err(err)) => return Err(failed(&claim, ProxyError::Connect(err.to_string()))),
-        Err(_) => return Err(failed(&claim, ProxyError::ConnectTimeout)),
+        Ok(Err(err)) => return Err(failed(&claim, pool, ProxyError::Connect(err.to_string()))),
+        Err(_) => return Err(failed(&claim, pool, ProxyError::ConnectTimeout)),
     };
     let _ = socket.set_nodelay(true);
+    let relay = Relay {
+        payload,
+        head,
+        pool,
+        claim,
+        exchange,
+        log,
+    };
+    let Some(tls) = tls else {
+        return relay_over(relay, socket).await;
+    };
+    let handshake = handshake(&tls, socket, server);
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(stream)) => relay_over(relay, stream).await,
+        Ok(Err(err)) => Err(failed(&relay.claim, pool, err)),
+        Err(_) => Err(failed(&relay.claim, pool, ProxyError::ConnectTimeout)),
+    }
+}
+
+/// The TLS handshake with a server of a pool with `[pools.NAME.tls]`: named and verified as
+/// for every other request. A failure is a connect failure, reported in OpenSSL's words.
+async fn handshake(
+    tls: &UpstreamTls,
+    socket: TcpStream,
+    server: &Server,
+) -> Result<SslStream<TcpStream>, ProxyError> {
+    let mut stream = tls
+        .stream(socket, server.authority.host())
+        .map_err(|err| ProxyError::Connect(format!("TLS: {err}")))?;
+    match Pin::new(&mut stream).connect().await {
+        Ok(()) => Ok(stream),
+        Err(err) => Err(ProxyError::Connect(tls.failure(&stream, &err))),
+    }
+}
+
+/// What a relay needs once its connection to the server is made.
+struct Relay<'a> {
+    payload: web::Payload,
+    /// The request head to send.
+    head: Vec<u8>,
+    pool: &'a PoolTarget,
+    claim: InFlight,
+    exchange: &'a mut Exchange,
+    log: AccessLog,
+}
+
+/// Sends the head over `socket`, plain or TLS; on 101, relays bytes both ways.
+async fn relay_over<S>(relay: Relay<'_>, mut socket: S) -> Result<HttpResponse, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let Relay {
+        payload,
+        head,
+        pool,
+        claim,
+        exchange,
+        log,
+    } = relay;
+    let settings = &pool.settings;
     let sent_at = Instant::now();
-    let head = request_head(req, &upstream_headers);
     let handshake = async {
         socket.write_all(&head).await?;
         read_response_head(&mut socket).await
@@ -83,8 +152,10 @@ pub async fn relay(
     let (status, response_headers, leftover) =
         match actix_rt::time::timeout(settings.response_timeout.get(), handshake).await {
             Ok(Ok(parts)) => parts,
-            Ok(Err(err)) => return Err(failed(&claim, ProxyError::Upstream(err.to_string()))),
-            Err(_) => return Err(failed(&claim, ProxyError::ResponseTimeout)),
+            Ok(Err(err)) => {
+                return Err(failed(&claim, pool, ProxyError::Upstream(err.to_string())))
+            }
+            Err(_) => return Err(failed(&claim, pool, ProxyError::ResponseTimeout)),
         };
     exchange.record.status = status.as_u16();
     exchange.record.upstream_status = Some(status.as_u16());
@@ -97,13 +168,13 @@ pub async fn relay(
         .and_then(|v| v.parse::<u64>().ok());
     if !switching && length.is_none() && response_headers.contains_key(header::TRANSFER_ENCODING) {
         // A refused handshake answered with a chunked body: not relayed, see docs/architecture.md.
-        return Err(failed(
-            &claim,
-            ProxyError::Upstream("refused upgrade answered with a chunked body".into()),
-        ));
+        let err = ProxyError::Upstream("refused upgrade answered with a chunked body".into());
+        return Err(failed(&claim, pool, err));
     }
+    answered(&claim, pool, status);
 
-    let (upstream_read, mut upstream_write) = socket.into_split();
+    // A TLS stream has no owned halves as a TCP one has: the two share it, a turn each.
+    let (upstream_read, mut upstream_write) = tokio::io::split(socket);
     let from_server = stream::once(async move { Ok::<_, std::io::Error>(leftover) })
         .chain(stream::unfold(
             upstream_read,
@@ -193,10 +264,48 @@ fn at_most(inner: ByteStream, limit: u64) -> impl Stream<Item = std::io::Result<
     })
 }
 
-fn failed(claim: &InFlight, err: ProxyError) -> ProxyError {
+/// Counts a failed handshake against the server, in its counters and in passive detection,
+/// as a failed try of any other request is.
+fn failed(claim: &InFlight, pool: &PoolTarget, err: ProxyError) -> ProxyError {
+    let server = claim.server();
+    let reason = err.to_string();
     claim.failed();
-    log::warn!("upstream {}: upgrade: {err}", claim.server().address);
+    log::warn!(
+        "upstream {} in pool {}: upgrade: {reason}",
+        server.address,
+        pool.name
+    );
+    let passive = &pool.settings.passive;
+    pool.handle
+        .snapshot()
+        .report_failure(server, &reason, passive);
     err
+}
+
+/// Tells passive detection of the server's answer to a handshake: a failure when its status
+/// is in `fail_statuses`, as for other requests, else a success.
+fn answered(claim: &InFlight, pool: &PoolTarget, status: StatusCode) {
+    let server = claim.server();
+    let passive = &pool.settings.passive;
+    let status = status.as_u16();
+    if passive
+        .fail_statuses
+        .iter()
+        .any(|range| range.contains(status))
+    {
+        claim.failed();
+        let reason = format!("status {status}");
+        log::debug!(
+            "upstream {} in pool {}: upgrade: {reason}",
+            server.address,
+            pool.name
+        );
+        pool.handle
+            .snapshot()
+            .report_failure(server, &reason, passive);
+    } else {
+        server.condition().succeeded(&server.address);
+    }
 }
 
 /// The HTTP/1.1 request head for the handshake.
@@ -219,7 +328,7 @@ fn request_head(req: &HttpRequest, headers: &HeaderMap) -> Vec<u8> {
 
 /// Reads the server's response head; returns it and any bytes that followed it.
 async fn read_response_head(
-    socket: &mut TcpStream,
+    socket: &mut (impl AsyncRead + Unpin),
 ) -> std::io::Result<(StatusCode, HeaderMap, Bytes)> {
     let invalid =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());

@@ -1245,22 +1245,31 @@ pub struct TlsOrigin {
     stop: Arc<AtomicBool>,
 }
 
+/// A TLS server's side of the handshake with `identity`; with `client_ca`, a client
+/// certificate from that CA is required.
+pub fn tls_acceptor(
+    identity: &Issued,
+    client_ca: Option<&Authority>,
+) -> Arc<openssl::ssl::SslAcceptor> {
+    use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
+    let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+    let cert = openssl::x509::X509::from_pem(&identity.cert_pem).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(&identity.key_pem).unwrap();
+    acceptor.set_certificate(&cert).unwrap();
+    acceptor.set_private_key(&key).unwrap();
+    if let Some(ca) = client_ca {
+        let mut store = openssl::x509::store::X509StoreBuilder::new().unwrap();
+        store.add_cert(ca.cert.clone()).unwrap();
+        acceptor.set_verify_cert_store(store.build()).unwrap();
+        acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    Arc::new(acceptor.build())
+}
+
 impl TlsOrigin {
     /// Serves with `identity`; with `client_ca`, a client certificate from that CA is required.
     pub fn start(name: &str, identity: &Issued, client_ca: Option<&Authority>) -> Self {
-        use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
-        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-        let cert = openssl::x509::X509::from_pem(&identity.cert_pem).unwrap();
-        let key = openssl::pkey::PKey::private_key_from_pem(&identity.key_pem).unwrap();
-        acceptor.set_certificate(&cert).unwrap();
-        acceptor.set_private_key(&key).unwrap();
-        if let Some(ca) = client_ca {
-            let mut store = openssl::x509::store::X509StoreBuilder::new().unwrap();
-            store.add_cert(ca.cert.clone()).unwrap();
-            acceptor.set_verify_cert_store(store.build()).unwrap();
-            acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-        }
-        let acceptor = Arc::new(acceptor.build());
+        let acceptor = tls_acceptor(identity, client_ca);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();

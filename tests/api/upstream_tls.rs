@@ -1,7 +1,12 @@
 //! TLS to the servers (`[pools.NAME.tls]`): real TLS origins with certificates made by the
-//! test, verification, keep-alive, failures as connect errors, client certificates, probes.
+//! test, verification, keep-alive, failures as connect errors, client certificates, probes,
+//! WebSocket relays.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use openssl::ssl::NameType;
+use tungstenite::{HandshakeError, Message, WebSocket};
 
 use crate::helpers::*;
 
@@ -330,22 +335,129 @@ fn bad_tls_files_are_settings_errors_naming_key_value_and_file() {
     assert!(error.contains("min_version"), "{error}");
 }
 
+/// A WebSocket echo server over TLS with `identity` (see `websocket::echo_server_over`);
+/// with `client_ca`, a client certificate from that CA is required. Keeps the SNI name of
+/// each handshake that completed.
+fn tls_echo_server(
+    identity: &Issued,
+    client_ca: Option<&Authority>,
+) -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
+    let acceptor = tls_acceptor(identity, client_ca);
+    let names: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = names.clone();
+    let addr = crate::websocket::echo_server_over(move |tcp| {
+        tcp.set_read_timeout(Some(DEADLINE)).ok()?;
+        let tls = acceptor.accept(tcp).ok()?;
+        let sni = tls
+            .ssl()
+            .servername(NameType::HOST_NAME)
+            .map(str::to_string);
+        seen.lock().unwrap().push(sni);
+        Some(tls)
+    });
+    (addr, names)
+}
+
+/// Opens a WebSocket through gatehouse; its status and, on 101, the socket.
+fn websocket(proxy: SocketAddr) -> (u16, Option<WebSocket<TcpStream>>) {
+    let stream = TcpStream::connect(proxy).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let url = format!("ws://{proxy}/chat");
+    match tungstenite::client(url.as_str(), stream) {
+        Ok((socket, response)) => (response.status().as_u16(), Some(socket)),
+        Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            (response.status().as_u16(), None)
+        }
+        Err(err) => panic!("WebSocket handshake: {err}"),
+    }
+}
+
+/// Closes a WebSocket and waits, within the read timeout, for the server's close.
+fn close(mut socket: WebSocket<TcpStream>) {
+    socket.close(None).unwrap();
+    while let Ok(message) = socket.read() {
+        if message.is_close() {
+            break;
+        }
+    }
+}
+
 #[test]
-fn a_websocket_upgrade_to_a_tls_pool_is_refused_with_a_502() {
+fn websocket_messages_reach_a_verified_tls_server_with_sni_and_a_client_certificate() {
     let setup = Setup::new();
-    let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
-    let toml = tls_pool(
-        &[ip(origin.addr)],
-        &format!("ca_file = {:?}", setup.ca_file),
-        "",
+    let clients = Authority::new("client CA");
+    let (origin, names) = tls_echo_server(&setup.ca.server(), Some(&clients));
+    let client = clients.client();
+    let cert = write(&setup.dir, "client.pem", &client.cert_pem);
+    let key = write(&setup.dir, "client.key", &client.key_pem);
+    let tls = format!(
+        "ca_file = {:?}\nsni = \"localhost\"\ncert = {cert:?}\nkey = {key:?}",
+        setup.ca_file
     );
+    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin)], &tls, ""));
+
+    let (status, socket) = websocket(proxy.addr);
+    assert_eq!(status, 101);
+    let mut socket = socket.unwrap();
+    assert_eq!(socket.read().unwrap(), Message::text("xff=127.0.0.1"));
+    for i in 0..10 {
+        socket.send(Message::text(format!("hello {i}"))).unwrap();
+        assert_eq!(socket.read().unwrap(), Message::text(format!("hello {i}")));
+    }
+    let big = vec![7u8; 200_000];
+    socket.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(socket.read().unwrap(), Message::binary(big));
+    close(socket);
+    assert_eq!(*names.lock().unwrap(), vec![Some("localhost".to_string())]);
+    wait_until("the relay frees its server", || {
+        admin_server(proxy.admin, "web", origin)["in_flight"] == 0
+    });
+}
+
+#[test]
+fn a_websocket_to_an_untrusted_tls_server_answers_a_502_that_names_nothing() {
+    let setup = Setup::new();
+    let stranger = Authority::new("someone else's CA");
+    let (origin, names) = tls_echo_server(&stranger.server(), None);
+    let toml = tls_pool(&[ip(origin)], &format!("ca_file = {:?}", setup.ca_file), "");
     let proxy = Proxy::from_toml(&toml);
     let response = raw(
         proxy.addr,
         "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     );
-    assert_generic_502(&response, origin.addr);
-    assert_eq!(origin.handshakes(), 0);
-    assert_eq!(get(proxy.addr, "/name").text(), "secure");
+    assert_generic_502(&response, origin);
+    assert!(names.lock().unwrap().is_empty(), "a handshake completed");
+    assert_eq!(admin_server(proxy.admin, "web", origin)["failures"], 1);
+}
+
+#[test]
+fn a_tls_websocket_server_that_fails_verification_is_ejected_like_any_other() {
+    let setup = Setup::new();
+    let stranger = Authority::new("someone else's CA");
+    let (good, _) = tls_echo_server(&setup.ca.server(), None);
+    let (bad, _) = tls_echo_server(&stranger.server(), None);
+    let toml = tls_pool(
+        &[ip(good), ip(bad)],
+        &format!("ca_file = {:?}", setup.ca_file),
+        "[pools.web.passive]\nmax_fails = 1\nejection_time = \"60s\"\n",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let (status, socket) = websocket(proxy.addr);
+        statuses.push(status);
+        if let Some(socket) = socket {
+            close(socket);
+        }
+    }
+    // Round robin sends one of the first two to the untrusted server, and none after that.
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(statuses[2..].iter().all(|&s| s == 101), "{statuses:?}");
+    let server = admin_server(proxy.admin, "web", bad);
+    assert_eq!(server["health"]["passive"], "ejected", "{server}");
 }

@@ -1,6 +1,8 @@
 //! WebSocket upgrades relayed both ways until either side closes.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread;
 
 use tungstenite::Message;
@@ -9,15 +11,28 @@ use crate::helpers::*;
 
 /// A WebSocket echo server (tungstenite) that also echoes the request's `X-Forwarded-For`
 /// as its first message.
+fn echo_server() -> SocketAddr {
+    echo_server_over(Some)
+}
+
+/// [`echo_server`] over what `wrap` makes of each accepted connection (a TLS handshake,
+/// say); a connection it turns down is closed.
 // The handshake callback's error type is tungstenite's own, large by its design.
 #[allow(clippy::result_large_err)]
-fn echo_server() -> SocketAddr {
+pub fn echo_server_over<S, W>(wrap: W) -> SocketAddr
+where
+    S: Read + Write,
+    W: Fn(TcpStream) -> Option<S> + Send + Sync + 'static,
+{
+    let wrap = Arc::new(wrap);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
+            let wrap = wrap.clone();
             thread::spawn(move || {
+                let Some(stream) = wrap(stream) else { return };
                 let mut forwarded_for = String::new();
                 let callback =
                     |req: &tungstenite::handshake::server::Request,
@@ -119,7 +134,6 @@ fn a_relay_ends_when_the_client_closes_even_if_the_server_stays() {
     let server = listener.local_addr().unwrap();
     thread::spawn(move || {
         if let Ok((mut stream, _)) = listener.accept() {
-            use std::io::{Read, Write};
             let mut head = [0u8; 4096];
             let _ = stream.read(&mut head);
             let _ = stream.write_all(
