@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::BigNum;
@@ -12,7 +13,9 @@ use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVersion};
+use openssl::ssl::{
+    SslConnector, SslMethod, SslOptions, SslSession, SslSessionCacheMode, SslStream, SslVersion,
+};
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
 use openssl::x509::{X509Builder, X509NameBuilder, X509};
 
@@ -549,4 +552,104 @@ fn a_broken_ocsp_file_is_a_settings_error_naming_it() {
     assert_ne!(code, 0);
     assert!(stderr.contains("ocsp_file"), "{stderr}");
     assert!(stderr.contains("junk.ocsp"), "{stderr}");
+}
+
+/// A TLS client that keeps the last session the server gave it, to offer it on a later
+/// connection. Sessions are captured by OpenSSL's new-session callback: TLS 1.2 hands the
+/// session over at the end of the handshake, TLS 1.3 only after it, in a ticket read with the
+/// first response.
+struct SessionClient {
+    connector: SslConnector,
+    last: Arc<Mutex<Option<SslSession>>>,
+}
+
+impl SessionClient {
+    /// A client speaking only `version`. With TLS 1.2 it refuses tickets, so a session can be
+    /// resumed only from the server's session cache, by its session id.
+    fn new(ca: &X509, version: SslVersion) -> Self {
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        builder.cert_store_mut().add_cert(ca.clone()).unwrap();
+        builder.set_min_proto_version(Some(version)).unwrap();
+        builder.set_max_proto_version(Some(version)).unwrap();
+        if version == SslVersion::TLS1_2 {
+            builder.set_options(SslOptions::NO_TICKET);
+        }
+        builder.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+        let last: Arc<Mutex<Option<SslSession>>> = Arc::default();
+        let kept = last.clone();
+        builder.set_new_session_callback(move |_, session| {
+            *kept.lock().unwrap() = Some(session);
+        });
+        Self {
+            connector: builder.build(),
+            last,
+        }
+    }
+
+    /// One request on a new connection to `sni`, offering `session`; then a clean close
+    /// (close_notify), as a well-behaved client ends. Whether the handshake resumed.
+    fn visit(&self, addr: SocketAddr, sni: &str, session: Option<&SslSession>) -> bool {
+        let mut config = self.connector.configure().unwrap();
+        if let Some(session) = session {
+            // SAFETY: OpenSSL requires the session to come from the same context as the
+            // connection it is set on. Every session offered here was captured by this
+            // client's callback, from a connection made with this same connector.
+            unsafe { config.set_session(session).unwrap() };
+        }
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut stream = config.connect(sni, tcp).expect("handshake");
+        let response = request(&mut stream, &get_echo(sni));
+        assert_eq!(response.status, 200, "{}", response.text());
+        let reused = stream.ssl().session_reused();
+        let _ = stream.shutdown();
+        reused
+    }
+
+    /// The session the server gave on the last connection.
+    fn session(&self) -> SslSession {
+        self.last
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the server gave no session")
+    }
+}
+
+/// Asserts that a session from one connection resumes on the next, for `sni`, and that a
+/// connection that offers none is a full handshake.
+fn assert_resumes(proxy: &Proxy, pki: &Pki, version: SslVersion, sni: &str) {
+    let tls = proxy.tls[0];
+    let client = SessionClient::new(&pki.ca, version);
+    assert!(!client.visit(tls, sni, None), "{sni}: nothing to resume");
+    let session = client.session();
+    assert!(
+        client.visit(tls, sni, Some(&session)),
+        "{sni}: the session was not resumed"
+    );
+    assert!(
+        !client.visit(tls, sni, None),
+        "{sni}: resumed without a session"
+    );
+    let other = SessionClient::new(&pki.ca, version);
+    assert!(
+        !other.visit(tls, sni, None),
+        "{sni}: another client resumed"
+    );
+}
+
+#[test]
+fn tls_1_2_sessions_resume_from_the_servers_session_cache() {
+    let (_origin, pki, proxy) = start("");
+    for sni in ["a.test", "www.b.test"] {
+        assert_resumes(&proxy, &pki, SslVersion::TLS1_2, sni);
+    }
+}
+
+#[test]
+fn tls_1_3_sessions_resume_from_tickets() {
+    let (_origin, pki, proxy) = start("");
+    for sni in ["a.test", "www.b.test"] {
+        assert_resumes(&proxy, &pki, SslVersion::TLS1_3, sni);
+    }
 }
