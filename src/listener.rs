@@ -11,9 +11,10 @@
 //! 2. **deny**: runtime blocks, and the global lists with `deny_action = "close"`, close it.
 //! 3. **per-client limit**: `max_connections_per_client` open connections per address.
 //! 4. **TLS** (on `tls.listen`): the handshake, certificate chosen by SNI, protocol by ALPN.
-//! 5. **HTTP**: actix-http serves the stream (HTTP/1.1, or HTTP/2 when ALPN chose it), with
+//! 5. **HTTP**: actix-http serves HTTP/1.1, and [`http2`] HTTP/2 when ALPN chose it, with
 //!    the client's address as the peer address.
 
+mod http2;
 mod proxy_protocol;
 
 use std::future::Future;
@@ -23,23 +24,25 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_http::body::BoxBody;
 use actix_http::error::DispatchError;
-use actix_http::{HttpService, Protocol as HttpProtocol};
+use actix_http::{HttpService, Protocol as HttpProtocol, Request, Response};
 use actix_server::{GracefulShutdownSignal, Server};
 use actix_service::{
     map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt as _,
 };
-use actix_web::dev::AppConfig;
+use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web::{web, App};
 use futures_util::future::LocalBoxFuture;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use http2::Http2Limits;
 use proxy_protocol::Prefixed;
 
 use crate::proxy::{self, SharedProxy, Upstreams};
-use crate::settings::{ServerSettings, Settings};
+use crate::settings::{Http2Settings, ServerSettings, Settings};
 use crate::tls::{Handshake, OverTls, TlsPort, TlsStore};
 
 /// Pending connections the kernel queues per listener (NGINX's default `backlog` on Linux is
@@ -69,6 +72,8 @@ pub struct ListenerSettings<'a> {
     pub server: &'a ServerSettings,
     /// `tls.listen`.
     pub tls_listen: &'a [SocketAddr],
+    /// `tls.http2`.
+    pub http2: &'a Http2Settings,
     pub certificates: &'a Arc<TlsStore>,
 }
 
@@ -111,6 +116,11 @@ impl Listeners {
         let http = HttpSettings {
             keep_alive: settings.keep_alive.get(),
             client_header_timeout: settings.client_header_timeout.get(),
+            http2: Http2Limits::new(
+                listeners.http2,
+                settings.keep_alive.get(),
+                settings.client_header_timeout.get(),
+            ),
             shutdown: builder.graceful_shutdown_signal(),
             connection: ConnectionData::default(),
         };
@@ -289,6 +299,7 @@ impl Fronts {
 struct HttpSettings {
     keep_alive: Duration,
     client_header_timeout: Duration,
+    http2: Http2Limits,
     /// Resolves when the server starts a graceful stop, so idle keep-alive connections close.
     shutdown: GracefulShutdownSignal,
     /// What the request path learns of the listener, through the connection data.
@@ -325,8 +336,9 @@ impl HttpSettings {
         self
     }
 
-    /// One worker's HTTP/1.1 and HTTP/2 service for streams of type `T` (what actix-web's
-    /// `HttpServer` builds, with gatehouse's application).
+    /// One worker's HTTP/1.1 and HTTP/2 service for streams of type `T`: actix-http's for
+    /// HTTP/1.1 (what actix-web's `HttpServer` builds), [`http2`]'s for HTTP/2, both with
+    /// gatehouse's application and one set of upstream clients.
     fn service<T>(
         &self,
         shared: &Arc<SharedProxy>,
@@ -341,13 +353,8 @@ impl HttpSettings {
     where
         T: AsyncRead + AsyncWrite + Unpin + 'static,
     {
+        let upstreams = web::Data::new(Upstreams::default());
         let shutdown = self.shutdown.clone();
-        let app = App::new()
-            .app_data(web::Data::from(shared.clone()))
-            .app_data(web::Data::new(Upstreams::default()))
-            .default_service(web::to(proxy::handle))
-            .into_factory()
-            .map_err(|err: actix_web::Error| err.error_response());
         let data = self.connection;
         let mut builder = HttpService::build();
         if data.over_tls.is_some() || data.tls_port.is_some() {
@@ -360,7 +367,7 @@ impl HttpSettings {
                 }
             });
         }
-        builder
+        let http1 = builder
             .graceful_shutdown_signal(move || {
                 let shutdown = shutdown.clone();
                 async move { shutdown.notified().await }
@@ -370,9 +377,117 @@ impl HttpSettings {
             .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
             .h1_allow_half_closed(true)
             .local_addr(local)
-            // AppConfig feeds only `connection_info()` and URL generation, neither of which
-            // the request path uses.
-            .finish(map_config(app, |_| AppConfig::default()))
+            .finish(application(shared, &upstreams));
+        Protocols {
+            http1,
+            app: application(shared, &upstreams),
+            http2: self.http2,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// Gatehouse's application: every request goes to the proxy handler.
+fn application(
+    shared: &Arc<SharedProxy>,
+    upstreams: &web::Data<Upstreams>,
+) -> impl ServiceFactory<
+    Request,
+    Config = (),
+    Response = ServiceResponse,
+    Error = Response<BoxBody>,
+    InitError = (),
+> {
+    let app = App::new()
+        .app_data(web::Data::from(shared.clone()))
+        .app_data(upstreams.clone())
+        .default_service(web::to(proxy::handle))
+        .into_factory()
+        .map_err(|err: actix_web::Error| err.error_response().into());
+    // AppConfig feeds only `connection_info()` and URL generation, neither of which the
+    // request path uses.
+    map_config(app, |_| AppConfig::default())
+}
+
+/// One worker's HTTP service by protocol: HTTP/1.1 to actix-http, HTTP/2 to [`http2`].
+struct Protocols<H, A> {
+    http1: H,
+    app: A,
+    http2: Http2Limits,
+    shutdown: GracefulShutdownSignal,
+}
+
+impl<T, H, A> ServiceFactory<(T, HttpProtocol, Option<SocketAddr>)> for Protocols<H, A>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    H: ServiceFactory<
+        (T, HttpProtocol, Option<SocketAddr>),
+        Config = (),
+        Response = (),
+        Error = DispatchError,
+        InitError = (),
+    >,
+    H::Service: 'static,
+    H::Future: 'static,
+    A: ServiceFactory<Request, Config = (), Error = Response<BoxBody>, InitError = ()>,
+    A::Response: Into<Response<BoxBody>>,
+    A::Service: 'static,
+    A::Future: 'static,
+{
+    type Response = ();
+    type Error = DispatchError;
+    type Config = ();
+    type Service = ProtocolService<H::Service, A::Service>;
+    type InitError = ();
+    type Future = LocalBoxFuture<'static, Result<Self::Service, ()>>;
+
+    fn new_service(&self, _: ()) -> Self::Future {
+        let (http1, app) = (self.http1.new_service(()), self.app.new_service(()));
+        let (http2, shutdown) = (self.http2, self.shutdown.clone());
+        Box::pin(async move {
+            Ok(ProtocolService {
+                http1: http1.await?,
+                app: Rc::new(app.await?),
+                http2,
+                shutdown,
+            })
+        })
+    }
+}
+
+struct ProtocolService<H, A> {
+    http1: H,
+    app: Rc<A>,
+    http2: Http2Limits,
+    shutdown: GracefulShutdownSignal,
+}
+
+impl<T, H, A> Service<(T, HttpProtocol, Option<SocketAddr>)> for ProtocolService<H, A>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    H: Service<(T, HttpProtocol, Option<SocketAddr>), Response = (), Error = DispatchError>,
+    H::Future: 'static,
+    A: Service<Request, Error = Response<BoxBody>> + 'static,
+    A::Response: Into<Response<BoxBody>>,
+{
+    type Response = ();
+    type Error = DispatchError;
+    type Future = LocalBoxFuture<'static, Result<(), DispatchError>>;
+
+    actix_service::forward_ready!(http1);
+
+    fn call(&self, (io, protocol, peer): (T, HttpProtocol, Option<SocketAddr>)) -> Self::Future {
+        match (protocol, peer) {
+            (HttpProtocol::Http2, Some(peer)) => {
+                let (app, limits, shutdown) = (self.app.clone(), self.http2, self.shutdown.clone());
+                Box::pin(async move {
+                    let shutdown = async move { shutdown.notified().await };
+                    http2::serve(io, app, peer, limits, shutdown).await;
+                    Ok(())
+                })
+            }
+            _ => Box::pin(self.http1.call((io, protocol, peer))),
+        }
     }
 }
 
@@ -571,6 +686,8 @@ pub struct Rebind {
     pub settings: ServerSettings,
     /// `tls.listen`.
     pub tls_listen: Vec<SocketAddr>,
+    /// `tls.http2`.
+    pub http2: Http2Settings,
     pub reply: tokio::sync::oneshot::Sender<Result<Bound, String>>,
 }
 
@@ -578,9 +695,16 @@ pub struct Rebind {
 pub type Rebinder = tokio::sync::mpsc::UnboundedSender<Rebind>;
 
 /// Whether two sets of settings differ in what only a new listener can apply: `[server]`'s
-/// listener keys, or `tls.listen` (certificates are swapped without one).
+/// listener keys, `tls.listen` or `tls.http2`'s limits (certificates, and whether ALPN
+/// offers h2, are swapped without one).
 pub fn listener_changed(old: &Settings, new: &Settings) -> bool {
-    server_listener_changed(&old.server, &new.server) || old.tls.listen != new.tls.listen
+    let limits = |http2: &Http2Settings| Http2Settings {
+        enabled: true,
+        ..http2.clone()
+    };
+    server_listener_changed(&old.server, &new.server)
+        || old.tls.listen != new.tls.listen
+        || limits(&old.tls.http2) != limits(&new.tls.http2)
 }
 
 fn server_listener_changed(old: &ServerSettings, new: &ServerSettings) -> bool {

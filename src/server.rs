@@ -87,6 +87,7 @@ impl Gatehouse {
         let listen = ListenerSettings {
             server: &settings.server,
             tls_listen: &settings.tls.listen,
+            http2: &settings.tls.http2,
             certificates: &certificates,
         };
         let (server, bound) = sockets
@@ -175,6 +176,7 @@ impl Gatehouse {
                     let listen = ListenerSettings {
                         server: &rebind.settings,
                         tls_listen: &rebind.tls_listen,
+                        http2: &rebind.http2,
                         certificates: &certificates,
                     };
                     let answer = match sockets.serve(listen, shared.clone()) {

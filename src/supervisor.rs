@@ -205,6 +205,7 @@ async fn rebind(rebinder: &Rebinder, settings: &Settings) -> Result<(), ReloadEr
     let request = Rebind {
         settings: settings.server.clone(),
         tls_listen: settings.tls.listen.clone(),
+        http2: settings.tls.http2.clone(),
         reply,
     };
     rebinder.send(request).map_err(|_| ReloadError::Stopped)?;

@@ -6,11 +6,11 @@ use actix_web::body::{BodyStream, BoxBody, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::uri::{PathAndQuery, Uri};
 use actix_web::http::Method;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
 use futures_util::future::{select, Either};
 
-use super::body::{BodyFault, Framing, Intake, RequestBody, ResponseBody};
+use super::body::{BodyFault, Framing, Intake, RequestBody, ResponseBody, UndeclaredBody};
 use super::connector::{UpstreamConnector, UpstreamTls};
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::{strict, upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
@@ -88,7 +88,7 @@ pub async fn forward(
     if !route.access.is_empty() || !route.rate_limits.is_empty() {
         guard(req, client, &route.access, &route.rate_limits, proxy)?;
     }
-    let over_tls = req.conn_data::<tls::OverTls>().is_some();
+    let over_tls = tls::came_over_tls(req);
     if route.redirect_https && !over_tls {
         if let Some(response) = tls::redirect(req, host) {
             exchange.record.status = response.status().as_u16();
@@ -503,6 +503,7 @@ impl RequestFraming {
             // An explicit `Content-Length: 0` is kept: some servers answer a POST without
             // a length with 411.
             Some(length) => Self::Length(length),
+            None if req.extensions().contains::<UndeclaredBody>() => Self::Chunked,
             None => Self::None,
         }
     }
@@ -659,9 +660,10 @@ fn upstream_headers(
             out.insert(X_FORWARDED_FOR, value);
         }
     }
-    let proto = match req.conn_data::<tls::OverTls>() {
-        Some(_) => "https",
-        None => "http",
+    let proto = if tls::came_over_tls(req) {
+        "https"
+    } else {
+        "http"
     };
     out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let via = match req.version() {

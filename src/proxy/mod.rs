@@ -33,6 +33,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Version;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
+pub use body::UndeclaredBody;
 pub use connector::{UpstreamTls, UpstreamTlsError};
 pub use error::ProxyError;
 pub use headers::X_FORWARDED_FOR;

@@ -43,7 +43,7 @@ pub use health::{
 pub use layers::{load, Loaded, Sources};
 pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecuritySettings};
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
-pub use tls::{CertificateSettings, TlsSettings, TlsVersion, INTERMEDIATE_CIPHERS};
+pub use tls::{CertificateSettings, Http2Settings, TlsSettings, TlsVersion, INTERMEDIATE_CIPHERS};
 pub use units::{ByteSize, Duration};
 pub use upstream_tls::{UpstreamTlsSettings, UpstreamTlsVersion};
 

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::ByteSize;
+
 /// Mozilla's "intermediate" TLS 1.2 cipher list (configuration generator, version 5): forward
 /// secrecy and AEAD only, for every client of the last several years. TLS 1.3 suites are
 /// OpenSSL's own, all of which are fine.
@@ -23,6 +25,8 @@ pub struct TlsSettings {
     pub min_version: TlsVersion,
     /// The TLS 1.2 cipher list, in OpenSSL's syntax, in the server's order of preference.
     pub ciphers: String,
+    /// HTTP/2 for clients that offer it in ALPN.
+    pub http2: Http2Settings,
 }
 
 impl Default for TlsSettings {
@@ -32,6 +36,37 @@ impl Default for TlsSettings {
             certificates: Vec::new(),
             min_version: TlsVersion::Tls12,
             ciphers: INTERMEDIATE_CIPHERS.to_string(),
+            http2: Http2Settings::default(),
+        }
+    }
+}
+
+/// `[tls.http2]`: whether TLS listeners offer HTTP/2, and the limits of each HTTP/2
+/// connection (docs/tls.md).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Settings {
+    /// Offer `h2` in ALPN; off, every TLS client speaks HTTP/1.1.
+    pub enabled: bool,
+    /// Streams a client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// The largest request header list, as HPACK decodes it with 32 bytes per field
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE); a larger one gets 431.
+    pub max_header_list_size: ByteSize,
+    /// Streams one connection may open in all; then `GOAWAY`, and the client opens a new
+    /// connection (NGINX's `keepalive_requests`).
+    pub max_requests: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            // NGINX's http2_max_concurrent_streams.
+            max_concurrent_streams: 128,
+            // As `server.max_request_header_size`.
+            max_header_list_size: ByteSize::kib(32),
+            max_requests: 1000,
         }
     }
 }

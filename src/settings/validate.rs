@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use actix_web::http::header::{HeaderName, HeaderValue};
 
 use super::{
-    Balance, HealthSettings, PoolSettings, SameSite, Settings, StickyMode, StickySettings,
-    UpstreamTlsSettings,
+    Balance, HealthSettings, Http2Settings, PoolSettings, SameSite, Settings, StickyMode,
+    StickySettings, UpstreamTlsSettings,
 };
 use crate::pool::parse_address;
 use crate::proxy::route::HostPattern;
@@ -116,6 +116,7 @@ fn check_tls(settings: &Settings) -> Result<(), Problem> {
     }
     crate::tls::Certificates::load(tls)
         .map_err(|err| problem(err.key, format!("{:?}", err.path), err.reason))?;
+    check_http2(&tls.http2)?;
     for (index, route) in settings.routes.iter().enumerate() {
         if route.redirect_https && tls.listen.is_empty() {
             return Err(problem(
@@ -133,6 +134,31 @@ fn check_tls(settings: &Settings) -> Result<(), Problem> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// `[tls.http2]`: limits h2 can announce in its SETTINGS frame.
+fn check_http2(http2: &Http2Settings) -> Result<(), Problem> {
+    let at_least_one = |field: &str, value: u32| {
+        if value == 0 {
+            return Err(problem(
+                format!("tls.http2.{field}"),
+                value,
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    };
+    at_least_one("max_concurrent_streams", http2.max_concurrent_streams)?;
+    at_least_one("max_requests", http2.max_requests)?;
+    let size = http2.max_header_list_size.get();
+    if !(1024..=16 * 1024 * 1024).contains(&size) {
+        return Err(problem(
+            "tls.http2.max_header_list_size".into(),
+            size,
+            "must be from 1KiB to 16MiB",
+        ));
     }
     Ok(())
 }
@@ -658,5 +684,28 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn http2_limits_are_named_when_out_of_range() {
+        let problem = |edit: fn(&mut Http2Settings)| {
+            let mut http2 = Http2Settings::default();
+            edit(&mut http2);
+            check_http2(&http2).unwrap_err().key
+        };
+        assert!(check_http2(&Http2Settings::default()).is_ok());
+        assert_eq!(
+            problem(|h| h.max_concurrent_streams = 0),
+            "tls.http2.max_concurrent_streams"
+        );
+        assert_eq!(problem(|h| h.max_requests = 0), "tls.http2.max_requests");
+        assert_eq!(
+            problem(|h| h.max_header_list_size = crate::settings::ByteSize(100)),
+            "tls.http2.max_header_list_size"
+        );
+        assert_eq!(
+            problem(|h| h.max_header_list_size = crate::settings::ByteSize::kib(32 * 1024)),
+            "tls.http2.max_header_list_size"
+        );
     }
 }

@@ -34,6 +34,9 @@ use crate::settings::{CertificateSettings, TlsSettings, TlsVersion};
 /// ALPN protocols offered, best first: HTTP/2, then HTTP/1.1.
 const ALPN: &[u8] = b"\x02h2\x08http/1.1";
 
+/// ALPN with `tls.http2.enabled = false`.
+const ALPN_HTTP1: &[u8] = b"\x08http/1.1";
+
 /// Key exchange groups: X25519, then P-256 (Mozilla intermediate; every client has one).
 const GROUPS: &str = "X25519:P-256";
 
@@ -41,9 +44,16 @@ const GROUPS: &str = "X25519:P-256";
 /// cache to resume sessions of contexts switched to by SNI).
 const SESSION_ID_CONTEXT: &[u8] = b"gatehouse";
 
-/// Inserted into the connection data of connections that came over TLS.
+/// Inserted into the connection data of HTTP/1.1 connections that came over TLS, and into
+/// the request data of every HTTP/2 request (h2 is offered on TLS listeners only).
 #[derive(Clone, Copy, Debug)]
 pub struct OverTls;
+
+/// Whether the request came over a TLS listener.
+pub fn came_over_tls(req: &actix_web::HttpRequest) -> bool {
+    use actix_web::HttpMessage as _;
+    req.conn_data::<OverTls>().is_some() || req.extensions().contains::<OverTls>()
+}
 
 /// Inserted into the connection data of plain connections when TLS listeners exist: the port
 /// `redirect_https` sends clients to.
@@ -227,7 +237,7 @@ fn server_name(name: &str) -> Result<String, String> {
 
 /// A context builder with gatehouse's protocol settings and no certificate yet: Mozilla
 /// intermediate (TLS 1.2 and 1.3, AEAD ciphers with forward secrecy, the server's order),
-/// X25519 and P-256, ALPN h2 and http/1.1, SNI switching, OpenSSL's session cache and
+/// X25519 and P-256, ALPN h2 (unless `http2.enabled` is off) and http/1.1, SNI switching, OpenSSL's session cache and
 /// tickets.
 fn acceptor(settings: &TlsSettings) -> Result<openssl::ssl::SslAcceptorBuilder, String> {
     let setup = |settings: &TlsSettings| -> Result<_, ErrorStack> {
@@ -240,8 +250,13 @@ fn acceptor(settings: &TlsSettings) -> Result<openssl::ssl::SslAcceptorBuilder, 
         builder.set_options(SslOptions::CIPHER_SERVER_PREFERENCE | SslOptions::NO_RENEGOTIATION);
         builder.set_groups_list(GROUPS)?;
         builder.set_session_id_context(SESSION_ID_CONTEXT)?;
-        builder.set_alpn_select_callback(|_, offered| {
-            select_next_proto(ALPN, offered).ok_or(AlpnError::NOACK)
+        let ours = if settings.http2.enabled {
+            ALPN
+        } else {
+            ALPN_HTTP1
+        };
+        builder.set_alpn_select_callback(move |_, offered| {
+            select_next_proto(ours, offered).ok_or(AlpnError::NOACK)
         });
         builder.set_servername_callback(switch_certificate);
         Ok(builder)

@@ -17,6 +17,7 @@ mod failures;
 mod forwarding;
 mod health;
 mod hiding;
+mod http2;
 mod limits;
 mod memory;
 mod reload;

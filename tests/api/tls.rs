@@ -72,14 +72,14 @@ fn certificate(
 }
 
 /// A test CA and the files of the certificates it signs.
-struct Pki {
-    ca: X509,
+pub(crate) struct Pki {
+    pub(crate) ca: X509,
     ca_key: PKey<Private>,
     dir: TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let ca_key = new_key();
         let ca = certificate(&[], 1, &ca_key, None);
         Self {
@@ -109,7 +109,7 @@ impl Pki {
     }
 
     /// [`Self::tls_section`] with more `[tls]` keys.
-    fn tls_section_with(&self, keys: &str) -> String {
+    pub(crate) fn tls_section_with(&self, keys: &str) -> String {
         let (a_cert, a_key) = self.issue("a", &["a.test"], 10);
         let (b_cert, b_key) = self.issue("b", &["*.b.test"], 20);
         format!(
@@ -652,4 +652,43 @@ fn tls_1_3_sessions_resume_from_tickets() {
     for sni in ["a.test", "www.b.test"] {
         assert_resumes(&proxy, &pki, SslVersion::TLS1_3, sni);
     }
+}
+
+#[test]
+fn a_proxy_protocol_header_before_the_handshake_names_the_client_of_a_tls_connection() {
+    let origin = Origin::start("origin");
+    let pki = Pki::new();
+    let toml = one_pool(&[origin.addr], &pki.tls_section()).replacen(
+        "[server]\n",
+        "[server]\nproxy_protocol = true\n",
+        1,
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let tls = proxy.tls[0];
+
+    let mut tcp = TcpStream::connect(tls).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 443\r\n")
+        .unwrap();
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
+    let mut stream = builder.build().connect("a.test", tcp).expect("handshake");
+    let response = request(&mut stream, &get_echo("a.test"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = Echo(response.json());
+    assert_eq!(
+        echo.header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9")
+    );
+    assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
+    // The same connection keeps the header's client for its next request.
+    let again = Echo(request(&mut stream, &get_echo("a.test")).json());
+    assert_eq!(
+        again.header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9")
+    );
+
+    // A handshake without the header first is closed: the listener wants the header.
+    assert!(connect_tls(tls, &pki.ca, Some("a.test"), b"", None).is_err());
+    assert_eq!(origin.hits(), 2);
 }

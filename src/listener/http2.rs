@@ -1,0 +1,468 @@
+//! HTTP/2 on TLS listeners: gatehouse's own connection loop over the h2 crate, so the
+//! limits of `[tls.http2]` hold. actix-http serves HTTP/2 with h2's defaults, which cap
+//! neither the streams open at once nor the size of a header list.
+//!
+//! Each stream becomes an actix-http request for the same application HTTP/1.1 connections
+//! use, answered on a task of its own. A stream the client resets cancels its request, and
+//! with it the request to the server: a rapid-reset flood cannot leave work running behind
+//! it. After `max_requests` streams the connection is sent `GOAWAY`, so one connection
+//! cannot reset streams forever.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::error::PayloadError;
+use actix_http::header::{self, HeaderName, HeaderValue};
+use actix_http::{HttpMessage as _, Method, Payload, Request, Response, StatusCode};
+use actix_service::Service;
+use bytes::Bytes;
+use futures_util::future::{select, Either};
+use futures_util::Stream;
+use h2::server::{Builder, SendResponse};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep, Instant, Sleep};
+
+use crate::proxy::UndeclaredBody;
+use crate::settings::Http2Settings;
+use crate::tls::OverTls;
+
+/// Flow-control windows: what actix-http uses (1 MiB per stream, 2 MiB per connection), so a
+/// large upload is not held to h2's 64 KiB default.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// What each HTTP/2 connection is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+    pub max_requests: u32,
+    /// With no stream open for this long, the connection is closed (`server.keep_alive`).
+    pub keep_alive: Duration,
+    /// The client's preface and SETTINGS must arrive within this (`server.client_header_timeout`);
+    /// zero waits without limit.
+    pub preface_timeout: Duration,
+}
+
+impl Http2Limits {
+    pub fn new(settings: &Http2Settings, keep_alive: Duration, preface_timeout: Duration) -> Self {
+        Self {
+            max_concurrent_streams: settings.max_concurrent_streams,
+            // Validated to at most 16 MiB.
+            max_header_list_size: u32::try_from(settings.max_header_list_size.get())
+                .unwrap_or(u32::MAX),
+            max_requests: settings.max_requests,
+            keep_alive,
+            preface_timeout,
+        }
+    }
+
+    fn builder(&self) -> Builder {
+        let mut builder = Builder::new();
+        builder
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(self.max_header_list_size);
+        builder
+    }
+}
+
+/// Serves one HTTP/2 connection until the client closes it, it idles past `keep_alive`, it
+/// has opened `max_requests` streams and they are answered, or `shutdown` resolves and its
+/// open streams are answered.
+pub async fn serve<T, S>(
+    io: T,
+    app: Rc<S>,
+    peer: SocketAddr,
+    limits: Http2Limits,
+    shutdown: impl Future<Output = ()>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request> + 'static,
+    S::Response: Into<Response<BoxBody>>,
+    S::Error: Into<Response<BoxBody>>,
+{
+    let handshake = limits.builder().handshake::<_, Bytes>(io);
+    let connection = if limits.preface_timeout.is_zero() {
+        handshake.await.map_err(|err| err.to_string())
+    } else {
+        match tokio::time::timeout(limits.preface_timeout, handshake).await {
+            Ok(outcome) => outcome.map_err(|err| err.to_string()),
+            Err(_) => Err(format!("no preface within {:?}", limits.preface_timeout)),
+        }
+    };
+    let mut connection = match connection {
+        Ok(connection) => connection,
+        Err(err) => {
+            log::debug!("HTTP/2 connection from {peer} failed: {err}");
+            return;
+        }
+    };
+    let activity = Rc::new(Activity::default());
+    let mut idle = pin!(sleep(limits.keep_alive));
+    let mut shutdown = pin!(shutdown);
+    let mut accepted: u32 = 0;
+    let mut closing = false;
+    poll_fn(|cx| {
+        if !closing
+            && (shutdown.as_mut().poll(cx).is_ready()
+                || activity.idled(&mut idle, cx, limits.keep_alive))
+        {
+            connection.graceful_shutdown();
+            closing = true;
+        }
+        loop {
+            match connection.poll_accept(cx) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    let stream = answer(app.clone(), request, respond, peer, activity.open());
+                    tokio::task::spawn_local(stream);
+                    accepted = accepted.saturating_add(1);
+                    if accepted >= limits.max_requests && !closing {
+                        connection.graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    log::debug!("HTTP/2 connection from {peer} ended: {err}");
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+}
+
+/// The connection's open streams, and when the last one ended: what the idle timer needs.
+#[derive(Default)]
+struct Activity {
+    open: Cell<usize>,
+    last_end: Cell<Option<Instant>>,
+}
+
+impl Activity {
+    /// Counts a stream as open until the returned guard is dropped.
+    fn open(self: &Rc<Self>) -> OpenStream {
+        self.open.set(self.open.get() + 1);
+        OpenStream(self.clone())
+    }
+
+    /// Whether the connection has had no open stream for `keep_alive`. Otherwise the timer is
+    /// moved to the earliest moment that could be true, and will wake `cx` then.
+    fn idled(
+        &self,
+        timer: &mut Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+        keep_alive: Duration,
+    ) -> bool {
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let deadline = match (self.open.get(), self.last_end.get()) {
+                (0, None) => return true,
+                (0, Some(end)) if end + keep_alive <= now => return true,
+                (0, Some(end)) => end + keep_alive,
+                _ => now + keep_alive,
+            };
+            timer.as_mut().reset(deadline);
+        }
+        false
+    }
+}
+
+/// One open stream, for [`Activity`].
+struct OpenStream(Rc<Activity>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        self.0.last_end.set(Some(Instant::now()));
+    }
+}
+
+/// Answers one stream: the request through the application, the response back, both
+/// abandoned the moment the client resets the stream.
+async fn answer<S>(
+    app: Rc<S>,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    _open: OpenStream,
+) where
+    S: Service<Request> + 'static,
+    S::Response: Into<Response<BoxBody>>,
+    S::Error: Into<Response<BoxBody>>,
+{
+    let head_only = request.method() == Method::HEAD;
+    let call = app.call(into_request(request, peer));
+    let reset = poll_fn(|cx| respond.poll_reset(cx));
+    let response: Response<BoxBody> = match select(pin!(call), pin!(reset)).await {
+        Either::Left((Ok(response), _)) => response.into(),
+        Either::Left((Err(err), _)) => err.into(),
+        // Dropping the call cancels the request to the server.
+        Either::Right(_) => return,
+    };
+    let (response, body) = response.into_parts();
+    let size = body.size();
+    let no_body = head_only
+        || matches!(size, BodySize::None | BodySize::Sized(0))
+        || response.status() == StatusCode::NOT_MODIFIED;
+    let head = response_head(&response, size, head_only);
+    let Ok(mut stream) = respond.send_response(head, no_body) else {
+        return;
+    };
+    if !no_body {
+        send_body(body, size, &mut stream).await;
+    }
+}
+
+/// The actix-http request for an h2 request: as actix-http builds it, with the peer address,
+/// the mark that it came over TLS (h2 is offered on TLS listeners only) and, for a body
+/// without `content-length`, the mark that one follows.
+fn into_request(request: http::Request<RecvStream>, peer: SocketAddr) -> Request {
+    let (parts, body) = request.into_parts();
+    let undeclared = !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let payload: Payload = match body.is_end_stream() {
+        true => Payload::None,
+        false => Payload::Stream {
+            payload: Box::pin(RequestBody(body)),
+        },
+    };
+    let mut request = Request::with_payload(payload);
+    if undeclared {
+        request.extensions_mut().insert(UndeclaredBody);
+    }
+    let head = request.head_mut();
+    head.uri = parts.uri;
+    head.method = parts.method;
+    head.version = parts.version;
+    head.headers = parts.headers.into();
+    head.peer_addr = Some(peer);
+    request.extensions_mut().insert(OverTls);
+    request
+}
+
+/// A request body, giving back flow-control window as the application takes it.
+struct RequestBody(RecvStream);
+
+impl Stream for RequestBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let body = &mut self.0;
+        Poll::Ready(match std::task::ready!(body.poll_data(cx)) {
+            Some(Ok(chunk)) => Some(
+                body.flow_control()
+                    .release_capacity(chunk.len())
+                    .map(|()| chunk)
+                    .map_err(PayloadError::from),
+            ),
+            Some(Err(err)) => Some(Err(PayloadError::from(err))),
+            None => None,
+        })
+    }
+}
+
+/// The h2 response head: the status, the headers less those HTTP/2 forbids (RFC 9113
+/// 8.2.2), `content-length` from a body of known size, and `date` when the response has none.
+fn response_head(response: &Response<()>, size: BodySize, head_only: bool) -> http::Response<()> {
+    let mut head = http::Response::new(());
+    *head.status_mut() = response.status();
+    *head.version_mut() = http::Version::HTTP_2;
+    let headers = head.headers_mut();
+    // A body of known size says its length; a streamed body, or a HEAD answer, keeps the
+    // server's `content-length` (a proxied response carries it through).
+    let sized = matches!(size, BodySize::Sized(_)) && !head_only;
+    if let BodySize::Sized(len) = size {
+        if sized && response.status() != StatusCode::NOT_MODIFIED {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    for (name, value) in response.headers() {
+        if connection_specific(name) || (sized && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, now());
+    }
+    head
+}
+
+/// Headers that belong to one HTTP/1.1 connection, which HTTP/2 forbids.
+fn connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+/// The current `Date` value, formatted once a second per worker.
+fn now() -> HeaderValue {
+    thread_local! {
+        static DATE: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    let time = SystemTime::now();
+    let second = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|date| match date {
+        Some((at, value)) if *at == second => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&httpdate::fmt_http_date(time))
+                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+            *date = Some((second, value.clone()));
+            value
+        }
+    })
+}
+
+/// Sends the body as the client's window allows. A body that fails part way (the server
+/// broke off) resets the stream, so the client never takes a cut body for a whole one; a
+/// client reset stops reading it.
+async fn send_body(body: BoxBody, size: BodySize, stream: &mut SendStream<Bytes>) {
+    let mut body = pin!(body);
+    let mut left = match size {
+        BodySize::Sized(len) => Some(len),
+        _ => None,
+    };
+    loop {
+        let next = poll_fn(|cx| {
+            if stream.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            body.as_mut().poll_next(cx).map(Some)
+        })
+        .await;
+        let chunk = match next {
+            // Reset by the client.
+            None => return,
+            Some(None) => break,
+            Some(Some(Ok(chunk))) => chunk,
+            Some(Some(Err(err))) => {
+                log::debug!("HTTP/2 response body failed: {err}");
+                stream.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        if let Some(left) = left.as_mut() {
+            *left = left.saturating_sub(chunk.len() as u64);
+        }
+        // The last chunk of a body of known size ends the stream itself.
+        if send_chunk(stream, chunk, left == Some(0)).await.is_err() {
+            return;
+        }
+        if left == Some(0) {
+            return;
+        }
+    }
+    let _ = stream.send_data(Bytes::new(), true);
+}
+
+/// Sends `chunk` in pieces as flow control grants window for them.
+async fn send_chunk(
+    stream: &mut SendStream<Bytes>,
+    mut chunk: Bytes,
+    end: bool,
+) -> Result<(), h2::Error> {
+    while !chunk.is_empty() {
+        stream.reserve_capacity(chunk.len());
+        let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(granted) => granted?,
+            // The stream is gone (reset or closed).
+            None => return Err(h2::Error::from(Reason::CANCEL)),
+        };
+        let piece = chunk.split_to(granted.min(chunk.len()));
+        stream.send_data(piece, end && chunk.is_empty())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(response: Response<()>, size: BodySize, head_only: bool) -> http::Response<()> {
+        response_head(&response, size, head_only)
+    }
+
+    #[test]
+    fn connection_headers_are_dropped_and_length_follows_the_body() {
+        let mut response = Response::with_body(StatusCode::OK, ());
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            HeaderName::from_static("keep-alive"),
+            HeaderValue::from_static("5"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
+        let sent = head(response, BodySize::Sized(12), false);
+        assert_eq!(sent.headers()[header::CONTENT_LENGTH], "12");
+        for gone in ["connection", "transfer-encoding", "keep-alive"] {
+            assert!(!sent.headers().contains_key(gone), "{gone}");
+        }
+        assert_eq!(sent.headers().get_all(header::SET_COOKIE).iter().count(), 2);
+        assert!(sent.headers().contains_key(header::DATE));
+    }
+
+    #[test]
+    fn streamed_and_head_answers_keep_the_servers_length() {
+        let mut response = Response::with_body(StatusCode::OK, ());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("1234"));
+        let streamed = head(response, BodySize::Stream, false);
+        assert_eq!(streamed.headers()[header::CONTENT_LENGTH], "1234");
+        let mut response = Response::with_body(StatusCode::OK, ());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("1234"));
+        let to_head = head(response, BodySize::Sized(0), true);
+        assert_eq!(to_head.headers()[header::CONTENT_LENGTH], "1234");
+    }
+
+    /// Polls [`Activity::idled`] once.
+    async fn idled(timer: &mut Pin<&mut Sleep>, activity: &Activity, keep_alive: Duration) -> bool {
+        poll_fn(|cx| Poll::Ready(activity.idled(timer, cx, keep_alive))).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idles_only_with_no_stream_open() {
+        let keep_alive = Duration::from_secs(10);
+        let activity = Rc::new(Activity::default());
+        let mut timer = pin!(sleep(keep_alive));
+        let open = activity.open();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(
+            !idled(&mut timer, &activity, keep_alive).await,
+            "a stream is open"
+        );
+        drop(open);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            !idled(&mut timer, &activity, keep_alive).await,
+            "ended 5 s ago"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            idled(&mut timer, &activity, keep_alive).await,
+            "ended 11 s ago"
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! HTTP/2 on TLS listeners: the limits of `[tls.http2]` (concurrent streams, header list
+//! size, streams per connection, idle connections), resets that cancel the request to the
+//! server, bodies both ways under flow control, and a server's broken body.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use openssl::ssl::{SslConnector, SslMethod};
+use tokio::task::JoinHandle;
+
+use crate::helpers::*;
+use crate::tls::Pki;
+
+/// A gatehouse with one TLS listener in front of `servers`, and `[tls]` keys `keys`.
+fn start(servers: &[SocketAddr], keys: &str) -> (Pki, Proxy) {
+    let pki = Pki::new();
+    let proxy = Proxy::from_toml(&one_pool(servers, &pki.tls_section_with(keys)));
+    (pki, proxy)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An HTTP/2 client connection over TLS (ALPN h2, trusting the test CA), and the task that
+/// drives it: it ends when the connection does.
+async fn connect(
+    addr: SocketAddr,
+    pki: &Pki,
+) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
+    builder.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
+    let ssl = builder
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("a.test")
+        .unwrap();
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut tls).connect().await.unwrap();
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// A response read whole: status and body, or the stream error that cut it.
+struct Answer {
+    status: u16,
+    body: Result<Vec<u8>, h2::Error>,
+}
+
+/// Sends `request` with `body` (none when empty) and reads the whole answer.
+async fn send(
+    client: &mut SendRequest<Bytes>,
+    request: http::Request<()>,
+    body: Vec<u8>,
+) -> Result<Answer, h2::Error> {
+    let mut client = client.clone().ready().await?;
+    let (response, mut stream) = client.send_request(request, body.is_empty())?;
+    if !body.is_empty() {
+        send_all(&mut stream, Bytes::from(body)).await?;
+    }
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("a response in time")?;
+    let status = response.status().as_u16();
+    let mut received = response.into_body();
+    let mut bytes = Vec::new();
+    let body = loop {
+        match tokio::time::timeout(DEADLINE, received.data()).await {
+            Err(_) => panic!("the body did not end in time"),
+            Ok(None) => break Ok(bytes),
+            Ok(Some(Err(err))) => break Err(err),
+            Ok(Some(Ok(chunk))) => {
+                let _ = received.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+    };
+    Ok(Answer { status, body })
+}
+
+/// Sends `data` and ends the stream, as the server's window allows.
+async fn send_all(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let Some(granted) = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await else {
+            // The server ended the stream early (it answered without the rest).
+            return Ok(());
+        };
+        let granted = granted?;
+        let piece = data.split_to(granted.min(data.len()));
+        stream.send_data(piece, data.is_empty())?;
+    }
+    Ok(())
+}
+
+fn get(path: &str) -> http::Request<()> {
+    http::Request::get(format!("https://a.test{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// A server that answers each request after `hold`, and records the most requests it held
+/// at once.
+struct CountingOrigin {
+    addr: SocketAddr,
+    most: Arc<AtomicUsize>,
+}
+
+impl CountingOrigin {
+    fn start(hold: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (held, record) = (now.clone(), most.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().take(1000) {
+                let Ok(mut stream) = stream else { return };
+                let (held, record) = (held.clone(), record.clone());
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let at_once = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    record.fetch_max(at_once, Ordering::SeqCst);
+                    thread::sleep(hold);
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                });
+            }
+        });
+        Self { addr, most }
+    }
+}
+
+#[test]
+fn streams_beyond_max_concurrent_streams_wait_their_turn() {
+    let origin = CountingOrigin::start(Duration::from_millis(150));
+    let (pki, proxy) = start(&[origin.addr], "http2 = { max_concurrent_streams = 3 }\n");
+    let statuses = runtime().block_on(async {
+        let (client, _connection) = connect(proxy.tls[0], &pki).await;
+        let requests = (0..12).map(|_| {
+            let mut client = client.clone();
+            async move {
+                send(&mut client, get("/"), Vec::new())
+                    .await
+                    .unwrap()
+                    .status
+            }
+        });
+        futures_util::future::join_all(requests).await
+    });
+    assert_eq!(statuses, vec![200; 12]);
+    let most = origin.most.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&most),
+        "the server held {most} requests at once; the limit is 3"
+    );
+}
+
+#[test]
+fn a_header_list_over_the_limit_gets_431_and_the_connection_goes_on() {
+    let origin = Origin::start("origin");
+    let (pki, proxy) = start(
+        &[origin.addr],
+        "http2 = { max_header_list_size = \"4KiB\" }\n",
+    );
+    let (big, after) = runtime().block_on(async {
+        let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
+        // Settle SETTINGS first, so the limit is known to both sides.
+        send(&mut client, get("/echo"), Vec::new()).await.unwrap();
+        let mut request = get("/echo");
+        request
+            .headers_mut()
+            .insert("x-big", "b".repeat(8 * 1024).parse().unwrap());
+        let big = send(&mut client, request, Vec::new()).await;
+        let after = send(&mut client, get("/echo"), Vec::new()).await.unwrap();
+        (big.map(|answer| answer.status), after.status)
+    });
+    assert_eq!(big.unwrap(), 431);
+    assert_eq!(after, 200);
+    assert_eq!(
+        origin.hits(),
+        2,
+        "the oversized request never reached the origin"
+    );
+}
+
+#[test]
+fn a_connection_is_sent_goaway_after_max_requests_streams() {
+    let origin = Origin::start("origin");
+    let (pki, proxy) = start(&[origin.addr], "http2 = { max_requests = 3 }\n");
+    let (statuses, ended, refused) = runtime().block_on(async {
+        let (mut client, connection) = connect(proxy.tls[0], &pki).await;
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(
+                send(&mut client, get("/echo"), Vec::new())
+                    .await
+                    .unwrap()
+                    .status,
+            );
+        }
+        let ended = tokio::time::timeout(DEADLINE, connection).await;
+        let refused = send(&mut client, get("/echo"), Vec::new()).await.is_err();
+        (statuses, ended, refused)
+    });
+    assert_eq!(statuses, [200, 200, 200]);
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the connection closes cleanly after GOAWAY: {ended:?}"
+    );
+    assert!(refused, "a fourth stream is not served on that connection");
+    assert_eq!(origin.hits(), 3);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_keep_alive() {
+    let origin = Origin::start("origin");
+    let pki = Pki::new();
+    let toml = one_pool(&[origin.addr], &pki.tls_section_with("")).replacen(
+        "[server]\n",
+        "[server]\nkeep_alive = \"1s\"\n",
+        1,
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let ended = runtime().block_on(async {
+        let (mut client, connection) = connect(proxy.tls[0], &pki).await;
+        let answer = send(&mut client, get("/echo"), Vec::new()).await.unwrap();
+        assert_eq!(answer.status, 200);
+        tokio::time::timeout(DEADLINE, connection).await
+    });
+    // Closed by gatehouse, not by the deadline; the client may still be writing its PING
+    // acknowledgement when the socket closes, so either end of the connection task counts.
+    assert!(
+        matches!(ended, Ok(Ok(_))),
+        "the idle connection was closed: {ended:?}"
+    );
+}
+
+/// A server that takes one request and never answers; it reports when gatehouse closes the
+/// connection, or that it did not within the deadline.
+fn silent_origin() -> (SocketAddr, mpsc::Receiver<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        let _ = tx.send(closed);
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_stream_reset_by_the_client_cancels_the_request_to_the_server() {
+    let (origin, closed) = silent_origin();
+    let (pki, proxy) = start(&[origin], "");
+    let closed = runtime().block_on(async {
+        let (client, _connection) = connect(proxy.tls[0], &pki).await;
+        let mut ready = client.ready().await.unwrap();
+        let (_response, mut stream) = ready.send_request(get("/hold"), true).unwrap();
+        // Give gatehouse time to send the request on before the reset.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        // The connection task must go on running to send the reset.
+        let wait = move || closed.recv_timeout(DEADLINE + Duration::from_secs(1));
+        tokio::task::spawn_blocking(wait).await.unwrap()
+    });
+    assert_eq!(
+        closed,
+        Ok(true),
+        "gatehouse dropped the request to the server when the stream was reset"
+    );
+}
+
+#[test]
+fn bodies_larger_than_the_windows_cross_whole_both_ways() {
+    let origin = Origin::start("origin");
+    let (pki, proxy) = start(&[origin.addr], "");
+    let (upload, download) = runtime().block_on(async {
+        let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
+        let post = http::Request::post("https://a.test/echo").body(()).unwrap();
+        let upload = send(&mut client, post, vec![b'u'; 5 * 1024 * 1024])
+            .await
+            .unwrap();
+        let download = send(&mut client, get("/bytes/6000000?sized=1"), Vec::new())
+            .await
+            .unwrap();
+        (upload, download)
+    });
+    assert_eq!(
+        upload.status,
+        200,
+        "{:?}",
+        upload
+            .body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    );
+    let echo: serde_json::Value = serde_json::from_slice(&upload.body.unwrap()).unwrap();
+    assert_eq!(echo["body_len"], 5 * 1024 * 1024);
+    assert_eq!(download.status, 200);
+    let body = download.body.unwrap();
+    assert_eq!(body.len(), 6_000_000);
+    assert!(body.iter().all(|&b| b == b'x'));
+}
+
+#[test]
+fn a_body_the_server_breaks_off_resets_the_stream() {
+    let origin = Origin::start("origin");
+    let (pki, proxy) = start(&[origin.addr], "");
+    let (cut, after) = runtime().block_on(async {
+        let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
+        let cut = send(&mut client, get("/abort"), Vec::new()).await.unwrap();
+        let after = send(&mut client, get("/echo"), Vec::new()).await.unwrap();
+        (cut, after.status)
+    });
+    assert_eq!(cut.status, 200);
+    let err = cut
+        .body
+        .expect_err("a cut body is not delivered as a whole one");
+    assert_eq!(err.reason(), Some(h2::Reason::INTERNAL_ERROR), "{err}");
+    assert_eq!(after, 200, "the other streams of the connection go on");
+}
+
+#[test]
+fn with_http2_off_tls_clients_get_http1() {
+    let origin = Origin::start("origin");
+    let (pki, proxy) = start(&[origin.addr], "http2 = { enabled = false }\n");
+    let tcp = std::net::TcpStream::connect(proxy.tls[0]).unwrap();
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
+    builder.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
+    let tls = builder.build().connect("a.test", tcp).unwrap();
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
+}
