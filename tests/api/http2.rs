@@ -158,7 +158,10 @@ fn streams_beyond_max_concurrent_streams_wait_their_turn() {
     let origin = CountingOrigin::start(Duration::from_millis(150));
     let (pki, proxy) = start(&[origin.addr], "http2 = { max_concurrent_streams = 3 }\n");
     let statuses = runtime().block_on(async {
-        let (client, _connection) = connect(proxy.tls[0], &pki).await;
+        let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
+        // One request first, so the server's SETTINGS have arrived: streams sent before
+        // them may be refused (REFUSED_STREAM) rather than wait.
+        assert_eq!(send(&mut client, get("/"), Vec::new()).await.unwrap().status, 200);
         let requests = (0..12).map(|_| {
             let mut client = client.clone();
             async move {
