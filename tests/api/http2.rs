@@ -161,7 +161,13 @@ fn streams_beyond_max_concurrent_streams_wait_their_turn() {
         let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
         // One request first, so the server's SETTINGS have arrived: streams sent before
         // them may be refused (REFUSED_STREAM) rather than wait.
-        assert_eq!(send(&mut client, get("/"), Vec::new()).await.unwrap().status, 200);
+        assert_eq!(
+            send(&mut client, get("/"), Vec::new())
+                .await
+                .unwrap()
+                .status,
+            200
+        );
         let requests = (0..12).map(|_| {
             let mut client = client.clone();
             async move {
@@ -355,6 +361,64 @@ fn a_body_the_server_breaks_off_resets_the_stream() {
         .expect_err("a cut body is not delivered as a whole one");
     assert_eq!(err.reason(), Some(h2::Reason::INTERNAL_ERROR), "{err}");
     assert_eq!(after, 200, "the other streams of the connection go on");
+}
+
+/// A keep-alive server answering every GET with a 1 KiB body; counts its connections.
+fn keep_alive_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(100) {
+            let Ok(mut stream) = stream else { return };
+            counted.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = vec![b'k'; 1024];
+                let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n".to_vec();
+                answer.extend_from_slice(&body);
+                // At most 1,000 requests per connection.
+                for _ in 0..1000 {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                    buf.drain(..end + 4);
+                    if stream.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[test]
+fn sequential_streams_reuse_one_connection_to_the_server() {
+    let (origin, connections) = keep_alive_origin();
+    let (pki, proxy) = start(&[origin], "");
+    let bodies = runtime().block_on(async {
+        let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
+        let mut bodies = Vec::new();
+        for _ in 0..20 {
+            let answer = send(&mut client, get("/"), Vec::new()).await.unwrap();
+            assert_eq!(answer.status, 200);
+            bodies.push(answer.body.unwrap().len());
+        }
+        bodies
+    });
+    assert_eq!(bodies, vec![1024; 20]);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "each response body was read to its end, so the connection went back to the pool"
+    );
 }
 
 #[test]
