@@ -250,6 +250,11 @@ fn acceptor(settings: &TlsSettings) -> Result<openssl::ssl::SslAcceptorBuilder, 
         builder.set_options(SslOptions::CIPHER_SERVER_PREFERENCE | SslOptions::NO_RENEGOTIATION);
         builder.set_groups_list(GROUPS)?;
         builder.set_session_id_context(SESSION_ID_CONTEXT)?;
+        // Read whole socket buffers rather than each record's 5-byte header and then its
+        // body: a request costs one read instead of three (the third finding the socket
+        // empty). Readers of the stream read until it is pending, so nothing sits unread
+        // in OpenSSL's buffer.
+        builder.set_read_ahead(true);
         let ours = if settings.http2.enabled {
             ALPN
         } else {
