@@ -156,9 +156,10 @@ struct Gathered<T> {
 
 impl<T> Gathered<T> {
     fn new(io: T) -> Self {
+        // Grown on the first gathered write, not before: idle connections hold no buffer.
         Self {
             io,
-            scratch: Vec::with_capacity(RECORD),
+            scratch: Vec::new(),
         }
     }
 }

@@ -503,7 +503,11 @@ impl RequestFraming {
             // An explicit `Content-Length: 0` is kept: some servers answer a POST without
             // a length with 411.
             Some(length) => Self::Length(length),
-            None if req.extensions().contains::<UndeclaredBody>() => Self::Chunked,
+            None if req.version() == actix_web::http::Version::HTTP_2
+                && req.extensions().contains::<UndeclaredBody>() =>
+            {
+                Self::Chunked
+            }
             None => Self::None,
         }
     }
