@@ -67,14 +67,22 @@ impl AccessRecord {
     }
 
     /// The NGINX/Apache combined format, times in UTC.
+    /// A record without a method is a request whose head could not be read: its request line
+    /// is `-`, as NGINX writes it.
     pub fn combined(&self) -> String {
+        let request = match self.method.is_empty() {
+            true => "-".into(),
+            false => format!(
+                "{} {} {}",
+                escape(&self.method),
+                escape(&self.target),
+                self.protocol
+            ),
+        };
         format!(
-            "{client} - - [{time}] \"{method} {target} {protocol}\" {status} {bytes} \"{referer}\" \"{agent}\"\n",
+            "{client} - - [{time}] \"{request}\" {status} {bytes} \"{referer}\" \"{agent}\"\n",
             client = self.client(),
             time = self.time().format("%d/%b/%Y:%H:%M:%S %z"),
-            method = escape(&self.method),
-            target = escape(&self.target),
-            protocol = self.protocol,
             status = self.status,
             bytes = self.bytes_sent,
             referer = escape(self.referer.as_deref().unwrap_or("-")),
@@ -196,5 +204,22 @@ mod tests {
         assert_eq!(value["time"], "2023-11-14T22:13:20.000Z");
         assert_eq!(value["request_id"], "id-1");
         assert!(value["upstream"].is_null());
+    }
+
+    #[test]
+    fn a_head_that_could_not_be_read_has_a_dash_for_request_line() {
+        let refused = AccessRecord {
+            method: String::new(),
+            target: String::new(),
+            protocol: "-",
+            status: 400,
+            bytes_sent: 0,
+            user_agent: None,
+            ..record()
+        };
+        assert_eq!(
+            refused.combined(),
+            "127.0.0.1 - - [14/Nov/2023:22:13:20 +0000] \"-\" 400 0 \"-\" \"-\"\n"
+        );
     }
 }

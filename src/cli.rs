@@ -34,7 +34,8 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,actix_server=warn"),
+        env_logger::Env::default()
+            .default_filter_or("info,actix_server=warn,actix_http::h1::dispatcher=off"),
     )
     .target(env_logger::Target::Stderr)
     .init();

@@ -22,10 +22,10 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use actix_http::body::BoxBody;
-use actix_http::error::DispatchError;
+use actix_http::error::{DispatchError, ParseError};
 use actix_http::{HttpService, Protocol as HttpProtocol, Request, Response};
 use actix_server::{GracefulShutdownSignal, Server};
 use actix_service::{
@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use http2::Http2Limits;
 use proxy_protocol::Prefixed;
 
+use crate::access_log::AccessRecord;
 use crate::proxy::{self, SharedProxy, Upstreams};
 use crate::settings::{Http2Settings, ServerSettings, Settings};
 use crate::tls::{Handshake, OverTls, TlsPort, TlsStore};
@@ -675,8 +676,34 @@ where
             let Some((io, protocol)) = secure.secure(io, client).await else {
                 return Ok(());
             };
-            http.call((io, protocol, Some(client))).await
+            let served = http.call((io, protocol, Some(client))).await;
+            if let Err(DispatchError::Parse(err)) = &served {
+                refused_head(&shared, client, err);
+            }
+            served
         })
+    }
+}
+
+/// Logs a request head that actix-http refused before gatehouse saw it (malformed: 400; too
+/// large: 431): an access log line as for any refused request, without a request line, and
+/// the reason at debug.
+fn refused_head(shared: &SharedProxy, client: SocketAddr, err: &ParseError) {
+    let status = match err {
+        ParseError::TooLarge => 431,
+        _ => 400,
+    };
+    log::debug!("request head from {client} refused with {status}: {err}");
+    let log = shared.load().log;
+    if log.enabled() {
+        log.write(&AccessRecord {
+            time: Some(SystemTime::now()),
+            client: Some(client.ip()),
+            protocol: "-",
+            status,
+            request_id: "-".into(),
+            ..AccessRecord::default()
+        });
     }
 }
 

@@ -416,3 +416,22 @@ fn json_access_log_escapes_hostile_header_values() {
     assert_eq!(line["user_agent"], agent);
     assert_eq!(line["request_id"], request_id(&response));
 }
+
+#[test]
+fn heads_refused_before_routing_are_logged_with_their_status() {
+    let origin = Origin::start("app");
+    let proxy = Process::start(&logging_settings("combined", origin.addr, closed_port()));
+    // A space before the colon: refused by the HTTP parser, before any route is looked at.
+    let malformed = raw(
+        proxy.addr,
+        "GET /name HTTP/1.1\r\nHost: app.test\r\nBad Header : x\r\n\r\n",
+    );
+    assert_eq!(malformed.status, 400);
+    let lines = proxy.stdout_lines(1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = parse_combined(&lines[0]);
+    assert_eq!(line.client, "127.0.0.1");
+    assert_eq!(line.request, "-");
+    assert_eq!(line.status, 400);
+    assert_eq!(origin.hits(), 0);
+}
