@@ -24,7 +24,7 @@ fn start(servers: &[SocketAddr], keys: &str) -> (Pki, Proxy) {
     (pki, proxy)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -33,7 +33,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// An HTTP/2 client connection over TLS (ALPN h2, trusting the test CA), and the task that
 /// drives it: it ends when the connection does.
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     pki: &Pki,
 ) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
@@ -55,13 +55,13 @@ async fn connect(
 }
 
 /// A response read whole: status and body, or the stream error that cut it.
-struct Answer {
-    status: u16,
-    body: Result<Vec<u8>, h2::Error>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Result<Vec<u8>, h2::Error>,
 }
 
 /// Sends `request` with `body` (none when empty) and reads the whole answer.
-async fn send(
+pub(crate) async fn send(
     client: &mut SendRequest<Bytes>,
     request: http::Request<()>,
     body: Vec<u8>,
@@ -106,7 +106,7 @@ async fn send_all(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result
     Ok(())
 }
 
-fn get(path: &str) -> http::Request<()> {
+pub(crate) fn get(path: &str) -> http::Request<()> {
     http::Request::get(format!("https://a.test{path}"))
         .body(())
         .unwrap()

@@ -285,45 +285,14 @@ fn alpn_chooses_http2_or_http1() {
     let h1 = connect_tls(tls, &pki.ca, Some("a.test"), b"\x08http/1.1", None).unwrap();
     assert_eq!(h1.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (status, body) = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
-        let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
-        builder.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
-        let ssl = builder
-            .build()
-            .configure()
-            .unwrap()
-            .into_ssl("a.test")
-            .unwrap();
-        let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
-        std::pin::Pin::new(&mut stream).connect().await.unwrap();
-        assert_eq!(stream.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
-        let (client, connection) = h2::client::handshake(stream).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut client = client.ready().await.unwrap();
-        let request = http::Request::get("https://a.test/echo").body(()).unwrap();
-        let (response, _) = client.send_request(request, true).unwrap();
-        let response = tokio::time::timeout(DEADLINE, response)
+    let answer = crate::http2::runtime().block_on(async {
+        let (mut client, _connection) = crate::http2::connect(tls, &pki).await;
+        let get = crate::http2::get("/echo");
+        crate::http2::send(&mut client, get, Vec::new())
             .await
             .unwrap()
-            .unwrap();
-        let status = response.status().as_u16();
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-            bytes.extend_from_slice(&chunk);
-        }
-        (status, bytes)
     });
+    let (status, body) = (answer.status, answer.body.unwrap());
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let echo = Echo(serde_json::from_slice(&body).unwrap());
     assert_eq!(echo.header("via").as_deref(), Some("2 gatehouse"));

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use openssl::ssl::NameType;
-use tungstenite::{HandshakeError, Message, WebSocket};
+use tungstenite::{HandshakeError, WebSocket};
 
 use crate::helpers::*;
 
@@ -399,14 +399,7 @@ fn websocket_messages_reach_a_verified_tls_server_with_sni_and_a_client_certific
     let (status, socket) = websocket(proxy.addr);
     assert_eq!(status, 101);
     let mut socket = socket.unwrap();
-    assert_eq!(socket.read().unwrap(), Message::text("xff=127.0.0.1"));
-    for i in 0..10 {
-        socket.send(Message::text(format!("hello {i}"))).unwrap();
-        assert_eq!(socket.read().unwrap(), Message::text(format!("hello {i}")));
-    }
-    let big = vec![7u8; 200_000];
-    socket.send(Message::binary(big.clone())).unwrap();
-    assert_eq!(socket.read().unwrap(), Message::binary(big));
+    crate::websocket::echoes(&mut socket);
     close(socket);
     assert_eq!(*names.lock().unwrap(), vec![Some("localhost".to_string())]);
     wait_until("the relay frees its server", || {

@@ -62,6 +62,19 @@ where
     addr
 }
 
+/// Checks the echo server's greeting (the client address it was sent), ten text messages and
+/// a 200 KB binary one, each echoed whole through the relay.
+pub(crate) fn echoes<S: Read + Write>(socket: &mut tungstenite::WebSocket<S>) {
+    assert_eq!(socket.read().unwrap(), Message::text("xff=127.0.0.1"));
+    for i in 0..10 {
+        socket.send(Message::text(format!("hello {i}"))).unwrap();
+        assert_eq!(socket.read().unwrap(), Message::text(format!("hello {i}")));
+    }
+    let big = vec![7u8; 200_000];
+    socket.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(socket.read().unwrap(), Message::binary(big));
+}
+
 #[test]
 fn websocket_messages_are_relayed_both_ways_until_close() {
     let server = echo_server();
@@ -71,14 +84,7 @@ fn websocket_messages_are_relayed_both_ways_until_close() {
     let url = format!("ws://{}/chat", proxy.addr);
     let (mut socket, response) = tungstenite::client(url.as_str(), stream).expect("handshake");
     assert_eq!(response.status(), 101);
-    assert_eq!(socket.read().unwrap(), Message::text("xff=127.0.0.1"));
-    for i in 0..10 {
-        socket.send(Message::text(format!("hello {i}"))).unwrap();
-        assert_eq!(socket.read().unwrap(), Message::text(format!("hello {i}")));
-    }
-    let big = vec![7u8; 200_000];
-    socket.send(Message::binary(big.clone())).unwrap();
-    assert_eq!(socket.read().unwrap(), Message::binary(big));
+    echoes(&mut socket);
     socket.close(None).unwrap();
     loop {
         match socket.read() {
