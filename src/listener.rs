@@ -685,6 +685,22 @@ where
     }
 }
 
+/// What a connection must do before HTTP (a TLS handshake, the HTTP/2 preface), within
+/// `limit` (zero waits without limit); its error, or the lack of it in time, in words.
+pub(crate) async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: &str,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    if limit.is_zero() {
+        return step.await.map_err(|err| err.to_string());
+    }
+    match tokio::time::timeout(limit, step).await {
+        Ok(outcome) => outcome.map_err(|err| err.to_string()),
+        Err(_) => Err(format!("no {what} within {limit:?}")),
+    }
+}
+
 /// Logs a request head that actix-http refused before gatehouse saw it (malformed: 400; too
 /// large: 431): an access log line as for any refused request, without a request line, and
 /// the reason at debug.

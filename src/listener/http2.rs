@@ -91,14 +91,7 @@ pub async fn serve<T, S>(
     S::Error: Into<Response<BoxBody>>,
 {
     let handshake = limits.builder().handshake::<_, Bytes>(Gathered::new(io));
-    let connection = if limits.preface_timeout.is_zero() {
-        handshake.await.map_err(|err| err.to_string())
-    } else {
-        match tokio::time::timeout(limits.preface_timeout, handshake).await {
-            Ok(outcome) => outcome.map_err(|err| err.to_string()),
-            Err(_) => Err(format!("no preface within {:?}", limits.preface_timeout)),
-        }
-    };
+    let connection = super::within(limits.preface_timeout, "preface", handshake).await;
     let mut connection = match connection {
         Ok(connection) => connection,
         Err(err) => {

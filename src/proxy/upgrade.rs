@@ -77,11 +77,13 @@ pub async fn relay(
 
     // As for other requests, `connect_timeout` covers the TCP connect and the TLS handshake.
     let deadline = tokio::time::Instant::now() + settings.connect_timeout.get();
-    let connect = TcpStream::connect(&*server.address);
-    let socket = match tokio::time::timeout_at(deadline, connect).await {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(err)) => return Err(failed(&claim, pool, ProxyError::Connect(err.to_string()))),
-        Err(_) => return Err(failed(&claim, pool, ProxyError::ConnectTimeout)),
+    let connect = async {
+        let connected = TcpStream::connect(&*server.address).await;
+        connected.map_err(|err| ProxyError::Connect(err.to_string()))
+    };
+    let socket = match by(deadline, connect).await {
+        Ok(socket) => socket,
+        Err(err) => return Err(failed(&claim, pool, err)),
     };
     let _ = socket.set_nodelay(true);
     let relay = Relay {
@@ -95,12 +97,20 @@ pub async fn relay(
     let Some(tls) = tls else {
         return relay_over(relay, socket).await;
     };
-    let handshake = handshake(&tls, socket, server);
-    match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(stream)) => relay_over(relay, stream).await,
-        Ok(Err(err)) => Err(failed(&relay.claim, pool, err)),
-        Err(_) => Err(failed(&relay.claim, pool, ProxyError::ConnectTimeout)),
+    match by(deadline, handshake(&tls, socket, server)).await {
+        Ok(stream) => relay_over(relay, stream).await,
+        Err(err) => Err(failed(&relay.claim, pool, err)),
     }
+}
+
+/// `step` by `deadline`, or a connect timeout.
+async fn by<T>(
+    deadline: tokio::time::Instant,
+    step: impl std::future::Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or(Err(ProxyError::ConnectTimeout))
 }
 
 /// The TLS handshake with a server of a pool with `[pools.NAME.tls]`: named and verified as

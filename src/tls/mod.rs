@@ -332,14 +332,7 @@ impl Handshake {
         ssl.set_ex_data(index, table);
         let mut stream = SslStream::new(ssl, io).ok()?;
         let handshake = Pin::new(&mut stream).accept();
-        let outcome = if self.timeout.is_zero() {
-            handshake.await.map_err(|err| err.to_string())
-        } else {
-            match tokio::time::timeout(self.timeout, handshake).await {
-                Ok(outcome) => outcome.map_err(|err| err.to_string()),
-                Err(_) => Err(format!("no TLS handshake within {:?}", self.timeout)),
-            }
-        };
+        let outcome = crate::listener::within(self.timeout, "TLS handshake", handshake).await;
         if let Err(err) = outcome {
             // At debug: scanners and old clients must not flood the log.
             log::debug!("TLS handshake with {client} failed: {err}");
