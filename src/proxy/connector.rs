@@ -524,7 +524,7 @@ impl Future for Connecting {
                 if is_self_connect(tcp.local_addr(), tcp.peer_addr()) {
                     return Poll::Ready(Err(ConnectError::Io(io::Error::new(
                         io::ErrorKind::ConnectionRefused,
-                        "connected to itself: nothing listens on the server's port",
+                        SELF_CONNECTED,
                     ))));
                 }
                 let tls = match this.tls.clone() {
@@ -566,11 +566,14 @@ impl Future for Connecting {
     }
 }
 
+/// Why a self-connected socket is refused, as the log and the passive detection see it.
+pub const SELF_CONNECTED: &str = "connected to itself: nothing listens on the server's port";
+
 /// Whether a socket is connected to itself. Connecting to a free port in the ephemeral range
 /// on the same host can pick that very port as the local one, and Linux then completes a TCP
 /// simultaneous open with itself: the connect succeeds though nothing listens, and the request
 /// would come back as its own response.
-fn is_self_connect(local: io::Result<SocketAddr>, peer: io::Result<SocketAddr>) -> bool {
+pub fn is_self_connect(local: io::Result<SocketAddr>, peer: io::Result<SocketAddr>) -> bool {
     matches!((local, peer), (Ok(local), Ok(peer)) if local == peer)
 }
 

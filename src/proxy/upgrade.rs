@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
 use super::body::ResponseBody;
-use super::connector::{tls_context, UpstreamTls};
+use super::connector::{self, tls_context, UpstreamTls};
 use super::headers;
 use super::{Exchange, PoolTarget, ProxyError, Upstreams};
 use crate::access_log::AccessLog;
@@ -78,8 +78,15 @@ pub async fn relay(
     // As for other requests, `connect_timeout` covers the TCP connect and the TLS handshake.
     let deadline = tokio::time::Instant::now() + settings.connect_timeout.get();
     let connect = async {
-        let connected = TcpStream::connect(&*server.address).await;
-        connected.map_err(|err| ProxyError::Connect(err.to_string()))
+        let socket = TcpStream::connect(&*server.address)
+            .await
+            .map_err(|err| ProxyError::Connect(err.to_string()))?;
+        // As in the upstream connector: on loopback a connect to a free port can succeed
+        // with the socket connected to itself.
+        if connector::is_self_connect(socket.local_addr(), socket.peer_addr()) {
+            return Err(ProxyError::Connect(connector::SELF_CONNECTED.into()));
+        }
+        Ok(socket)
     };
     let socket = match by(deadline, connect).await {
         Ok(socket) => socket,
