@@ -432,3 +432,41 @@ fn with_http2_off_tls_clients_get_http1() {
     let tls = builder.build().connect("a.test", tcp).unwrap();
     assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
 }
+
+#[test]
+fn sigterm_answers_open_streams_then_closes_the_connection() {
+    let origin = Origin::start("app");
+    let pki = Pki::new();
+    // Far beyond the deadline: an exit within it means nobody waited for this timeout.
+    let toml = one_pool(&[origin.addr], &pki.tls_section_with("")).replacen(
+        "workers = 1\n",
+        "workers = 1\nshutdown_timeout = \"1h\"\n",
+        1,
+    );
+    let mut proxy = Process::start(&toml);
+    let tls = proxy.tls.expect("a TLS listener");
+    let (answer, ended) = runtime().block_on(async {
+        let (client, connection) = connect(tls, &pki).await;
+        let mut sleeper = client.clone();
+        let slow =
+            tokio::spawn(async move { send(&mut sleeper, get("/sleep/1000"), Vec::new()).await });
+        let started = std::time::Instant::now();
+        while origin.hits() == 0 {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the request never reached the origin"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.signal(libc::SIGTERM);
+        let answer = slow.await.unwrap().unwrap();
+        (answer, tokio::time::timeout(DEADLINE, connection).await)
+    });
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.unwrap(), b"slept");
+    assert!(
+        matches!(ended, Ok(Ok(_))),
+        "gatehouse closed the connection once its stream was answered: {ended:?}"
+    );
+    assert_eq!(proxy.wait(), Some(0));
+}
