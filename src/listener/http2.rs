@@ -5,8 +5,8 @@
 //! Each stream becomes an actix-http request for the same application HTTP/1.1 connections
 //! use, answered on a task of its own. A stream the client resets cancels its request, and
 //! with it the request to the server: a rapid-reset flood cannot leave work running behind
-//! it. After `max_requests` streams the connection is sent `GOAWAY`, so one connection
-//! cannot reset streams forever.
+//! it. After `max_requests` streams the connection is sent `GOAWAY` and any later stream is
+//! refused unprocessed, so one connection cannot start more than `max_requests` requests.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -114,6 +114,11 @@ pub async fn serve<T, S>(
         }
         loop {
             match connection.poll_accept(cx) {
+                Poll::Ready(Some(Ok((_, mut respond)))) if accepted >= limits.max_requests => {
+                    // Sent before the client had our GOAWAY: refused unprocessed, which
+                    // tells it to retry on a new connection. No request is started.
+                    respond.send_reset(Reason::REFUSED_STREAM);
+                }
                 Poll::Ready(Some(Ok((request, respond)))) => {
                     let stream = answer(app.clone(), request, respond, peer, activity.open());
                     tokio::task::spawn_local(stream);

@@ -470,3 +470,80 @@ fn sigterm_answers_open_streams_then_closes_the_connection() {
     );
     assert_eq!(proxy.wait(), Some(0));
 }
+
+#[test]
+fn a_rapid_reset_flood_ends_with_goaway_and_others_are_served() {
+    let origin = Origin::start("app");
+    let (pki, proxy) = start(&[origin.addr], "http2 = { max_requests = 100 }\n");
+    let (opened, refused, ended, after) = runtime().block_on(async {
+        let (client, connection) = connect(proxy.tls[0], &pki).await;
+        // Open streams and reset each at once, at most 1,000 of them: the attack of
+        // CVE-2023-44487. Whether h2's limit on streams reset before they were accepted
+        // or max_requests ends it first depends on timing; either ends in GOAWAY.
+        let mut opened = 0;
+        let mut refused = None;
+        for _ in 0..1000 {
+            let ready = client.clone().ready().await;
+            let sent = ready.and_then(|mut ready| ready.send_request(get("/sleep/200"), true));
+            let mut stream = match sent {
+                Ok((_, stream)) => stream,
+                Err(err) => {
+                    refused = Some(err);
+                    break;
+                }
+            };
+            // Let the connection task send the HEADERS first: a reset of a stream the
+            // server never saw opened is a protocol error, not this attack.
+            tokio::task::yield_now().await;
+            stream.send_reset(h2::Reason::CANCEL);
+            opened += 1;
+        }
+        let ended = tokio::time::timeout(DEADLINE, connection).await;
+        let (mut fresh, _connection) = connect(proxy.tls[0], &pki).await;
+        let after = send(&mut fresh, get("/name"), Vec::new()).await.unwrap();
+        (opened, refused, ended, after)
+    });
+    let refused = refused.unwrap_or_else(|| panic!("all {opened} streams were opened"));
+    assert!(refused.is_go_away(), "{refused}");
+    assert!(ended.is_ok(), "the connection was closed");
+    // Streams the client opened before it saw GOAWAY are refused, not served.
+    let hits = origin.hits();
+    assert!(
+        hits <= 100,
+        "{hits} requests reached the origin; max_requests is 100"
+    );
+    assert_eq!(after.status, 200, "a new connection is served");
+    assert_eq!(after.body.unwrap(), b"app");
+}
+
+#[test]
+fn streams_past_max_requests_are_refused_unprocessed() {
+    let origin = Origin::start("app");
+    let (pki, proxy) = start(&[origin.addr], "http2 = { max_requests = 5 }\n");
+    let answers = runtime().block_on(async {
+        let (client, _connection) = connect(proxy.tls[0], &pki).await;
+        let mut ready = client.ready().await.unwrap();
+        // 50 streams sent together, before the client can have seen GOAWAY.
+        let mut responses = Vec::new();
+        for _ in 0..50 {
+            let (response, _) = ready.send_request(get("/name"), true).unwrap();
+            responses.push(response);
+        }
+        let mut answers = Vec::new();
+        for response in responses {
+            let answer = tokio::time::timeout(DEADLINE, response).await.unwrap();
+            answers.push(answer.map(|response| response.status().as_u16()));
+        }
+        answers
+    });
+    let served = answers.iter().filter(|a| matches!(a, Ok(200))).count();
+    assert_eq!(served, 5, "{answers:?}");
+    for refused in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(
+            refused.reason(),
+            Some(h2::Reason::REFUSED_STREAM),
+            "{refused}"
+        );
+    }
+    assert_eq!(origin.hits(), 5, "refused streams started no request");
+}
