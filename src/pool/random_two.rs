@@ -36,17 +36,20 @@ impl RandomTwo {
 impl Balancer for RandomTwo {
     fn pick(&self, servers: &[Arc<Server>], _: &PickRequest<'_>) -> Option<usize> {
         let first = self.draw_available(servers)?;
-        for _ in 0..TRIES {
-            let second = self.draw.draw_one()?;
-            if second != first && servers[second].can_take_request() {
-                return Some(if less_loaded(&servers[second], &servers[first]) {
-                    second
-                } else {
-                    first
-                });
-            }
-        }
-        Some(first)
+        let other = |index: usize| index != first && servers[index].can_take_request();
+        let drawn = (0..TRIES).find_map(|_| self.draw.draw_one().filter(|&index| other(index)));
+        // Draws that kept landing on `first` (1 in 256 with two equal servers) must not
+        // skip the comparison: the next available server is the second choice then.
+        let n = servers.len();
+        let second = drawn.or_else(|| {
+            (1..n)
+                .map(|offset| (first + offset) % n)
+                .find(|&i| other(i))
+        });
+        Some(match second {
+            Some(second) if less_loaded(&servers[second], &servers[first]) => second,
+            _ => first,
+        })
     }
 }
 
@@ -83,6 +86,16 @@ mod tests {
         let counts = shares(3, (0..10_000).map(|_| pick(&p2c, &servers)));
         assert_eq!(counts[0], 0, "{counts:?}");
         assert!(counts[1] > 4_000 && counts[2] > 4_000, "{counts:?}");
+    }
+
+    #[test]
+    fn of_two_servers_the_busy_one_is_never_taken_while_the_other_is_idle() {
+        // Two equal servers: the second draw lands on the first one in 256 picks and more.
+        let servers = servers(&[1, 1]);
+        load(&servers[0], 1);
+        let p2c = RandomTwo::new(&servers);
+        let counts = shares(2, (0..100_000).map(|_| pick(&p2c, &servers)));
+        assert_eq!(counts, [0, 100_000]);
     }
 
     #[test]
