@@ -16,6 +16,7 @@
 
 mod http2;
 mod proxy_protocol;
+mod send_deadline;
 
 use std::future::Future;
 use std::io;
@@ -40,6 +41,7 @@ use tokio::net::TcpStream;
 
 use http2::Http2Limits;
 use proxy_protocol::Prefixed;
+use send_deadline::SendDeadline;
 
 use crate::access_log::AccessRecord;
 use crate::proxy::{self, SharedProxy, Upstreams};
@@ -117,11 +119,7 @@ impl Listeners {
         let http = HttpSettings {
             keep_alive: settings.keep_alive.get(),
             client_header_timeout: settings.client_header_timeout.get(),
-            http2: Http2Limits::new(
-                listeners.http2,
-                settings.keep_alive.get(),
-                settings.client_header_timeout.get(),
-            ),
+            http2: Http2Limits::new(listeners.http2, settings),
             shutdown: builder.graceful_shutdown_signal(),
             connection: ConnectionData::default(),
         };
@@ -141,6 +139,7 @@ impl Listeners {
             proxy_protocol: settings
                 .proxy_protocol
                 .then(|| ProxyProtocol(settings.client_header_timeout.get())),
+            send_timeout: settings.send_timeout.get(),
         };
         for socket in sockets {
             let address = local(&socket)?;
@@ -262,6 +261,8 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 #[derive(Clone, Copy)]
 struct Fronts {
     proxy_protocol: Option<ProxyProtocol>,
+    /// `server.send_timeout`, for every connection's writes.
+    send_timeout: Duration,
 }
 
 impl Fronts {
@@ -277,18 +278,21 @@ impl Fronts {
         shared: &Arc<SharedProxy>,
     ) -> Result<actix_server::ServerBuilder, ListenError>
     where
-        L: Secure<TcpStream> + Secure<Prefixed<TcpStream>> + Send,
+        L: Secure<SendDeadline<TcpStream>> + Secure<SendDeadline<Prefixed<TcpStream>>> + Send,
     {
         let name = format!("gatehouse-{address}");
         let shared = shared.clone();
+        let send_timeout = self.send_timeout;
         match self.proxy_protocol {
             Some(front) => builder.listen(name, socket, move || {
-                let http = http.service::<<L as Secure<Prefixed<TcpStream>>>::Io>(&shared, address);
-                edge(front, secure.clone(), shared.clone(), http)
+                type Io<L> = <L as Secure<SendDeadline<Prefixed<TcpStream>>>>::Io;
+                let http = http.service::<Io<L>>(&shared, address);
+                edge(front, secure.clone(), send_timeout, shared.clone(), http)
             }),
             None => builder.listen(name, socket, move || {
-                let http = http.service::<<L as Secure<TcpStream>>::Io>(&shared, address);
-                edge(Plain, secure.clone(), shared.clone(), http)
+                type Io<L> = <L as Secure<SendDeadline<TcpStream>>>::Io;
+                let http = http.service::<Io<L>>(&shared, address);
+                edge(Plain, secure.clone(), send_timeout, shared.clone(), http)
             }),
         }
         .map_err(|source| ListenError { address, source })
@@ -577,11 +581,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin + 'static> Secure<I> for Handshake {
     }
 }
 
-/// One worker's connection service: the front, the connection checks, `secure`, then `http`.
-fn edge<P, L, F>(front: P, secure: L, shared: Arc<SharedProxy>, http: F) -> EdgeFactory<P, L, F> {
+/// One worker's connection service: the front, the connection checks, `secure`, then `http`,
+/// every write held to `send_timeout`.
+fn edge<P, L, F>(
+    front: P,
+    secure: L,
+    send_timeout: Duration,
+    shared: Arc<SharedProxy>,
+    http: F,
+) -> EdgeFactory<P, L, F> {
     EdgeFactory {
         front,
         secure,
+        send_timeout,
         shared,
         http,
     }
@@ -590,6 +602,7 @@ fn edge<P, L, F>(front: P, secure: L, shared: Arc<SharedProxy>, http: F) -> Edge
 struct EdgeFactory<P, L, F> {
     front: P,
     secure: L,
+    send_timeout: Duration,
     shared: Arc<SharedProxy>,
     http: F,
 }
@@ -597,7 +610,7 @@ struct EdgeFactory<P, L, F> {
 impl<P, L, F> ServiceFactory<TcpStream> for EdgeFactory<P, L, F>
 where
     P: Front,
-    L: Secure<P::Io>,
+    L: Secure<SendDeadline<P::Io>>,
     F: ServiceFactory<
         (L::Io, HttpProtocol, Option<SocketAddr>),
         Config = (),
@@ -618,10 +631,12 @@ where
     fn new_service(&self, _: ()) -> Self::Future {
         let http = self.http.new_service(());
         let (front, secure, shared) = (self.front, self.secure.clone(), self.shared.clone());
+        let send_timeout = self.send_timeout;
         Box::pin(async move {
             Ok(Edge {
                 front,
                 secure,
+                send_timeout,
                 shared,
                 http: Rc::new(http.await?),
             })
@@ -632,6 +647,7 @@ where
 struct Edge<P, L, S> {
     front: P,
     secure: L,
+    send_timeout: Duration,
     shared: Arc<SharedProxy>,
     http: Rc<S>,
 }
@@ -639,7 +655,7 @@ struct Edge<P, L, S> {
 impl<P, L, S> Service<TcpStream> for Edge<P, L, S>
 where
     P: Front,
-    L: Secure<P::Io>,
+    L: Secure<SendDeadline<P::Io>>,
     S: Service<(L::Io, HttpProtocol, Option<SocketAddr>), Response = (), Error = DispatchError>
         + 'static,
 {
@@ -650,7 +666,7 @@ where
     actix_service::forward_ready!(http);
 
     fn call(&self, tcp: TcpStream) -> Self::Future {
-        let (front, secure) = (self.front, self.secure.clone());
+        let (front, secure, send_timeout) = (self.front, self.secure.clone(), self.send_timeout);
         let (shared, http) = (self.shared.clone(), self.http.clone());
         Box::pin(async move {
             // Without it a streamed response stalls on delayed ACKs (DESIGN.md).
@@ -673,6 +689,7 @@ where
                     }
                 }
             };
+            let io = SendDeadline::new(io, send_timeout);
             let Some((io, protocol)) = secure.secure(io, client).await else {
                 return Ok(());
             };

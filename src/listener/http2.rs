@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
 
 use crate::proxy::UndeclaredBody;
-use crate::settings::Http2Settings;
+use crate::settings::{Http2Settings, ServerSettings};
 use crate::tls::OverTls;
 
 /// Flow-control windows: what actix-http uses (1 MiB per stream, 2 MiB per connection), so a
@@ -49,18 +49,23 @@ pub struct Http2Limits {
     /// The client's preface and SETTINGS must arrive within this (`server.client_header_timeout`);
     /// zero waits without limit.
     pub preface_timeout: Duration,
+    /// A stream whose client grants no flow-control window for this long is reset
+    /// (`server.send_timeout`); zero waits without limit.
+    pub send_timeout: Duration,
 }
 
 impl Http2Limits {
-    pub fn new(settings: &Http2Settings, keep_alive: Duration, preface_timeout: Duration) -> Self {
+    /// The limits of `[tls.http2]` with `server`'s timeouts.
+    pub fn new(settings: &Http2Settings, server: &ServerSettings) -> Self {
         Self {
             max_concurrent_streams: settings.max_concurrent_streams,
             // Validated to at most 16 MiB.
             max_header_list_size: u32::try_from(settings.max_header_list_size.get())
                 .unwrap_or(u32::MAX),
             max_requests: settings.max_requests,
-            keep_alive,
-            preface_timeout,
+            keep_alive: server.keep_alive.get(),
+            preface_timeout: server.client_header_timeout.get(),
+            send_timeout: server.send_timeout.get(),
         }
     }
 
@@ -120,7 +125,8 @@ pub async fn serve<T, S>(
                     respond.send_reset(Reason::REFUSED_STREAM);
                 }
                 Poll::Ready(Some(Ok((request, respond)))) => {
-                    let stream = answer(app.clone(), request, respond, peer, activity.open());
+                    let open = activity.open();
+                    let stream = answer(app.clone(), request, respond, peer, limits, open);
                     tokio::task::spawn_local(stream);
                     accepted = accepted.saturating_add(1);
                     if accepted >= limits.max_requests && !closing {
@@ -267,6 +273,7 @@ async fn answer<S>(
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
+    limits: Http2Limits,
     _open: OpenStream,
 ) where
     S: Service<Request> + 'static,
@@ -292,7 +299,7 @@ async fn answer<S>(
         return;
     };
     if !no_body {
-        send_body(body, size, &mut stream).await;
+        send_body(body, size, &mut stream, limits.send_timeout).await;
     }
 }
 
@@ -403,7 +410,12 @@ fn now() -> HeaderValue {
 /// broke off) resets the stream, so the client never takes a cut body for a whole one; a
 /// client reset stops reading it. The body is always read to its end: the request to the
 /// server is complete only then, and its connection goes back to the pool.
-async fn send_body(body: BoxBody, size: BodySize, stream: &mut SendStream<Bytes>) {
+async fn send_body(
+    body: BoxBody,
+    size: BodySize,
+    stream: &mut SendStream<Bytes>,
+    send_timeout: Duration,
+) {
     let mut body = pin!(body);
     let mut left = match size {
         BodySize::Sized(len) => Some(len),
@@ -442,28 +454,43 @@ async fn send_body(body: BoxBody, size: BodySize, stream: &mut SendStream<Bytes>
         }
         if left == Some(0) {
             last = Some(chunk);
-        } else if send_chunk(stream, chunk, false).await.is_err() {
+        } else if send_chunk(stream, chunk, false, send_timeout)
+            .await
+            .is_err()
+        {
             return;
         }
     }
-    let _ = send_chunk(stream, last.unwrap_or_default(), true).await;
+    let _ = send_chunk(stream, last.unwrap_or_default(), true, send_timeout).await;
 }
 
-/// Sends `chunk` in pieces as flow control grants window for them.
+/// Sends `chunk` in pieces as flow control grants window for them. A client that grants none
+/// for `send_timeout` gets the stream reset: it could otherwise hold the response, and the
+/// server's connection behind it, without reading.
 async fn send_chunk(
     stream: &mut SendStream<Bytes>,
     mut chunk: Bytes,
     end: bool,
+    send_timeout: Duration,
 ) -> Result<(), h2::Error> {
     if chunk.is_empty() {
         return stream.send_data(chunk, end);
     }
     while !chunk.is_empty() {
         stream.reserve_capacity(chunk.len());
-        let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(granted) => granted?,
-            // The stream is gone (reset or closed).
-            None => return Err(h2::Error::from(Reason::CANCEL)),
+        let window = super::within(send_timeout, "window", async {
+            poll_fn(|cx| stream.poll_capacity(cx))
+                .await
+                // None: the stream is gone (reset or closed).
+                .unwrap_or_else(|| Err(h2::Error::from(Reason::CANCEL)))
+        });
+        let granted = match window.await {
+            Ok(granted) => granted,
+            Err(why) => {
+                log::debug!("HTTP/2 stream reset: {why}");
+                stream.send_reset(Reason::CANCEL);
+                return Err(h2::Error::from(Reason::CANCEL));
+            }
         };
         let piece = chunk.split_to(granted.min(chunk.len()));
         stream.send_data(piece, end && chunk.is_empty())?;

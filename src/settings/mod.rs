@@ -75,6 +75,9 @@ pub struct ServerSettings {
     pub keep_alive: Duration,
     /// The whole request head must arrive within this, or 408 and close.
     pub client_header_timeout: Duration,
+    /// A client that takes none of a response for this long is disconnected; 0 waits
+    /// without limit.
+    pub send_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// Request line plus headers larger than this get 431.
@@ -94,6 +97,8 @@ impl Default for ServerSettings {
             max_connections: 25_000,
             keep_alive: Duration::from_secs(75),
             client_header_timeout: Duration::from_secs(10),
+            // NGINX's send_timeout.
+            send_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             max_request_header_size: ByteSize::kib(32),
             server_header: "gatehouse".into(),

@@ -37,6 +37,15 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     pki: &Pki,
 ) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
+    connect_with(addr, pki, h2::client::Builder::new()).await
+}
+
+/// [`connect`] with the client's own HTTP/2 settings.
+async fn connect_with(
+    addr: SocketAddr,
+    pki: &Pki,
+    client: h2::client::Builder,
+) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
     builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
@@ -50,7 +59,7 @@ pub(crate) async fn connect(
     let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
     std::pin::Pin::new(&mut tls).connect().await.unwrap();
     assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let (client, connection) = client.handshake(tls).await.unwrap();
     (client, tokio::spawn(connection))
 }
 
@@ -546,4 +555,42 @@ fn streams_past_max_requests_are_refused_unprocessed() {
         );
     }
     assert_eq!(origin.hits(), 5, "refused streams started no request");
+}
+
+#[test]
+fn a_stream_whose_client_grants_no_window_is_reset_after_send_timeout() {
+    let origin = Origin::start("app");
+    let pki = Pki::new();
+    let toml = one_pool(&[origin.addr], &pki.tls_section_with("")).replacen(
+        "workers = 1\n",
+        "workers = 1\nsend_timeout = \"1s\"\n",
+        1,
+    );
+    let proxy = Proxy::from_toml(&toml);
+    let (received, ended) = runtime().block_on(async {
+        // The client reads the socket but grants no window past the first 1 KiB.
+        let mut settings = h2::client::Builder::new();
+        settings.initial_window_size(1024);
+        let (client, _connection) = connect_with(proxy.tls[0], &pki, settings).await;
+        let mut ready = client.ready().await.unwrap();
+        let (response, _) = ready
+            .send_request(get("/bytes/1000000?sized=1"), true)
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        // Three times send_timeout without a window update.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut received = 0;
+        let ended = loop {
+            match tokio::time::timeout(DEADLINE, body.data()).await {
+                Err(_) => panic!("the stream is still open after {received} bytes"),
+                Ok(Some(Ok(chunk))) => received += chunk.len(),
+                Ok(Some(Err(err))) => break Some(err),
+                Ok(None) => break None,
+            }
+        };
+        (received, ended)
+    });
+    assert_eq!(received, 1024, "only the window's worth was sent");
+    let err = ended.expect("the stream was reset, not ended");
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
 }

@@ -505,3 +505,43 @@ fn a_steady_body_above_min_body_rate_passes() {
     assert_eq!(whole.len(), 1);
     assert_eq!(whole[0].1, body);
 }
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
+    let origin = Origin::start("app");
+    let toml = one_pool(&[origin.addr], "").replacen(
+        "workers = 1\n",
+        "workers = 1\nsend_timeout = \"1s\"\n",
+        1,
+    );
+    let proxy = Proxy::from_toml(&toml);
+    const TOTAL: usize = 200 * 1024 * 1024;
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    write!(
+        stream,
+        "GET /bytes/{TOTAL}?sized=1 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    .unwrap();
+    // Far more than the socket buffers hold is on its way; the client takes none of it for
+    // three times send_timeout.
+    thread::sleep(Duration::from_secs(3));
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut received = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => received += n,
+            Err(err)
+                if err.kind() == ErrorKind::WouldBlock || err.kind() == ErrorKind::TimedOut =>
+            {
+                panic!("the connection is still open after {received} bytes")
+            }
+            Err(_) => break "reset",
+        }
+    };
+    assert!(
+        received < TOTAL,
+        "the whole response arrived ({ended}): the stalled client was not disconnected"
+    );
+}
