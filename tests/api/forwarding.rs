@@ -287,8 +287,7 @@ fn a_pool_can_replace_the_host_header() {
 #[test]
 fn the_server_header_is_configurable() {
     let origin = Origin::start("app");
-    let mut toml = one_pool(&[origin.addr], "");
-    toml = toml.replace("workers = 1\n", "workers = 1\nserver_header = \"edge\"\n");
+    let mut toml = with_server(&one_pool(&[origin.addr], ""), "server_header = \"edge\"");
     let proxy = Proxy::from_toml(&toml);
     assert_eq!(get(proxy.addr, "/name").header("server"), Some("edge"));
     toml = toml.replace("server_header = \"edge\"", "server_header = \"\"");

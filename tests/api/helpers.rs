@@ -82,6 +82,11 @@ pub fn one_pool(servers: &[SocketAddr], extra: &str) -> String {
     pool_of(&servers, extra)
 }
 
+/// `toml` from [`one_pool`] or [`pool_of`] with more `[server]` keys, one per line.
+pub fn with_server(toml: &str, keys: &str) -> String {
+    toml.replacen("workers = 1\n", &format!("workers = 1\n{keys}\n"), 1)
+}
+
 /// [`one_pool`] for server addresses as settings write them (names allowed).
 pub fn pool_of(servers: &[String], extra: &str) -> String {
     let servers: Vec<String> = servers

@@ -256,10 +256,9 @@ fn a_connection_is_sent_goaway_after_max_requests_streams() {
 fn an_idle_connection_is_closed_after_keep_alive() {
     let origin = Origin::start("origin");
     let pki = Pki::new();
-    let toml = one_pool(&[origin.addr], &pki.tls_section_with("")).replacen(
-        "[server]\n",
-        "[server]\nkeep_alive = \"1s\"\n",
-        1,
+    let toml = with_server(
+        &one_pool(&[origin.addr], &pki.tls_section_with("")),
+        "keep_alive = \"1s\"",
     );
     let proxy = Proxy::from_toml(&toml);
     let ended = runtime().block_on(async {
@@ -447,10 +446,9 @@ fn sigterm_answers_open_streams_then_closes_the_connection() {
     let origin = Origin::start("app");
     let pki = Pki::new();
     // Far beyond the deadline: an exit within it means nobody waited for this timeout.
-    let toml = one_pool(&[origin.addr], &pki.tls_section_with("")).replacen(
-        "workers = 1\n",
-        "workers = 1\nshutdown_timeout = \"1h\"\n",
-        1,
+    let toml = with_server(
+        &one_pool(&[origin.addr], &pki.tls_section_with("")),
+        "shutdown_timeout = \"1h\"",
     );
     let mut proxy = Process::start(&toml);
     let tls = proxy.tls.expect("a TLS listener");
@@ -561,10 +559,9 @@ fn streams_past_max_requests_are_refused_unprocessed() {
 fn a_stream_whose_client_grants_no_window_is_reset_after_send_timeout() {
     let origin = Origin::start("app");
     let pki = Pki::new();
-    let toml = one_pool(&[origin.addr], &pki.tls_section_with("")).replacen(
-        "workers = 1\n",
-        "workers = 1\nsend_timeout = \"1s\"\n",
-        1,
+    let toml = with_server(
+        &one_pool(&[origin.addr], &pki.tls_section_with("")),
+        "send_timeout = \"1s\"",
     );
     let proxy = Proxy::from_toml(&toml);
     let (received, ended) = runtime().block_on(async {

@@ -93,8 +93,7 @@ fn a_request_head_that_arrives_too_slowly_gets_408_and_close() {
 #[test]
 fn idle_keep_alive_connections_are_closed_after_keep_alive() {
     let origin = Origin::start("app");
-    let toml = one_pool(&[origin.addr], "")
-        .replace("workers = 1\n", "workers = 1\nkeep_alive = \"500ms\"\n");
+    let toml = with_server(&one_pool(&[origin.addr], ""), "keep_alive = \"500ms\"");
     let proxy = Proxy::from_toml(&toml);
     let mut conn = Conn::open(proxy.addr);
     conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -108,8 +107,7 @@ fn idle_keep_alive_connections_are_closed_after_keep_alive() {
 #[test]
 fn connections_beyond_max_connections_wait_until_one_closes() {
     let origin = Origin::start("app");
-    let toml =
-        one_pool(&[origin.addr], "").replace("workers = 1\n", "workers = 1\nmax_connections = 2\n");
+    let toml = with_server(&one_pool(&[origin.addr], ""), "max_connections = 2");
     let proxy = Proxy::from_toml(&toml);
     let mut first = Conn::open(proxy.addr);
     let mut second = Conn::open(proxy.addr);

@@ -161,8 +161,7 @@ fn a_request_waiting_for_its_response_head_is_answered_after_sigterm() {
 fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
     let origin = Origin::start("app");
     // Far beyond the deadline: an exit within it means nobody waited for this timeout.
-    let toml = one_pool(&[origin.addr], "")
-        .replace("workers = 1\n", "workers = 1\nshutdown_timeout = \"1h\"\n");
+    let toml = with_server(&one_pool(&[origin.addr], ""), "shutdown_timeout = \"1h\"");
     let mut proxy = Process::start(&toml);
     let mut idle = Conn::open(proxy.addr);
     idle.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -176,8 +175,7 @@ fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
 #[test]
 fn shutdown_timeout_ends_a_download_that_never_finishes() {
     let origin = Origin::start("app");
-    let toml = one_pool(&[origin.addr], "")
-        .replace("workers = 1\n", "workers = 1\nshutdown_timeout = \"1s\"\n");
+    let toml = with_server(&one_pool(&[origin.addr], ""), "shutdown_timeout = \"1s\"");
     let mut proxy = Process::start(&toml);
     let mut stalled = Download::start(proxy.addr, DOWNLOAD);
     assert_eq!(stalled.read(64 * 1024).unwrap(), 64 * 1024);

@@ -509,11 +509,7 @@ fn a_steady_body_above_min_body_rate_passes() {
 #[test]
 fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
     let origin = Origin::start("app");
-    let toml = one_pool(&[origin.addr], "").replacen(
-        "workers = 1\n",
-        "workers = 1\nsend_timeout = \"1s\"\n",
-        1,
-    );
+    let toml = with_server(&one_pool(&[origin.addr], ""), "send_timeout = \"1s\"");
     let proxy = Proxy::from_toml(&toml);
     const TOTAL: usize = 200 * 1024 * 1024;
     let mut stream = TcpStream::connect(proxy.addr).unwrap();
