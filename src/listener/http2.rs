@@ -13,7 +13,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use actix_http::body::{BodySize, BoxBody, MessageBody};
@@ -69,6 +69,15 @@ impl Http2Limits {
         }
     }
 
+    /// How long a connection may wait for its first stream: `keep_alive`, or, when that is
+    /// zero (close once no stream is open), `client_header_timeout`.
+    fn first_wait(&self) -> Duration {
+        match self.keep_alive.is_zero() {
+            true => self.preface_timeout,
+            false => self.keep_alive,
+        }
+    }
+
     fn builder(&self) -> Builder {
         let mut builder = Builder::new();
         builder
@@ -95,7 +104,9 @@ pub async fn serve<T, S>(
     S::Response: Into<Response<BoxBody>>,
     S::Error: Into<Response<BoxBody>>,
 {
-    let handshake = limits.builder().handshake::<_, Bytes>(Gathered::new(io));
+    let activity = Rc::new(Activity::new());
+    let io = Gathered::new(io, activity.clone());
+    let handshake = limits.builder().handshake::<_, Bytes>(io);
     let connection = super::within(limits.preface_timeout, "preface", handshake).await;
     let mut connection = match connection {
         Ok(connection) => connection,
@@ -104,19 +115,27 @@ pub async fn serve<T, S>(
             return;
         }
     };
-    let activity = Rc::new(Activity::default());
     let mut idle = pin!(sleep(limits.keep_alive));
     let mut shutdown = pin!(shutdown);
     let mut accepted: u32 = 0;
     let mut closing = false;
-    poll_fn(|cx| {
+    poll_fn(|cx| loop {
         if !closing
             && (shutdown.as_mut().poll(cx).is_ready()
-                || activity.idled(&mut idle, cx, limits.keep_alive))
+                || activity.idled(&mut idle, cx, limits.keep_alive, limits.first_wait()))
         {
             connection.graceful_shutdown();
+            activity.closing();
             closing = true;
         }
+        // h2 closes a connection told to go away once its streams are done and the client
+        // has acknowledged the GOAWAY's PING; a client that never does is dropped. Checked
+        // in the same turn, so the timer (or the wake at the last stream's end) is armed.
+        if closing && activity.idled(&mut idle, cx, CLOSE_GRACE, CLOSE_GRACE) {
+            log::debug!("HTTP/2 connection from {peer} dropped: GOAWAY not acknowledged");
+            return Poll::Ready(());
+        }
+        let was_closing = closing;
         loop {
             match connection.poll_accept(cx) {
                 Poll::Ready(Some(Ok((_, mut respond)))) if accepted >= limits.max_requests => {
@@ -131,6 +150,7 @@ pub async fn serve<T, S>(
                     accepted = accepted.saturating_add(1);
                     if accepted >= limits.max_requests && !closing {
                         connection.graceful_shutdown();
+                        activity.closing();
                         closing = true;
                     }
                 }
@@ -139,12 +159,20 @@ pub async fn serve<T, S>(
                     return Poll::Ready(());
                 }
                 Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => break,
             }
+        }
+        // A close started while accepting arms its timer in one more turn.
+        if closing == was_closing {
+            return Poll::Pending;
         }
     })
     .await;
 }
+
+/// How long a connection sent `GOAWAY` may take, once its streams are answered, to
+/// acknowledge it before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The largest plaintext of one TLS record.
 const RECORD: usize = 16 * 1024;
@@ -153,18 +181,28 @@ const RECORD: usize = 16 * 1024;
 /// record. h2 writes a frame's head and its payload as separate slices, and a TLS stream
 /// writes only the first slice of a vectored write: unhelped, each response costs two TLS
 /// records and two system calls where one does.
+/// It also notes, in [`Activity`], when bytes last went out.
 struct Gathered<T> {
     io: T,
     scratch: Vec<u8>,
+    activity: Rc<Activity>,
 }
 
 impl<T> Gathered<T> {
-    fn new(io: T) -> Self {
+    fn new(io: T, activity: Rc<Activity>) -> Self {
         // Grown on the first gathered write, not before: idle connections hold no buffer.
         Self {
             io,
             scratch: Vec::new(),
+            activity,
         }
+    }
+
+    fn wrote(&self, outcome: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(1..)) = outcome {
+            self.activity.wrote.set(Instant::now());
+        }
+        outcome
     }
 }
 
@@ -184,7 +222,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Gathered<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let outcome = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(outcome)
     }
 
     /// Writes as much of `bufs` as fits one record, in one write. A write that must wait is
@@ -204,7 +243,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Gathered<T> {
                 break;
             }
         }
-        Pin::new(&mut this.io).poll_write(cx, &this.scratch)
+        let outcome = Pin::new(&mut this.io).poll_write(cx, &this.scratch);
+        this.wrote(outcome)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -220,39 +260,72 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Gathered<T> {
     }
 }
 
-/// The connection's open streams, and when the last one ended: what the idle timer needs.
-#[derive(Default)]
+/// The connection's open streams and since when it has had none: what the idle timer needs.
 struct Activity {
     open: Cell<usize>,
-    last_end: Cell<Option<Instant>>,
+    /// The connection's start, the end of its last stream, or the start of its close.
+    idle_since: Cell<Instant>,
+    /// Whether a stream has been opened: `keep_alive` applies from then on.
+    served: Cell<bool>,
+    /// The connection task, woken when the last open stream ends.
+    waker: RefCell<Option<Waker>>,
+    /// When bytes last went out to the client.
+    wrote: Cell<Instant>,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            open: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+            served: Cell::new(false),
+            waker: RefCell::new(None),
+            wrote: Cell::new(Instant::now()),
+        }
+    }
+
     /// Counts a stream as open until the returned guard is dropped.
     fn open(self: &Rc<Self>) -> OpenStream {
         self.open.set(self.open.get() + 1);
+        self.served.set(true);
         OpenStream(self.clone())
     }
 
-    /// Whether the connection has had no open stream for `keep_alive`. Otherwise the timer is
-    /// moved to the earliest moment that could be true, and will wake `cx` then.
+    /// The connection was told to go away: the grace period starts now if no stream is open.
+    fn closing(&self) {
+        if self.open.get() == 0 {
+            self.idle_since.set(Instant::now());
+        }
+    }
+
+    /// Whether the connection has had no open stream for its limit: `first_wait` until a
+    /// stream has been opened (zero: no limit), `keep_alive` after. While a stream is open
+    /// the timer is left alone and the task is woken when the last one ends; otherwise the
+    /// timer is set for the moment the limit passes.
     fn idled(
         &self,
         timer: &mut Pin<&mut Sleep>,
         cx: &mut Context<'_>,
         keep_alive: Duration,
+        first_wait: Duration,
     ) -> bool {
-        while timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            let deadline = match (self.open.get(), self.last_end.get()) {
-                (0, None) => return true,
-                (0, Some(end)) if end + keep_alive <= now => return true,
-                (0, Some(end)) => end + keep_alive,
-                _ => now + keep_alive,
-            };
+        if self.open.get() > 0 {
+            let mut waker = self.waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+            return false;
+        }
+        let limit = match self.served.get() {
+            true => keep_alive,
+            false if first_wait.is_zero() => return false,
+            false => first_wait,
+        };
+        let deadline = self.idle_since.get() + limit;
+        if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
-        false
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -261,8 +334,14 @@ struct OpenStream(Rc<Activity>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
-        self.0.last_end.set(Some(Instant::now()));
+        let activity = &self.0;
+        activity.open.set(activity.open.get() - 1);
+        if activity.open.get() == 0 {
+            activity.idle_since.set(Instant::now());
+            if let Some(waker) = activity.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -274,7 +353,7 @@ async fn answer<S>(
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
     limits: Http2Limits,
-    _open: OpenStream,
+    open: OpenStream,
 ) where
     S: Service<Request> + 'static,
     S::Response: Into<Response<BoxBody>>,
@@ -295,11 +374,20 @@ async fn answer<S>(
         || matches!(size, BodySize::None | BodySize::Sized(0))
         || response.status() == StatusCode::NOT_MODIFIED;
     let head = response_head(&response, size, head_only);
-    let Ok(mut stream) = respond.send_response(head, no_body) else {
-        return;
+    let mut stream = match respond.send_response(head, no_body) {
+        Ok(stream) => stream,
+        Err(err) => {
+            log::debug!("HTTP/2 response head not sent: {err}");
+            return;
+        }
     };
     if !no_body {
-        send_body(body, size, &mut stream, limits.send_timeout).await;
+        let outgoing = Outgoing {
+            stream: &mut stream,
+            send_timeout: limits.send_timeout,
+            activity: &open.0,
+        };
+        outgoing.send_body(body, size).await;
     }
 }
 
@@ -307,8 +395,13 @@ async fn answer<S>(
 /// the mark that it came over TLS (h2 is offered on TLS listeners only) and, for a body
 /// without `content-length`, the mark that one follows.
 fn into_request(request: http::Request<RecvStream>, peer: SocketAddr) -> Request {
-    let (parts, body) = request.into_parts();
-    let undeclared = !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let (mut parts, body) = request.into_parts();
+    join_cookies(&mut parts.headers);
+    // A GET or HEAD whose client ended the stream with an empty DATA frame rather than with
+    // the HEADERS: it has no body, and sending one chunked would make servers refuse it.
+    let bodiless = parts.method == Method::GET || parts.method == Method::HEAD;
+    let undeclared =
+        !body.is_end_stream() && !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH);
     let payload: Payload = match body.is_end_stream() {
         true => Payload::None,
         false => Payload::Stream {
@@ -327,6 +420,23 @@ fn into_request(request: http::Request<RecvStream>, peer: SocketAddr) -> Request
     head.peer_addr = Some(peer);
     request.extensions_mut().insert(OverTls);
     request
+}
+
+/// Joins the `cookie` fields HTTP/2 clients send one per cookie (for compression) into the
+/// one field HTTP/1.1 servers read, with `"; "` (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// A request body, giving back flow-control window as the application takes it.
@@ -354,19 +464,26 @@ impl Stream for RequestBody {
 /// 8.2.2), `content-length` from a body of known size, and `date` when the response has none.
 fn response_head(response: &Response<()>, size: BodySize, head_only: bool) -> http::Response<()> {
     let mut head = http::Response::new(());
-    *head.status_mut() = response.status();
+    let status = response.status();
+    *head.status_mut() = status;
     *head.version_mut() = http::Version::HTTP_2;
     let headers = head.headers_mut();
-    // A body of known size says its length; a streamed body, or a HEAD answer, keeps the
-    // server's `content-length` (a proxied response carries it through).
-    let sized = matches!(size, BodySize::Sized(_)) && !head_only;
-    if let BodySize::Sized(len) = size {
-        if sized && response.status() != StatusCode::NOT_MODIFIED {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
+    // The length: a body of known size says it. A HEAD answer says what a GET would have
+    // had: the server's header, else the size the body was given. A streamed body keeps the
+    // server's header; 204 has none and 304 keeps what the server said.
+    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let declared = head_only && response.headers().contains_key(header::CONTENT_LENGTH);
+    let length = match size {
+        BodySize::Sized(len) if !bodiless && !declared => Some(len),
+        _ => None,
+    };
+    if let Some(len) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     for (name, value) in response.headers() {
-        if connection_specific(name) || (sized && name == header::CONTENT_LENGTH) {
+        let replaced = name == header::CONTENT_LENGTH
+            && (length.is_some() || status == StatusCode::NO_CONTENT);
+        if connection_specific(name) || replaced {
             continue;
         }
         headers.append(name.clone(), value.clone());
@@ -380,6 +497,7 @@ fn response_head(response: &Response<()>, size: BodySize, head_only: bool) -> ht
 /// Headers that belong to one HTTP/1.1 connection, which HTTP/2 forbids.
 fn connection_specific(name: &HeaderName) -> bool {
     name == header::CONNECTION
+        || name == header::TE
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
         || name == "keep-alive"
@@ -406,100 +524,115 @@ fn now() -> HeaderValue {
     })
 }
 
-/// Sends the body as the client's window allows. A body that fails part way (the server
-/// broke off) resets the stream, so the client never takes a cut body for a whole one; a
-/// client reset stops reading it. The body is always read to its end: the request to the
-/// server is complete only then, and its connection goes back to the pool.
-async fn send_body(
-    body: BoxBody,
-    size: BodySize,
-    stream: &mut SendStream<Bytes>,
+/// A response on its way to the client.
+struct Outgoing<'a> {
+    stream: &'a mut SendStream<Bytes>,
+    /// `server.send_timeout`, for waits on the client's flow-control window.
     send_timeout: Duration,
-) {
-    let mut body = pin!(body);
-    let mut left = match size {
-        BodySize::Sized(len) => Some(len),
-        _ => None,
-    };
-    // The last chunk of a body of known size, held until the body's end (due at once) so
-    // that it ends the stream itself, saving a frame.
-    let mut last: Option<Bytes> = None;
-    loop {
-        let next = poll_fn(|cx| {
-            if stream.poll_reset(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            body.as_mut().poll_next(cx).map(Some)
-        })
-        .await;
-        let chunk = match next {
-            // Reset by the client.
-            None => return,
-            Some(None) => break,
-            Some(Some(Ok(chunk))) => chunk,
-            Some(Some(Err(err))) => {
-                log::debug!("HTTP/2 response body failed: {err}");
-                stream.send_reset(Reason::INTERNAL_ERROR);
-                return;
-            }
-        };
-        if last.is_some() {
-            // More than the declared length: let the client see it as broken.
-            log::debug!("HTTP/2 response body longer than its length");
-            stream.send_reset(Reason::INTERNAL_ERROR);
-            return;
-        }
-        if let Some(left) = left.as_mut() {
-            *left = left.saturating_sub(chunk.len() as u64);
-        }
-        if left == Some(0) {
-            last = Some(chunk);
-        } else if send_chunk(stream, chunk, false, send_timeout)
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-    let _ = send_chunk(stream, last.unwrap_or_default(), true, send_timeout).await;
+    activity: &'a Activity,
 }
 
-/// Sends `chunk` in pieces as flow control grants window for them. A client that grants none
-/// for `send_timeout` gets the stream reset: it could otherwise hold the response, and the
-/// server's connection behind it, without reading.
-async fn send_chunk(
-    stream: &mut SendStream<Bytes>,
-    mut chunk: Bytes,
-    end: bool,
-    send_timeout: Duration,
-) -> Result<(), h2::Error> {
-    if chunk.is_empty() {
-        return stream.send_data(chunk, end);
-    }
-    while !chunk.is_empty() {
-        stream.reserve_capacity(chunk.len());
-        let window = super::within(send_timeout, "window", async {
-            poll_fn(|cx| stream.poll_capacity(cx))
-                .await
-                // None: the stream is gone (reset or closed).
-                .unwrap_or_else(|| Err(h2::Error::from(Reason::CANCEL)))
-        });
-        let granted = match window.await {
-            Ok(granted) => granted,
-            Err(why) => {
-                log::debug!("HTTP/2 stream reset: {why}");
-                stream.send_reset(Reason::CANCEL);
-                return Err(h2::Error::from(Reason::CANCEL));
-            }
+impl Outgoing<'_> {
+    /// Sends the body as the client's window allows. A body that fails part way (the server
+    /// broke off), or does not match its length, resets the stream, so the client never
+    /// takes a cut body for a whole one; a client reset stops reading it. The body is always
+    /// read to its end: the request to the server is complete only then, and its connection
+    /// goes back to the pool.
+    async fn send_body(mut self, body: BoxBody, size: BodySize) {
+        let mut body = pin!(body);
+        let mut left = match size {
+            BodySize::Sized(len) => Some(len),
+            _ => None,
         };
-        let piece = chunk.split_to(granted.min(chunk.len()));
-        stream.send_data(piece, end && chunk.is_empty())?;
+        // The last chunk of a body of known size, held until the body's end (due at once)
+        // so that it ends the stream itself, saving a frame.
+        let mut last: Option<Bytes> = None;
+        loop {
+            let stream = &mut *self.stream;
+            let next = poll_fn(|cx| {
+                if stream.poll_reset(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                body.as_mut().poll_next(cx).map(Some)
+            })
+            .await;
+            let chunk = match next {
+                // Reset by the client.
+                None => return,
+                Some(None) => break,
+                Some(Some(Ok(chunk))) if chunk.is_empty() => continue,
+                Some(Some(Ok(chunk))) => chunk,
+                Some(Some(Err(err))) => return self.broken(&err.to_string()),
+            };
+            let longer = left.is_some_and(|left| chunk.len() as u64 > left);
+            if last.is_some() || longer {
+                return self.broken("longer than its length");
+            }
+            if let Some(left) = left.as_mut() {
+                *left -= chunk.len() as u64;
+            }
+            if left == Some(0) {
+                last = Some(chunk);
+            } else if self.send(chunk, false).await.is_err() {
+                return;
+            }
+        }
+        if left.is_some_and(|left| left > 0) {
+            return self.broken("shorter than its length");
+        }
+        let _ = self.send(last.unwrap_or_default(), true).await;
     }
-    Ok(())
+
+    /// Resets the stream for a body that cannot be sent whole.
+    fn broken(self, why: &str) {
+        log::debug!("HTTP/2 response body broken: {why}");
+        self.stream.send_reset(Reason::INTERNAL_ERROR);
+    }
+
+    /// Sends `chunk` in pieces as flow control grants window for them. A stream that gets
+    /// no window for `send_timeout` while the connection writes nothing to the client either
+    /// is reset: the client could otherwise hold the response, and the server's connection
+    /// behind it, without reading. Waiting behind the connection's other streams is not
+    /// stalling.
+    async fn send(&mut self, mut chunk: Bytes, end: bool) -> Result<(), h2::Error> {
+        if chunk.is_empty() {
+            return self.stream.send_data(chunk, end);
+        }
+        while !chunk.is_empty() {
+            self.stream.reserve_capacity(chunk.len());
+            let granted = loop {
+                let stream = &mut *self.stream;
+                let window = async {
+                    poll_fn(|cx| stream.poll_capacity(cx))
+                        .await
+                        // None: the stream is gone (reset or closed).
+                        .unwrap_or_else(|| Err(h2::Error::from(Reason::CANCEL)))
+                };
+                if self.send_timeout.is_zero() {
+                    break window.await?;
+                }
+                match tokio::time::timeout(self.send_timeout, window).await {
+                    Ok(granted) => break granted?,
+                    Err(_) if self.activity.wrote.get().elapsed() < self.send_timeout => {}
+                    Err(_) => {
+                        log::debug!("HTTP/2 stream reset: no window for {:?}", self.send_timeout);
+                        self.stream.send_reset(Reason::CANCEL);
+                        return Err(h2::Error::from(Reason::CANCEL));
+                    }
+                }
+            };
+            let piece = chunk.split_to(granted.min(chunk.len()));
+            self.stream.send_data(piece, end && chunk.is_empty())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     use super::*;
 
     fn head(response: Response<()>, size: BodySize, head_only: bool) -> http::Response<()> {
@@ -547,15 +680,43 @@ mod tests {
         assert_eq!(to_head.headers()[header::CONTENT_LENGTH], "1234");
     }
 
-    /// Polls [`Activity::idled`] once.
+    /// Polls [`Activity::idled`] once, with `keep_alive` as the wait for the first stream too.
     async fn idled(timer: &mut Pin<&mut Sleep>, activity: &Activity, keep_alive: Duration) -> bool {
-        poll_fn(|cx| Poll::Ready(activity.idled(timer, cx, keep_alive))).await
+        poll_fn(|cx| Poll::Ready(activity.idled(timer, cx, keep_alive, keep_alive))).await
+    }
+
+    #[test]
+    fn a_head_answer_says_the_length_a_get_would_have() {
+        let response = Response::with_body(StatusCode::OK, ());
+        let to_head = head(response, BodySize::Sized(1234), true);
+        assert_eq!(to_head.headers()[header::CONTENT_LENGTH], "1234");
+        let mut no_content = Response::with_body(StatusCode::NO_CONTENT, ());
+        no_content
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let sent = head(no_content, BodySize::Sized(0), false);
+        assert!(!sent.headers().contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn split_cookies_are_joined_for_http1() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut headers);
+        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        let mut one = http::HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_idles_only_with_no_stream_open() {
         let keep_alive = Duration::from_secs(10);
-        let activity = Rc::new(Activity::default());
+        let activity = Rc::new(Activity::new());
         let mut timer = pin!(sleep(keep_alive));
         let open = activity.open();
         tokio::time::advance(Duration::from_secs(11)).await;
@@ -574,5 +735,30 @@ mod tests {
             idled(&mut timer, &activity, keep_alive).await,
             "ended 11 s ago"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_end_of_the_last_stream_wakes_the_connection() {
+        let activity = Rc::new(Activity::new());
+        let mut timer = pin!(sleep(Duration::ZERO));
+        let open = activity.open();
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        // keep_alive zero: no busy timer while the stream is open, a wake when it ends.
+        assert!(!activity.idled(&mut timer, &mut cx, Duration::ZERO, Duration::ZERO));
+        assert!(!woken.0.load(Ordering::SeqCst));
+        drop(open);
+        assert!(woken.0.load(Ordering::SeqCst));
+        assert!(activity.idled(&mut timer, &mut cx, Duration::ZERO, Duration::ZERO));
+    }
+
+    #[derive(Default)]
+    struct Woken(AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
     }
 }

@@ -591,3 +591,62 @@ fn a_stream_whose_client_grants_no_window_is_reset_after_send_timeout() {
     let err = ended.expect("the stream was reset, not ended");
     assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
 }
+
+#[test]
+fn head_answers_carry_the_length_and_split_cookies_reach_the_server_as_one() {
+    let origin = Origin::start("app");
+    let (pki, proxy) = start(&[origin.addr], "");
+    let (length, echo) = runtime().block_on(async {
+        let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
+        let head = http::Request::head("https://a.test/bytes/1234?sized=1")
+            .body(())
+            .unwrap();
+        let mut ready = client.clone().ready().await.unwrap();
+        let (response, _) = ready.send_request(head, true).unwrap();
+        let response = response.await.unwrap();
+        let length = response.headers().get("content-length").cloned();
+        let mut request = get("/echo");
+        request
+            .headers_mut()
+            .append("cookie", "a=1".parse().unwrap());
+        request
+            .headers_mut()
+            .append("cookie", "b=2".parse().unwrap());
+        let echo = send(&mut client, request, Vec::new()).await.unwrap();
+        (length, echo.body.unwrap())
+    });
+    assert_eq!(length.as_ref().map(|v| v.to_str().unwrap()), Some("1234"));
+    let echo = Echo(serde_json::from_slice(&echo).unwrap());
+    assert_eq!(echo.headers("cookie"), ["a=1; b=2"]);
+}
+
+#[test]
+fn a_client_that_never_acknowledges_goaway_is_dropped() {
+    let origin = Origin::start("app");
+    let pki = Pki::new();
+    let toml = with_server(
+        &one_pool(&[origin.addr], &pki.tls_section_with("")),
+        "keep_alive = \"1s\"",
+    );
+    let proxy = Proxy::from_toml(&toml);
+    // A client that sends the preface and its SETTINGS, then only reads: it answers neither
+    // the SETTINGS nor the GOAWAY's PING.
+    let tcp = std::net::TcpStream::connect(proxy.tls[0]).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
+    builder.set_alpn_protos(b"\x02h2").unwrap();
+    let mut tls = builder.build().connect("a.test", tcp).unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the connection was still open after {DEADLINE:?}");
+}
