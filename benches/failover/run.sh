@@ -66,10 +66,10 @@ RUNS_TSV="$OUT/runs.tsv"
 declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
 declare -A PROXY_COMM=([gatehouse]=gatehouse [nginx]=nginx [haproxy]=haproxy)
 
-log() { printf '[bench-failover] %s\n' "$*" >&2; }
-die() { printf '[bench-failover] error: %s\n' "$*" >&2; exit 1; }
-
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+BENCH_NAME=bench-failover
+START_BG_APPEND=true # origin 2 restarts into the log it had
+# shellcheck source=../lib/processes.sh
+source "$ROOT/benches/lib/processes.sh"
 is_uint "$DURATION" && ((DURATION >= 5 && DURATION <= 600)) ||
     die "BENCH_DURATION must be 5..600 seconds (got '$DURATION')"
 is_uint "$CONNECTIONS" && ((CONNECTIONS >= 1 && CONNECTIONS <= 1000)) ||
@@ -118,94 +118,6 @@ for f in origin.conf.in nginx.conf.in haproxy.cfg.in gatehouse.toml status.lua; 
     [[ -f $HERE/$f ]] || die "missing $HERE/$f"
 done
 
-# ------------------------------------------------------------ process control
-# Every process this script starts is recorded here (pid -> name) and is the
-# only thing it ever signals. The pids are our own unreaped children, so they
-# cannot be recycled while they are in this table.
-declare -A STARTED=()
-LAST_PID=
-
-alive() {
-    local state
-    state=$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-start_bg() { # name logfile cmd...
-    local name=$1 logfile=$2
-    shift 2
-    "$@" >>"$logfile" 2>&1 </dev/null &
-    LAST_PID=$!
-    STARTED[$LAST_PID]=$name
-}
-
-signal_pid() { # signal pid: only to a process this script started and still holds
-    [[ -n ${STARTED[$2]+x} ]] || die "refusing to signal pid $2: not started by this script"
-    kill "-$1" "$2" 2>/dev/null || true
-}
-
-stop_pid() {
-    local pid=$1 i
-    [[ -n ${STARTED[$pid]+x} ]] || return 0
-    if alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        kill -CONT "$pid" 2>/dev/null || true # a frozen origin must run to exit
-        for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            log "${STARTED[$pid]} (pid $pid) ignored SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    { wait "$pid"; } 2>/dev/null || true # no "Killed" notice for a killed origin
-    unset "STARTED[$pid]"
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${!STARTED[@]}"; do
-        log "stopping ${STARTED[$pid]} (pid $pid)"
-        stop_pid "$pid"
-    done
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-port_in_use() {
-    if command -v ss >/dev/null; then
-        [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]] && return 0
-    fi
-    port_open "$1"
-}
-
-wait_port() { # pid port name logfile
-    local pid=$1 port=$2 name=$3 logfile=$4 i
-    for ((i = 0; i < READY_TIMEOUT * 20; i++)); do
-        if ! alive "$pid"; then
-            tail -n 20 "$logfile" >&2 || true
-            die "$name exited during startup (log: $logfile)"
-        fi
-        port_open "$port" && return 0
-        sleep 0.05
-    done
-    tail -n 20 "$logfile" >&2 || true
-    die "$name did not accept connections on 127.0.0.1:$port within ${READY_TIMEOUT}s (log: $logfile)"
-}
-
-wait_port_closed() { # port -> 0 once nothing accepts on it (bounded)
-    local i
-    for ((i = 0; i < READY_TIMEOUT * 20; i++)); do
-        port_open "$1" || return 0
-        sleep 0.05
-    done
-    return 1
-}
 
 now_ns() { date +%s%N; }
 
@@ -512,7 +424,6 @@ for s in "${SCENARIOS[@]}"; do
 done
 
 # -------------------------------------------------------------------- report
-ver() { "$@" 2>&1 | head -n 1 || true; }
 if selected gatehouse; then
     if git_rev=$(git rev-parse --short HEAD 2>/dev/null); then
         git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || git_rev="$git_rev + uncommitted changes"

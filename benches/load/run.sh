@@ -93,10 +93,9 @@ is_gzip() { [[ $1 == gatehouse-gzip || $1 == nginx-gzip ]]; }
 is_tls() { [[ $1 == gatehouse-tls || $1 == nginx-tls ]]; }
 is_tls_scenario() { [[ $1 == tls-* ]]; }
 
-log() { printf '[bench-load] %s\n' "$*" >&2; }
-die() { printf '[bench-load] error: %s\n' "$*" >&2; exit 1; }
-
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+BENCH_NAME=bench-load
+# shellcheck source=../lib/processes.sh
+source "$ROOT/benches/lib/processes.sh"
 is_uint "$DURATION" && ((DURATION >= 1 && DURATION <= 3600)) ||
     die "BENCH_DURATION must be 1..3600 seconds (got '$DURATION')"
 is_uint "$ROUNDS" && ((ROUNDS >= 1 && ROUNDS <= 50)) ||
@@ -172,79 +171,6 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 is_uint "$CLK_TCK" && ((CLK_TCK > 0)) || die "getconf CLK_TCK returned '$CLK_TCK'"
 
-# ------------------------------------------------------------ process control
-# Every process this script starts is recorded here (pid -> name) and is the
-# only thing it ever signals. The pids are our own unreaped children, so they
-# cannot be recycled while they are in this table.
-declare -A STARTED=()
-LAST_PID=
-
-alive() {
-    local state
-    state=$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-start_bg() { # name logfile cmd...
-    local name=$1 logfile=$2
-    shift 2
-    "$@" >"$logfile" 2>&1 </dev/null &
-    LAST_PID=$!
-    STARTED[$LAST_PID]=$name
-}
-
-stop_pid() {
-    local pid=$1 i
-    [[ -n ${STARTED[$pid]+x} ]] || return 0
-    if alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            log "${STARTED[$pid]} (pid $pid) ignored SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "STARTED[$pid]"
-}
-
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${!STARTED[@]}"; do
-        log "stopping ${STARTED[$pid]} (pid $pid)"
-        stop_pid "$pid"
-    done
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
-
-port_in_use() {
-    if command -v ss >/dev/null; then
-        [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]] && return 0
-    fi
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-wait_port() { # pid port name logfile
-    local pid=$1 port=$2 name=$3 logfile=$4 deadline=$((SECONDS + READY_TIMEOUT))
-    while ((SECONDS <= deadline)); do
-        if ! alive "$pid"; then
-            tail -n 20 "$logfile" >&2 || true
-            die "$name exited during startup (log: $logfile)"
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$logfile" >&2 || true
-    die "$name did not accept connections on 127.0.0.1:$port within ${READY_TIMEOUT}s (log: $logfile)"
-}
 
 cpu_ticks() { # utime + stime of the whole process, in clock ticks
     awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
@@ -327,23 +253,57 @@ temp_paths() { # prefix
 EOF
 }
 
-# Origin: a single nginx process (master_process off) serving the two files.
-cat >"$OUT/origin/nginx.conf" <<EOF
+# The top of the nginx.conf of the NGINX under $OUT/NAME, up to its http block's temp paths:
+# one process (master_process off, so one PID does all the work), no access log, client
+# connections kept for the whole run.
+nginx_top() { # name
+    cat <<EOF
 daemon off;
 master_process off;
 worker_processes 1;
-pid $OUT/origin/nginx.pid;
-error_log $OUT/origin/logs/error.log warn;
+pid $OUT/$1/nginx.pid;
+error_log $OUT/$1/logs/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+$(temp_paths "$OUT/$1")
+EOF
+}
+
+# The origin as the NGINX proxies reach it: connections kept and reused, as gatehouse's and
+# HAProxy's are.
+nginx_upstream() {
+    cat <<EOF
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+EOF
+}
+
+# Every request of an NGINX proxy to the origin, over kept-alive HTTP/1.1.
+nginx_proxy_location() {
+    cat <<EOF
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+EOF
+}
+
+# Origin: a single nginx process (master_process off) serving the two files.
+cat >"$OUT/origin/nginx.conf" <<EOF
+$(nginx_top origin)
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
-    keepalive_timeout 300s;
-    keepalive_requests 10000000;
     open_file_cache max=16;
-$(temp_paths "$OUT/origin")
     server {
         listen 127.0.0.1:$ORIGIN_PORT backlog=4096;
         root $OUT/docroot;
@@ -354,31 +314,11 @@ EOF
 
 # NGINX under test: one process (master_process off), so one PID does all the work.
 cat >"$OUT/nginx/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 300s;
-    keepalive_requests 10000000;
-$(temp_paths "$OUT/nginx")
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-    }
+$(nginx_top nginx)
+$(nginx_upstream)
     server {
         listen 127.0.0.1:$NGINX_PORT backlog=4096;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering on;
-        }
+$(nginx_proxy_location)
     }
 }
 EOF
@@ -387,36 +327,16 @@ EOF
 # for text/html, on the proxied responses (gzip_proxied any: whatever the request's Via).
 if selected nginx-gzip; then
     cat >"$OUT/nginx-gzip/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $OUT/nginx-gzip/nginx.pid;
-error_log $OUT/nginx-gzip/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 300s;
-    keepalive_requests 10000000;
-$(temp_paths "$OUT/nginx-gzip")
+$(nginx_top nginx-gzip)
     gzip on;
     gzip_comp_level 5;
     gzip_types text/html;
     gzip_min_length 1024;
     gzip_proxied any;
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-    }
+$(nginx_upstream)
     server {
         listen 127.0.0.1:$NGINX_GZIP_PORT backlog=4096;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering on;
-        }
+$(nginx_proxy_location)
     }
 }
 EOF
@@ -450,23 +370,8 @@ fi
 # session cache, no session tickets, ffdhe2048) and HTTP/2 on the listener as gatehouse offers it.
 if selected nginx-tls; then
     cat >"$OUT/nginx-tls/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $OUT/nginx-tls/nginx.pid;
-error_log $OUT/nginx-tls/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 300s;
-    keepalive_requests 10000000;
-$(temp_paths "$OUT/nginx-tls")
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-    }
+$(nginx_top nginx-tls)
+$(nginx_upstream)
     server {
         listen 127.0.0.1:$NGINX_TLS_PORT ssl http2 backlog=4096;
         ssl_certificate     $TLS_DIR/localhost.pem;
@@ -480,12 +385,7 @@ $(temp_paths "$OUT/nginx-tls")
         ssl_session_tickets off;
         ssl_dhparam $TLS_DIR/ffdhe2048.pem;
         http2_max_requests 10000000;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering on;
-        }
+$(nginx_proxy_location)
     }
 }
 EOF
@@ -923,7 +823,6 @@ done
 stop_pid "$ORIGIN_PID"
 
 # -------------------------------------------------------------------- report
-ver() { "$@" 2>&1 | head -n 1 || true; }
 if $GATEHOUSE_SELECTED; then
     if git_rev=$(git rev-parse --short HEAD 2>/dev/null); then
         git diff --quiet HEAD 2>/dev/null || git_rev="$git_rev + uncommitted changes"
