@@ -8,15 +8,7 @@ use crate::helpers::*;
 
 /// One admin call; `token` adds `Authorization: Bearer`.
 fn call(admin: SocketAddr, method: &str, path: &str, body: &str, token: Option<&str>) -> Response {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    raw(
-        admin,
-        &format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
+    admin_call_as(admin, method, path, body, token)
 }
 
 fn addresses(pool: &serde_json::Value) -> Vec<String> {
@@ -239,24 +231,12 @@ fn the_state_file_keeps_runtime_membership_across_reload_and_restart() {
     assert!(names.contains(&"two".to_string()), "{names:?}");
 }
 
-/// `GET /pools/web`'s entry for the server at `address`.
-fn server_json(admin: SocketAddr, address: SocketAddr) -> serde_json::Value {
-    let pool = call(admin, "GET", "/pools/web", "", None).json();
-    pool["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["address"] == address.to_string())
-        .cloned()
-        .unwrap_or_else(|| panic!("{address} not in {pool}"))
-}
-
 #[test]
 fn a_patch_changes_each_field_and_answers_the_server() {
     let origin = Origin::start("one");
     let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
     let path = format!("/pools/web/servers/{}", origin.addr);
-    let listed = server_json(proxy.admin, origin.addr);
+    let listed = admin_server(proxy.admin, "web", origin.addr);
     assert_eq!(listed["state"], "active");
     assert_eq!(listed["backup"], false);
     assert_eq!(listed["max_connections"], 0);
@@ -281,7 +261,7 @@ fn a_patch_changes_each_field_and_answers_the_server() {
         assert_eq!(patched.json()[field], value, "{body}: {}", patched.text());
         assert_eq!(patched.json()["pool"], "web");
         assert_eq!(
-            server_json(proxy.admin, origin.addr)[field],
+            admin_server(proxy.admin, "web", origin.addr)[field],
             value,
             "{body}"
         );
@@ -351,7 +331,7 @@ fn bad_patches_say_what_was_wrong_and_change_nothing() {
         let error = response.json()["error"].as_str().unwrap().to_string();
         assert!(error.contains(words), "{body}: {error}");
     }
-    let listed = server_json(proxy.admin, origin.addr);
+    let listed = admin_server(proxy.admin, "web", origin.addr);
     assert_eq!(
         (&listed["weight"], &listed["state"]),
         (&1.into(), &"active".into())
@@ -410,7 +390,7 @@ fn a_drained_server_gets_no_new_requests_while_its_download_finishes() {
         assert_eq!(get(proxy.addr, "/name").text(), "two");
     }
     assert_eq!(one.hits(), 1, "the draining server got a new request");
-    let during = server_json(proxy.admin, one.addr);
+    let during = admin_server(proxy.admin, "web", one.addr);
     assert_eq!(
         (&during["in_flight"], &during["drained"]),
         (&1.into(), &false.into())
@@ -423,7 +403,7 @@ fn a_drained_server_gets_no_new_requests_while_its_download_finishes() {
     );
     let started = std::time::Instant::now();
     loop {
-        let after = server_json(proxy.admin, one.addr);
+        let after = admin_server(proxy.admin, "web", one.addr);
         if after["drained"] == true {
             assert_eq!(after["in_flight"], 0);
             assert_eq!(after["requests"], 1);
@@ -466,7 +446,7 @@ fn counters_and_requests_in_flight_survive_a_weight_change() {
     // The running request holds the server's only slot under its new limit.
     assert_eq!(get(proxy.addr, "/name").status, 503);
     assert_eq!(download.join().unwrap().status, 200);
-    let after = server_json(proxy.admin, origin.addr);
+    let after = admin_server(proxy.admin, "web", origin.addr);
     assert_eq!(
         (&after["in_flight"], &after["requests"]),
         (&0.into(), &4.into())

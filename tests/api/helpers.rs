@@ -744,10 +744,22 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// A JSON call to the admin API on a fresh connection.
 pub fn admin_call(admin: SocketAddr, method: &str, path: &str, body: &str) -> Response {
+    admin_call_as(admin, method, path, body, None)
+}
+
+/// [`admin_call`] with `Authorization: Bearer TOKEN` when a token is given.
+pub fn admin_call_as(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Response {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     raw(
         admin,
         &format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),

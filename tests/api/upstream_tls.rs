@@ -24,6 +24,16 @@ impl Setup {
         let ca_file = write(&dir, "ca.pem", &ca.pem());
         Self { ca, dir, ca_file }
     }
+
+    /// `[pools.NAME.tls]`'s line trusting the test CA.
+    fn trust(&self) -> String {
+        format!("ca_file = {:?}", self.ca_file)
+    }
+
+    /// [`tls_pool`] verifying `servers` against the test CA, with `extra` sections.
+    fn verified_pool(&self, servers: &[String], extra: &str) -> String {
+        tls_pool(servers, &self.trust(), extra)
+    }
 }
 
 fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
@@ -61,11 +71,7 @@ fn assert_generic_502(response: &Response, origin: SocketAddr) {
 fn requests_reach_a_tls_server_verified_against_the_configured_ca() {
     let setup = Setup::new();
     let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
-    let toml = tls_pool(
-        &[ip(origin.addr)],
-        &format!("ca_file = {:?}", setup.ca_file),
-        "",
-    );
+    let toml = setup.verified_pool(&[ip(origin.addr)], "");
     let proxy = Proxy::from_toml(&toml);
     let response = get(proxy.addr, "/name");
     assert_eq!(response.status, 200);
@@ -80,7 +86,7 @@ fn a_server_named_by_host_gets_that_name_as_sni_and_sni_overrides_it() {
     let setup = Setup::new();
     let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
     let by_name = format!("localhost:{}", origin.addr.port());
-    let ca = format!("ca_file = {:?}", setup.ca_file);
+    let ca = setup.trust();
     let proxy = Proxy::from_toml(&tls_pool(&[by_name], &ca, ""));
     assert_eq!(get(proxy.addr, "/name").text(), "secure");
     drop(proxy);
@@ -111,11 +117,7 @@ fn a_server_name_that_the_certificate_does_not_match_fails() {
 fn keep_alive_reuses_one_tls_connection_for_several_requests() {
     let setup = Setup::new();
     let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
-    let toml = tls_pool(
-        &[ip(origin.addr)],
-        &format!("ca_file = {:?}", setup.ca_file),
-        "",
-    );
+    let toml = setup.verified_pool(&[ip(origin.addr)], "");
     let proxy = Proxy::from_toml(&toml);
     let mut conn = Conn::open(proxy.addr);
     for _ in 0..5 {
@@ -138,9 +140,8 @@ fn an_untrusted_certificate_is_a_connect_failure_retried_on_another_server_and_e
     let stranger = Authority::new("someone else's CA");
     let good = TlsOrigin::start("good", &setup.ca.server(), None);
     let bad = TlsOrigin::start("bad", &stranger.server(), None);
-    let toml = tls_pool(
+    let toml = setup.verified_pool(
         &[ip(good.addr), ip(bad.addr)],
-        &format!("ca_file = {:?}", setup.ca_file),
         "[pools.web.passive]\nmax_fails = 2\nejection_time = \"60s\"\n",
     );
     let proxy = Proxy::from_toml(&toml);
@@ -160,11 +161,7 @@ fn an_untrusted_certificate_answers_a_502_that_names_nothing() {
     let setup = Setup::new();
     let stranger = Authority::new("someone else's CA");
     let origin = TlsOrigin::start("bad", &stranger.server(), None);
-    let toml = tls_pool(
-        &[ip(origin.addr)],
-        &format!("ca_file = {:?}", setup.ca_file),
-        "",
-    );
+    let toml = setup.verified_pool(&[ip(origin.addr)], "");
     let proxy = Proxy::from_toml(&toml);
     assert_generic_502(&get(proxy.addr, "/name"), origin.addr);
     assert_eq!(origin.hits(), 0);
@@ -188,7 +185,7 @@ fn a_server_requiring_a_client_certificate_accepts_gatehouses_and_refuses_none()
     let client = clients.client();
     let cert = write(&setup.dir, "client.pem", &client.cert_pem);
     let key = write(&setup.dir, "client.key", &client.key_pem);
-    let ca = format!("ca_file = {:?}", setup.ca_file);
+    let ca = setup.trust();
 
     let with = format!("{ca}\ncert = {cert:?}\nkey = {key:?}");
     let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], &with, ""));
@@ -206,9 +203,8 @@ fn a_server_requiring_a_client_certificate_accepts_gatehouses_and_refuses_none()
 fn a_health_probe_over_tls_marks_a_tls_server_up() {
     let setup = Setup::new();
     let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
-    let toml = tls_pool(
+    let toml = setup.verified_pool(
         &[ip(origin.addr)],
-        &format!("ca_file = {:?}", setup.ca_file),
         "[pools.web.health]\npath = \"/health\"\ninterval = \"50ms\"\njitter = \"0s\"\n\
          initial_state = \"down\"\nrise = 1\n",
     );
@@ -225,9 +221,8 @@ fn a_health_probe_refuses_an_untrusted_tls_server() {
     let setup = Setup::new();
     let stranger = Authority::new("someone else's CA");
     let origin = TlsOrigin::start("bad", &stranger.server(), None);
-    let toml = tls_pool(
+    let toml = setup.verified_pool(
         &[ip(origin.addr)],
-        &format!("ca_file = {:?}", setup.ca_file),
         "[pools.web.health]\npath = \"/health\"\ninterval = \"50ms\"\njitter = \"0s\"\n\
          initial_state = \"up\"\nfall = 1\n",
     );
@@ -275,7 +270,7 @@ fn a_reload_that_changes_the_tls_settings_rebuilds_the_pools_connections() {
     );
     assert_eq!(get(process.addr, "/name").status, 502);
 
-    let toml = tls_pool(&servers, &format!("ca_file = {:?}", setup.ca_file), retry);
+    let toml = setup.verified_pool(&servers, retry);
     std::fs::write(&process.config, toml).unwrap();
     assert_eq!(reload(&process).status, 200);
     let response = get(process.addr, "/name");
@@ -412,7 +407,7 @@ fn a_websocket_to_an_untrusted_tls_server_answers_a_502_that_names_nothing() {
     let setup = Setup::new();
     let stranger = Authority::new("someone else's CA");
     let (origin, names) = tls_echo_server(&stranger.server(), None);
-    let toml = tls_pool(&[ip(origin)], &format!("ca_file = {:?}", setup.ca_file), "");
+    let toml = setup.verified_pool(&[ip(origin)], "");
     let proxy = Proxy::from_toml(&toml);
     let response = raw(
         proxy.addr,
@@ -430,9 +425,8 @@ fn a_tls_websocket_server_that_fails_verification_is_ejected_like_any_other() {
     let stranger = Authority::new("someone else's CA");
     let (good, _) = tls_echo_server(&setup.ca.server(), None);
     let (bad, _) = tls_echo_server(&stranger.server(), None);
-    let toml = tls_pool(
+    let toml = setup.verified_pool(
         &[ip(good), ip(bad)],
-        &format!("ca_file = {:?}", setup.ca_file),
         "[pools.web.passive]\nmax_fails = 1\nejection_time = \"60s\"\n",
     );
     let proxy = Proxy::from_toml(&toml);
