@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::settings::{self, Sources};
+use crate::settings::Sources;
 
 /// A reverse proxy and HTTP load balancer.
 #[derive(Debug, Parser)]
@@ -46,7 +46,7 @@ pub fn main() -> ExitCode {
         config: cli.config,
         ..Sources::default()
     };
-    let loaded = match settings::load(&sources) {
+    let loaded = match crate::supervisor::load(&sources) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("gatehouse: invalid settings: {err}");

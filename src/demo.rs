@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 
-use crate::settings::{self, Sources};
+use crate::settings::Sources;
 use crate::Gatehouse;
 
 /// The demo origins' addresses; `settings/demo.toml` lists the same ones.
@@ -69,7 +69,8 @@ pub fn run() -> io::Result<()> {
         config: Some(PathBuf::from(DEMO_SETTINGS)),
         ..Sources::default()
     };
-    let loaded = settings::load(&sources).map_err(|err| io::Error::other(err.to_string()))?;
+    let loaded =
+        crate::supervisor::load(&sources).map_err(|err| io::Error::other(err.to_string()))?;
     let settings = loaded.settings;
     actix_rt::System::new().block_on(async move {
         let mut origins = Vec::new();

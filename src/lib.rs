@@ -8,6 +8,7 @@ pub mod admin;
 pub mod affinity;
 pub mod cli;
 pub mod compression;
+pub mod conn;
 pub mod demo;
 pub mod health;
 pub mod listener;

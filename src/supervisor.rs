@@ -12,9 +12,20 @@ use crate::health::{HealthError, HealthHandle};
 use crate::listener::{listener_changed, Rebind, Rebinder};
 use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
-use crate::settings::{self, ServerEntry, Settings, SettingsError, Sources};
+use crate::settings::{self, Loaded, Problem, ServerEntry, Settings, SettingsError, Sources};
 use crate::state_file::{self, StateFileError};
 use crate::tls::{CertificateError, Certificates, TlsStore};
+
+/// Reads the settings and loads the files they name (certificates), as start-up, a reload and
+/// `--check` all must: settings that would not start are invalid.
+pub fn load(sources: &Sources) -> Result<Loaded, SettingsError> {
+    let loaded = settings::load(sources)?;
+    if let Err(err) = Certificates::load(&loaded.settings.tls) {
+        let value = format!("{:?}", err.path);
+        return Err(loaded.invalid(Problem::new(err.key, value, err.reason)));
+    }
+    Ok(loaded)
+}
 
 /// Why a reload was refused or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +250,7 @@ impl Handler<Reload> for Supervisor {
     type Result = AtomicResponse<Self, Result<ReloadReport, ReloadError>>;
 
     fn handle(&mut self, _: Reload, _: &mut Context<Self>) -> Self::Result {
-        let loaded = settings::load(&self.sources);
+        let loaded = load(&self.sources);
         let running = self.running.take();
         let published = self.published.clone();
         let rebinder = self.rebinder.clone();

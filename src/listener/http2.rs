@@ -29,9 +29,8 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
 
-use crate::proxy::UndeclaredBody;
+use crate::conn::{within, OverTls, UndeclaredBody};
 use crate::settings::{Http2Settings, ServerSettings};
-use crate::tls::OverTls;
 
 /// Flow-control windows: what actix-http uses (1 MiB per stream, 2 MiB per connection), so a
 /// large upload is not held to h2's 64 KiB default.
@@ -107,7 +106,7 @@ pub async fn serve<T, S>(
     let activity = Rc::new(Activity::new());
     let io = Gathered::new(io, activity.clone());
     let handshake = limits.builder().handshake::<_, Bytes>(io);
-    let connection = super::within(limits.preface_timeout, "preface", handshake).await;
+    let connection = within(limits.preface_timeout, "preface", handshake).await;
     let mut connection = match connection {
         Ok(connection) => connection,
         Err(err) => {

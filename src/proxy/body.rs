@@ -23,11 +23,6 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::pool::InFlight;
 use crate::settings::SecuritySettings;
 
-/// Marks an HTTP/2 request whose body follows its head without a `Content-Length`: HTTP/2
-/// frames a body by the stream's end, and the request to the server is then chunked.
-#[derive(Clone, Copy, Debug)]
-pub struct UndeclaredBody;
-
 /// Why a request body stopped early.
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum BodyFault {

@@ -10,7 +10,7 @@ use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
 use futures_util::future::{select, Either};
 
-use super::body::{BodyFault, Framing, Intake, RequestBody, ResponseBody, UndeclaredBody};
+use super::body::{BodyFault, Framing, Intake, RequestBody, ResponseBody};
 use super::connector::{UpstreamConnector, UpstreamTls};
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::{strict, upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
@@ -22,10 +22,10 @@ use std::net::IpAddr;
 
 use crate::affinity::Session;
 use crate::compression::{self, Compress, Compression, Encoder};
+use crate::conn::{came_over_tls, UndeclaredBody};
 use crate::pool::{self, InFlight, PickError, Server};
 use crate::security::{AccessList, RateLimit};
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
-use crate::tls;
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
 const VIA_HTTP_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
@@ -88,9 +88,9 @@ pub async fn forward(
     if !route.access.is_empty() || !route.rate_limits.is_empty() {
         guard(req, client, &route.access, &route.rate_limits, proxy)?;
     }
-    let over_tls = tls::came_over_tls(req);
+    let over_tls = came_over_tls(req);
     if route.redirect_https && !over_tls {
-        if let Some(response) = tls::redirect(req, host) {
+        if let Some(response) = super::redirect::redirect(req, host) {
             exchange.record.status = response.status().as_u16();
             exchange.completion(proxy.log, None).finish(0);
             return Ok(response);
@@ -664,11 +664,7 @@ fn upstream_headers(
             out.insert(X_FORWARDED_FOR, value);
         }
     }
-    let proto = if tls::came_over_tls(req) {
-        "https"
-    } else {
-        "http"
-    };
+    let proto = if came_over_tls(req) { "https" } else { "http" };
     out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let via = match req.version() {
         actix_web::http::Version::HTTP_10 => VIA_HTTP_10,

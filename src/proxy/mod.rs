@@ -19,6 +19,7 @@ mod forward;
 mod headers;
 mod hide;
 mod interim;
+mod redirect;
 pub mod route;
 mod strict;
 mod upgrade;
@@ -33,10 +34,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Version;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-pub use body::UndeclaredBody;
 pub use connector::{UpstreamTls, UpstreamTlsError};
 pub use error::ProxyError;
-pub use headers::X_FORWARDED_FOR;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::affinity::Affinity;

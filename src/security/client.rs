@@ -4,9 +4,11 @@
 
 use std::net::IpAddr;
 
+use actix_web::http::header::HeaderName;
 use actix_web::{HttpMessage, HttpRequest};
 
-use crate::proxy::X_FORWARDED_FOR;
+/// The header trusted proxies name the client in, and that gatehouse adds to on the way up.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The client address the request path settled on, kept in the request's extensions so
 /// everything after (balancing, affinity, logs) uses the same one.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use actix_web::HttpRequest;
 
 pub use access::{AccessList, Block, RuntimeDenies};
-pub use client::{client_ip, ClientIp};
+pub use client::{client_ip, ClientIp, X_FORWARDED_FOR};
 pub use connections::{ConnectionCounts, ConnectionGuard, Refusal, RefusalLog};
 pub use rate::RateLimit;
 

@@ -335,7 +335,8 @@ impl Loaded {
             .collect()
     }
 
-    fn invalid(&self, problem: validate::Problem) -> SettingsError {
+    /// The error for a problem found in these settings, naming where the key was set.
+    pub fn invalid(&self, problem: validate::Problem) -> SettingsError {
         // A key left unset inside a table a file wrote is blamed on that file.
         SettingsError::Invalid {
             origin: describe_origin(

@@ -19,9 +19,11 @@ macro_rules! one_of {
     };
 }
 
+mod address;
 mod compression;
 mod error;
 mod health;
+mod host;
 mod layers;
 mod security;
 mod sticky;
@@ -35,17 +37,20 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use address::parse_address;
 pub use compression::{Algorithm, CompressionSettings, Levels};
 pub use error::SettingsError;
 pub use health::{
     HealthSettings, InitialState, PassiveSettings, ProbeMethod, RetryOn, RetrySettings, StatusRange,
 };
+pub use host::HostPattern;
 pub use layers::{load, Loaded, Sources};
 pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecuritySettings};
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
 pub use tls::{CertificateSettings, Http2Settings, TlsSettings, TlsVersion, INTERMEDIATE_CIPHERS};
 pub use units::{ByteSize, Duration};
 pub use upstream_tls::{UpstreamTlsSettings, UpstreamTlsVersion};
+pub use validate::Problem;
 
 /// Everything gatehouse runs from.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -5,11 +5,9 @@ use std::collections::HashSet;
 use actix_web::http::header::{HeaderName, HeaderValue};
 
 use super::{
-    Balance, HealthSettings, Http2Settings, PoolSettings, SameSite, Settings, StickyMode,
-    StickySettings, UpstreamTlsSettings,
+    parse_address, Balance, HealthSettings, HostPattern, Http2Settings, PoolSettings, SameSite,
+    Settings, StickyMode, StickySettings, UpstreamTlsSettings,
 };
-use crate::pool::parse_address;
-use crate::proxy::route::HostPattern;
 use crate::proxy::UpstreamTls;
 
 /// One thing wrong with otherwise well-typed settings.
@@ -20,12 +18,19 @@ pub struct Problem {
     pub problem: String,
 }
 
-fn problem(key: String, value: impl std::fmt::Display, problem: impl Into<String>) -> Problem {
-    Problem {
-        key,
-        value: value.to_string(),
-        problem: problem.into(),
+impl Problem {
+    /// The problem with `key` set to `value`, in words an operator can act on.
+    pub fn new(key: String, value: impl std::fmt::Display, problem: impl Into<String>) -> Self {
+        Self {
+            key,
+            value: value.to_string(),
+            problem: problem.into(),
+        }
     }
+}
+
+fn problem(key: String, value: impl std::fmt::Display, problem: impl Into<String>) -> Problem {
+    Problem::new(key, value, problem)
 }
 
 /// Returns the first problem found, in the order an operator reads the file.
@@ -114,8 +119,6 @@ fn check_tls(settings: &Settings) -> Result<(), Problem> {
             "is also in server.listen; a port is either plain or TLS",
         ));
     }
-    crate::tls::Certificates::load(tls)
-        .map_err(|err| problem(err.key, format!("{:?}", err.path), err.reason))?;
     check_http2(&tls.http2)?;
     for (index, route) in settings.routes.iter().enumerate() {
         if route.redirect_https && tls.listen.is_empty() {

@@ -6,8 +6,6 @@
 //! current at that moment, so a reload serves new certificates to new connections while
 //! established ones keep theirs.
 
-mod redirect;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,8 +25,6 @@ use openssl::x509::X509;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_openssl::SslStream;
 
-pub use redirect::{https_location, redirect};
-
 use crate::settings::{CertificateSettings, TlsSettings, TlsVersion};
 
 /// ALPN protocols offered, best first: HTTP/2, then HTTP/1.1.
@@ -43,22 +39,6 @@ const GROUPS: &str = "X25519:P-256";
 /// Ties resumed sessions to gatehouse's contexts (OpenSSL requires one for the session
 /// cache to resume sessions of contexts switched to by SNI).
 const SESSION_ID_CONTEXT: &[u8] = b"gatehouse";
-
-/// Inserted into the connection data of HTTP/1.1 connections that came over TLS, and into
-/// the request data of every HTTP/2 request (h2 is offered on TLS listeners only).
-#[derive(Clone, Copy, Debug)]
-pub struct OverTls;
-
-/// Whether the request came over a TLS listener.
-pub fn came_over_tls(req: &actix_web::HttpRequest) -> bool {
-    use actix_web::HttpMessage as _;
-    req.conn_data::<OverTls>().is_some() || req.extensions().contains::<OverTls>()
-}
-
-/// Inserted into the connection data of plain connections when TLS listeners exist: the port
-/// `redirect_https` sends clients to.
-#[derive(Clone, Copy, Debug)]
-pub struct TlsPort(pub u16);
 
 /// Why a certificate could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +312,7 @@ impl Handshake {
         ssl.set_ex_data(index, table);
         let mut stream = SslStream::new(ssl, io).ok()?;
         let handshake = Pin::new(&mut stream).accept();
-        let outcome = crate::listener::within(self.timeout, "TLS handshake", handshake).await;
+        let outcome = crate::conn::within(self.timeout, "TLS handshake", handshake).await;
         if let Err(err) = outcome {
             // At debug: scanners and old clients must not flood the log.
             log::debug!("TLS handshake with {client} failed: {err}");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gatehouse::settings::{self, Settings, Sources};
+use gatehouse::settings::{Settings, Sources};
 
 /// Deadline for anything that could hang; never a measure of speed.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -62,7 +62,7 @@ pub fn settings(toml: &str) -> Settings {
         config: Some(file),
         env: Some(test_env()),
     };
-    match settings::load(&sources) {
+    match gatehouse::supervisor::load(&sources) {
         Ok(loaded) => loaded.settings,
         Err(err) => panic!("test settings invalid: {err}"),
     }

@@ -403,7 +403,7 @@ fn settings_error(toml: &str) -> String {
         config: Some(file),
         env: Some(Default::default()),
     };
-    match gatehouse::settings::load(&sources) {
+    match gatehouse::supervisor::load(&sources) {
         Ok(_) => panic!("settings accepted:\n{toml}"),
         Err(err) => err.to_string(),
     }

@@ -289,7 +289,7 @@ fn refused(toml: &str) -> String {
         config: Some(file),
         env: Some(Default::default()),
     };
-    match gatehouse::settings::load(&sources) {
+    match gatehouse::supervisor::load(&sources) {
         Ok(_) => panic!("accepted: {toml}"),
         Err(err) => err.to_string(),
     }

@@ -4,7 +4,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 
-use super::TlsPort;
+use crate::conn::TlsPort;
 
 /// The 308 for a plain-HTTP request to a `redirect_https` route; `None` when the request
 /// came over TLS, names no host, or no TLS listener runs.
