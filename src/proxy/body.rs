@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_rt::time::Sleep;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
@@ -18,9 +18,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::oneshot;
 
+use super::phase::Finish;
 use super::{connector, ProxyError};
-use crate::access_log::{AccessLog, AccessRecord};
-use crate::pool::InFlight;
 use crate::settings::SecuritySettings;
 
 /// Why a request body stopped early.
@@ -265,26 +264,6 @@ pub enum ResponseFault {
     Broken(String),
 }
 
-/// What is finished when the response body ends or is dropped: the server's in-flight claim
-/// and the access log line.
-pub struct Completion {
-    pub claim: Option<InFlight>,
-    pub record: AccessRecord,
-    pub log: AccessLog,
-    pub started: Option<Instant>,
-}
-
-impl Completion {
-    /// Writes the access log line with the bytes actually sent.
-    pub fn finish(&mut self, bytes_sent: u64) {
-        if self.log.enabled() {
-            self.record.bytes_sent = bytes_sent;
-            self.record.duration = self.started.map(|t| t.elapsed()).unwrap_or_default();
-            self.log.write(&self.record);
-        }
-    }
-}
-
 /// How the server delimited a response body, which decides whether the server closing the
 /// connection may end it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,19 +307,19 @@ pub struct ResponseBody<S> {
     /// Armed only when the server first makes the body wait: most small bodies never do.
     idle: Option<IdleTimer>,
     sent: u64,
-    completion: Completion,
+    finish: Finish,
 }
 
 impl<S> ResponseBody<S> {
     /// A body that may end when its stream does, whatever closed the connection.
-    pub fn new(inner: S, idle_timeout: Duration, completion: Completion) -> Self {
+    pub fn new(inner: S, idle_timeout: Duration, finish: Finish) -> Self {
         Self {
             inner,
             framing: Framing::Close,
             idle_timeout,
             idle: None,
             sent: 0,
-            completion,
+            finish,
         }
     }
 
@@ -353,7 +332,7 @@ impl<S> ResponseBody<S> {
     }
 
     fn fail(&mut self, fault: ResponseFault) -> Poll<Option<Result<Bytes, ResponseFault>>> {
-        if let Some(claim) = &self.completion.claim {
+        if let Some(claim) = &self.finish.claim {
             claim.failed();
             log::warn!("upstream {}: {fault}", claim.server().address);
         }
@@ -442,18 +421,19 @@ fn truncated(framing: Framing) -> String {
 impl<S> Drop for ResponseBody<S> {
     fn drop(&mut self) {
         let sent = self.sent;
-        self.completion.finish(sent);
+        self.finish.finish(sent);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access_log::{AccessLog, AccessRecord};
     use crate::settings::AccessLogFormat;
     use futures_util::StreamExt;
 
-    fn completion() -> Completion {
-        Completion {
+    fn finish() -> Finish {
+        Finish {
             claim: None,
             record: AccessRecord::default(),
             log: AccessLog::new(AccessLogFormat::Off),
@@ -527,12 +507,9 @@ mod tests {
     #[actix_rt::test]
     async fn a_framed_body_cut_off_by_the_server_closing_is_broken() {
         for framing in [Framing::Chunked, Framing::Length] {
-            let body = ResponseBody::new(
-                upstream(&["hello"], true),
-                Duration::from_secs(5),
-                completion(),
-            )
-            .framed_by(framing);
+            let body =
+                ResponseBody::new(upstream(&["hello"], true), Duration::from_secs(5), finish())
+                    .framed_by(framing);
             let items = collect(body).await;
             assert_eq!(items.len(), 2, "{items:?}");
             assert_eq!(items[0], Ok(Bytes::from_static(b"hello")));
@@ -551,7 +528,7 @@ mod tests {
             let body = ResponseBody::new(
                 upstream(&["hel", "lo"], false),
                 Duration::from_secs(5),
-                completion(),
+                finish(),
             )
             .framed_by(framing);
             let items = collect(body).await;
@@ -567,17 +544,13 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_body_delimited_by_close_ends_at_end_of_file() {
-        let body = ResponseBody::new(
-            upstream(&["hello"], true),
-            Duration::from_secs(5),
-            completion(),
-        );
+        let body = ResponseBody::new(upstream(&["hello"], true), Duration::from_secs(5), finish());
         assert_eq!(collect(body).await, [Ok(Bytes::from_static(b"hello"))]);
     }
 
     #[actix_rt::test]
     async fn an_end_of_file_read_outside_the_body_poll_is_not_the_body_s() {
-        let body = ResponseBody::new(upstream(&[], false), Duration::from_secs(5), completion())
+        let body = ResponseBody::new(upstream(&[], false), Duration::from_secs(5), finish())
             .framed_by(Framing::Chunked);
         connector::note_eof();
         assert_eq!(collect(body).await, []);
@@ -679,7 +652,7 @@ mod tests {
         tokio::time::pause();
         let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"a"))]);
         let stalled = first.chain(futures_util::stream::pending());
-        let mut body = ResponseBody::new(stalled, Duration::from_secs(30), completion());
+        let mut body = ResponseBody::new(stalled, Duration::from_secs(30), finish());
         assert!(body.next().await.unwrap().is_ok());
         // A deadline in paused time, so a timer that never fires fails instead of hanging.
         let next = tokio::time::timeout(Duration::from_secs(3600), body.next()).await;
@@ -693,7 +666,7 @@ mod tests {
             actix_rt::time::sleep(Duration::from_secs(20)).await;
             Ok::<_, std::io::Error>(Bytes::from_static(b"chunk"))
         });
-        let mut body = ResponseBody::new(Box::pin(steady), Duration::from_secs(30), completion());
+        let mut body = ResponseBody::new(Box::pin(steady), Duration::from_secs(30), finish());
         for _ in 0..5 {
             assert!(body.next().await.unwrap().is_ok());
         }

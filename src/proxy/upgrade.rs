@@ -20,10 +20,9 @@ use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
 use super::body::ResponseBody;
-use super::connector::{self, tls_context, UpstreamTls};
-use super::headers;
-use super::{Exchange, PoolTarget, ProxyError, Upstreams};
-use crate::access_log::AccessLog;
+use super::connector::{self, UpstreamTls};
+use super::phase::tries::upstream_headers;
+use super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
 use crate::pool::{InFlight, Server};
 
 /// The largest response head accepted from a server during a handshake.
@@ -46,27 +45,24 @@ pub fn is_websocket(req: &HttpRequest) -> bool {
 }
 
 /// Sends the handshake and, on 101, relays the connection until either side closes.
-#[allow(clippy::too_many_arguments)]
 pub async fn relay(
-    req: &HttpRequest,
+    ctx: &mut RequestCtx<'_>,
     payload: web::Payload,
-    server: &Server,
-    mut upstream_headers: HeaderMap,
     pool: &PoolTarget,
     claim: InFlight,
-    exchange: &mut Exchange,
-    log: AccessLog,
+    upstreams: &Upstreams,
 ) -> Result<HttpResponse, ProxyError> {
+    let req = ctx.req;
+    let server = claim.server().clone();
+    let server = &*server;
+    let mut upstream_headers = upstream_headers(ctx, pool);
     let settings = &pool.settings;
     if let Some(upgrade) = req.headers().get(header::UPGRADE) {
         upstream_headers.insert(header::UPGRADE, upgrade.clone());
     }
     upstream_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     let head = request_head(req, &upstream_headers);
-    let tls = match req.app_data::<web::Data<Upstreams>>() {
-        Some(upstreams) => upstreams.relay_tls(pool),
-        None => settings.tls.as_ref().map(tls_context),
-    };
+    let tls = upstreams.relay_tls(pool);
     let tls = match tls.transpose() {
         Ok(tls) => tls,
         Err(reason) => {
@@ -98,8 +94,7 @@ pub async fn relay(
         head,
         pool,
         claim,
-        exchange,
-        log,
+        ctx,
     };
     let Some(tls) = tls else {
         return relay_over(relay, socket).await;
@@ -137,18 +132,17 @@ async fn handshake(
 }
 
 /// What a relay needs once its connection to the server is made.
-struct Relay<'a> {
+struct Relay<'a, 'b> {
     payload: web::Payload,
     /// The request head to send.
     head: Vec<u8>,
     pool: &'a PoolTarget,
     claim: InFlight,
-    exchange: &'a mut Exchange,
-    log: AccessLog,
+    ctx: &'a mut RequestCtx<'b>,
 }
 
 /// Sends the head over `socket`, plain or TLS; on 101, relays bytes both ways.
-async fn relay_over<S>(relay: Relay<'_>, mut socket: S) -> Result<HttpResponse, ProxyError>
+async fn relay_over<S>(relay: Relay<'_, '_>, mut socket: S) -> Result<HttpResponse, ProxyError>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -157,8 +151,7 @@ where
         head,
         pool,
         claim,
-        exchange,
-        log,
+        ctx,
     } = relay;
     let settings = &pool.settings;
     let sent_at = Instant::now();
@@ -174,9 +167,9 @@ where
             }
             Err(_) => return Err(failed(&claim, pool, ProxyError::ResponseTimeout)),
         };
-    exchange.record.status = status.as_u16();
-    exchange.record.upstream_status = Some(status.as_u16());
-    exchange.record.upstream_time = Some(sent_at.elapsed());
+    ctx.record.status = status.as_u16();
+    ctx.record.upstream_status = Some(status.as_u16());
+    ctx.record.upstream_time = Some(sent_at.elapsed());
 
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let length = response_headers
@@ -221,7 +214,7 @@ where
     } else {
         settings.response_timeout.get()
     };
-    let body = ResponseBody::new(downstream, idle, exchange.completion(log, Some(claim)));
+    let body = ResponseBody::new(downstream, idle, ctx.finish(Some(claim)));
 
     let mut response = HttpResponse::with_body(
         status,
@@ -234,10 +227,7 @@ where
             }
         },
     );
-    let mut response_headers = response_headers;
-    headers::strip_hop_by_hop(&mut response_headers, switching);
-    response_headers.remove(header::CONTENT_LENGTH);
-    response_headers.remove(header::SERVER);
+    // The header rules are the respond phase's.
     *response.headers_mut() = response_headers;
     if switching {
         // Otherwise actix-http would announce "close, upgrade", which clients reject.

@@ -1,0 +1,185 @@
+//! Phase `respond`: the client's response. A server's answer is streamed down with the framing
+//! it had, compressed when the rules say so; and every response header rule is applied here,
+//! once, to every response: hop-by-hop headers removed, the affinity cookie, `Location`
+//! rewritten, HSTS, the request id, hidden headers, `Server`.
+
+use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::Method;
+use actix_web::{HttpRequest, HttpResponse};
+
+use super::super::body::{Framing, ResponseBody};
+use super::super::headers::{self, X_REQUEST_ID};
+use super::super::route::Route;
+use super::super::{PoolTarget, RequestCtx};
+use super::tries::Answer;
+use super::Finish;
+use crate::affinity::Session;
+use crate::compression::{self, Compress, Compression, Encoder};
+use crate::pool::Server;
+
+/// Where a response came from, which decides the header rules it gets.
+pub enum Source<'r> {
+    /// Gatehouse's own answer: an error page or a redirect.
+    Own,
+    /// A server's answer to a WebSocket handshake, relayed as it came.
+    Upgraded,
+    /// A server's answer to a forwarded request.
+    Proxied {
+        route: &'r Route<PoolTarget>,
+        server: std::sync::Arc<Server>,
+        session: Option<Session>,
+    },
+}
+
+/// The response to a forwarded request, from the server's answer.
+pub fn proxied<'r>(
+    ctx: &mut RequestCtx<'r>,
+    route: &'r Route<PoolTarget>,
+    answer: Answer,
+    session: Option<Session>,
+) -> (HttpResponse, Source<'r>) {
+    let pool = &route.target;
+    let server = answer.claim.server().clone();
+    let compression = route.compression.or(ctx.proxy.compression.as_ref());
+    let finish = ctx.finish(Some(answer.claim));
+    let response = streamed(
+        ctx.req,
+        answer.response,
+        pool,
+        compression.map(|rules| &**rules),
+        finish,
+    );
+    // A cacheable response is stored here, as its body streams to the client.
+    let source = Source::Proxied {
+        route,
+        server,
+        session,
+    };
+    (response, source)
+}
+
+/// Every response header rule, for a response from `source`.
+pub fn header_rules(ctx: &RequestCtx<'_>, response: &mut HttpResponse, source: Source<'_>) {
+    let proxy = ctx.proxy;
+    match source {
+        Source::Own => {}
+        Source::Upgraded => {
+            let switching = response.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers::strip_hop_by_hop(headers, switching);
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::SERVER);
+        }
+        Source::Proxied {
+            route,
+            server,
+            session,
+        } => {
+            if let (Some(affinity), Some(session)) = (&route.target.affinity, &session) {
+                affinity.bind(session, &server, response);
+            }
+            let headers = response.headers_mut();
+            proxy
+                .hiding
+                .rewrite_redirects(headers, &server.authority, ctx.host);
+            if let (true, Some(hsts)) = (ctx.over_tls, &route.hsts) {
+                headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        }
+    }
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    proxy.hiding.strip(headers);
+    if let Some(server) = &proxy.server_header {
+        headers.insert(header::SERVER, server.clone());
+    }
+}
+
+/// A response's `Content-Length`, when it is a single number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
+/// The client's response from the server's, body streamed with the framing it had.
+fn streamed(
+    req: &HttpRequest,
+    upstream: awc::ClientResponse,
+    pool: &PoolTarget,
+    compression: Option<&Compression>,
+    finish: Finish,
+) -> HttpResponse {
+    let method = req.method();
+    let status = upstream.status();
+    let framing = Framing::of(upstream.version(), upstream.headers());
+    // A chunked body's Content-Length, if the server sent both, means nothing (RFC 9112 6.3).
+    let length = match framing {
+        Framing::Length => content_length(upstream.headers()),
+        _ => None,
+    };
+    // The server's header map is taken, not copied: the body no longer needs it.
+    let mut headers = HeaderMap::new();
+    let upstream = upstream.map_body(|head, payload| {
+        headers = std::mem::take(&mut head.headers);
+        payload
+    });
+    headers::downstream_response_headers(&mut headers);
+    let encoder =
+        compression.and_then(|rules| compress(req, status.as_u16(), &mut headers, length, rules));
+    let idle = pool.settings.response_timeout.get();
+    let body = ResponseBody::new(upstream, idle, finish).framed_by(framing);
+    if let Some(encoder) = encoder {
+        let body = BoxBody::new(BodyStream::new(Compress::new(body, encoder)));
+        let mut response = HttpResponse::with_body(status, body);
+        *response.headers_mut() = headers;
+        return response;
+    }
+    let body = if headers::response_has_no_body(method, status.as_u16()) {
+        match length {
+            // A HEAD response keeps the length the body would have had.
+            Some(length) if method == Method::HEAD => BoxBody::new(SizedStream::new(length, body)),
+            _ => {
+                drop(body);
+                BoxBody::new(actix_web::body::None::new())
+            }
+        }
+    } else {
+        match length {
+            Some(length) => BoxBody::new(SizedStream::new(length, body)),
+            None => BoxBody::new(BodyStream::new(body)),
+        }
+    };
+    let mut response = HttpResponse::with_body(status, body);
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Applies the compression rules to a response's headers; the encoder for its body, if it
+/// is to be compressed.
+fn compress(
+    req: &HttpRequest,
+    status: u16,
+    headers: &mut HeaderMap,
+    length: Option<u64>,
+    rules: &Compression,
+) -> Option<Encoder> {
+    let accept = req.headers().get(header::ACCEPT_ENCODING);
+    let plan = rules.plan(req.method(), status, headers, length, accept);
+    if plan.vary {
+        compression::add_vary(headers);
+    }
+    let algorithm = plan.encode?;
+    match Encoder::new(algorithm, &rules.settings().levels) {
+        Ok(encoder) => {
+            compression::encoded_headers(headers, algorithm);
+            Some(encoder)
+        }
+        Err(err) => {
+            log::warn!("cannot start a {} encoder: {err}", algorithm.token());
+            None
+        }
+    }
+}

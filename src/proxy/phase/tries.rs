@@ -1,0 +1,468 @@
+//! Phase `tries`: the request sent to the picked server and, when the pool's retry settings
+//! allow and the try failed in a way that may be retried, to another server not tried yet.
+//! Each try's outcome is classified once, for passive detection and for the retry decision.
+//! The request body goes up with the framing it came with, counted against the route's
+//! `max_body_size` (413) and the client's pace as it streams.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::{BodyStream, SizedStream};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::uri::{PathAndQuery, Uri};
+use actix_web::http::Method;
+use actix_web::{web, HttpMessage as _, HttpRequest};
+use awc::error::{ConnectError, SendRequestError};
+use bytes::Bytes;
+use futures_util::future::{select, Either};
+
+use super::super::body::{BodyFault, Intake, RequestBody};
+use super::super::headers::{
+    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
+use super::super::route::Route;
+use super::super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
+use super::route::declared_length;
+use crate::conn::UndeclaredBody;
+use crate::pool::{self, InFlight, Server};
+use crate::settings::{RetryOn, RetrySettings, StatusRange};
+
+/// The server's answer to the last try, and the claim on that server.
+pub struct Answer {
+    pub response: awc::ClientResponse,
+    pub claim: InFlight,
+}
+
+/// Sends the request to the picked server, retrying elsewhere when allowed.
+pub async fn tries(
+    ctx: &mut RequestCtx<'_>,
+    route: &Route<PoolTarget>,
+    claim: InFlight,
+    payload: web::Payload,
+    upstreams: &Upstreams,
+) -> Result<Answer, ProxyError> {
+    let pool = &route.target;
+    let retry = &pool.settings.retry;
+    if retry.attempts > 1 {
+        pool.handle.budget().request();
+    }
+    let framing = RequestFraming::of(ctx.req, declared_length(ctx));
+    let intake = Intake::new(ctx.req, route.max_body_size, &ctx.proxy.security.settings);
+    let body = OutgoingBody::prepare(payload, framing, intake, retry).await?;
+    let sent_at = ctx.proxy.log.enabled().then(Instant::now);
+    let tries = Tries { pool, upstreams };
+    let (response, claim) = tries.run(ctx, claim, body).await?;
+    claim.observe_head();
+    let status = response.status().as_u16();
+    ctx.record.status = status;
+    ctx.record.upstream_status = Some(status);
+    ctx.record.upstream_time = sent_at.map(|t| t.elapsed());
+    Ok(Answer { response, claim })
+}
+
+/// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
+const VIA_HTTP_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
+const VIA_HTTP_11: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
+const VIA_HTTP_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
+
+/// One request's tries: the first on the picked server, then, when the pool's retry settings
+/// allow, each on a server not tried yet.
+struct Tries<'a> {
+    pool: &'a PoolTarget,
+    upstreams: &'a Upstreams,
+}
+
+impl Tries<'_> {
+    async fn run(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        mut claim: InFlight,
+        mut body: OutgoingBody,
+    ) -> Result<(awc::ClientResponse, InFlight), ProxyError> {
+        let req = ctx.req;
+        let settings = &self.pool.settings;
+        let deadline = settings
+            .retry
+            .per_try_timeout
+            .unwrap_or(settings.response_timeout)
+            .get();
+        let mut tried: Vec<Arc<Server>> = Vec::new();
+        loop {
+            let server = claim.server().clone();
+            let client = self.upstreams.client(self.pool);
+            let mut request = client.request(req.method().clone(), upstream_uri(req, &server));
+            *request.headers_mut() = upstream_headers(ctx, self.pool);
+            let result = send(request, body.for_try(), deadline).await;
+            let outcome = Outcome::of(&result, &settings.passive.fail_statuses);
+            self.observe(ctx, &claim, &outcome);
+            let Some(cause) = outcome.retry_cause() else {
+                return result.map(|response| (response, claim));
+            };
+            if !self.may_retry(req.method(), cause, &body, tried.len() + 1) {
+                return result.map(|response| (response, claim));
+            }
+            tried.push(server);
+            let snapshot = ctx
+                .snapshot
+                .as_ref()
+                .expect("the pick phase loaded the pool");
+            match snapshot.pick_other(req, &tried) {
+                Ok(next) => {
+                    log::debug!(
+                        "retrying {} {} in pool {} after {}",
+                        req.method(),
+                        req.uri().path(),
+                        self.pool.name,
+                        String::from(cause)
+                    );
+                    ctx.record.upstream = Some(tried_list(&tried, next.server()));
+                    claim = next;
+                }
+                Err(_) => return result.map(|response| (response, claim)),
+            }
+        }
+    }
+
+    /// Tells passive detection how the try went, and counts a failure against the server.
+    fn observe(&self, ctx: &RequestCtx<'_>, claim: &InFlight, outcome: &Outcome) {
+        let server = claim.server();
+        match outcome {
+            Outcome::Answered { failure: None, .. } => {
+                server.condition().succeeded(&server.address)
+            }
+            Outcome::Answered {
+                failure: Some(reason),
+                ..
+            }
+            | Outcome::Failed { reason, .. } => {
+                claim.failed();
+                // A server answering errors is not news for each request; a broken
+                // exchange is.
+                let level = match outcome {
+                    Outcome::Answered { .. } => log::Level::Debug,
+                    _ => log::Level::Warn,
+                };
+                log::log!(
+                    level,
+                    "upstream {} in pool {}: {reason}",
+                    server.address,
+                    self.pool.name
+                );
+                if let Some(snapshot) = &ctx.snapshot {
+                    snapshot.report_failure(server, reason, &self.pool.settings.passive);
+                }
+            }
+            Outcome::ClientFault => {}
+        }
+    }
+
+    /// Whether a try that failed by `cause` may be followed by another. A request whose body
+    /// was streamed cannot be sent again; one that reached a server is sent again only if
+    /// its method is idempotent; and the pool's budget must allow one more retry.
+    fn may_retry(
+        &self,
+        method: &Method,
+        cause: RetryOn,
+        body: &OutgoingBody,
+        tries: usize,
+    ) -> bool {
+        let retry = &self.pool.settings.retry;
+        retry_allowed(retry, method, cause, body.replayable(), tries)
+            && self.pool.handle.budget().try_retry(
+                pool::clock(),
+                retry.budget_percent,
+                retry.budget_floor,
+            )
+    }
+}
+
+/// Whether the retry settings allow one more try after `tries` tries, the last of which
+/// failed by `cause`; the budget is asked only after this says yes.
+fn retry_allowed(
+    retry: &RetrySettings,
+    method: &Method,
+    cause: RetryOn,
+    replayable: bool,
+    tries: usize,
+) -> bool {
+    tries < retry.attempts as usize
+        && retry.on.contains(&cause)
+        && replayable
+        && (cause == RetryOn::ConnectError || is_idempotent(method))
+}
+
+/// The servers a request went to, in order, as NGINX's `$upstream_addr` lists them.
+fn tried_list(tried: &[Arc<Server>], current: &Server) -> Arc<str> {
+    let mut list: Vec<&str> = tried.iter().map(|s| &*s.address).collect();
+    list.push(&current.address);
+    list.join(", ").into()
+}
+
+/// Methods whose request may be sent twice without changing the outcome (RFC 9110 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// How one try went, as passive detection and retries see it.
+enum Outcome {
+    /// The server answered; `failure` names why the answer counts as a failure
+    /// (its status is in `fail_statuses`).
+    Answered {
+        status: u16,
+        failure: Option<String>,
+    },
+    /// The exchange failed on the server's side.
+    Failed { reason: String, cause: RetryOn },
+    /// The client's request body was at fault; the server is not to blame.
+    ClientFault,
+}
+
+impl Outcome {
+    fn of(result: &Result<awc::ClientResponse, ProxyError>, fail_statuses: &[StatusRange]) -> Self {
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let failure = fail_statuses
+                    .iter()
+                    .any(|range| range.contains(status))
+                    .then(|| format!("status {status}"));
+                Self::Answered { status, failure }
+            }
+            Err(err) => {
+                let cause = match err {
+                    ProxyError::Connect(_) | ProxyError::ConnectTimeout => RetryOn::ConnectError,
+                    ProxyError::ResponseTimeout => RetryOn::Timeout,
+                    ProxyError::Upstream(_) => RetryOn::Reset,
+                    _ => return Self::ClientFault,
+                };
+                Self::Failed {
+                    reason: err.to_string(),
+                    cause,
+                }
+            }
+        }
+    }
+
+    /// The retry condition this outcome meets, if any.
+    fn retry_cause(&self) -> Option<RetryOn> {
+        match self {
+            Self::Answered { status, .. } if *status >= 500 => Some(RetryOn::Status(*status)),
+            Self::Failed { cause, .. } => Some(*cause),
+            _ => None,
+        }
+    }
+}
+
+/// The request body as the tries send it: nothing, bytes kept so every try can send them,
+/// or the client's stream, which only the first try can send.
+enum OutgoingBody {
+    Empty { zero_length: bool },
+    Kept(Bytes),
+    Streamed(Option<StreamedBody>),
+}
+
+struct StreamedBody {
+    payload: web::Payload,
+    framing: RequestFraming,
+    intake: Intake,
+}
+
+/// What one try sends.
+enum TryBody {
+    Empty {
+        zero_length: bool,
+    },
+    Kept(Bytes),
+    Streamed(StreamedBody),
+    /// The stream went with an earlier try; never sent (a retry is refused first).
+    Gone,
+}
+
+impl OutgoingBody {
+    /// Keeps a body of known length up to `retry_body_limit` when retries are on, reading it
+    /// whole before the first try (so a slow client holds no server connection meanwhile);
+    /// other bodies stream.
+    async fn prepare(
+        payload: web::Payload,
+        framing: RequestFraming,
+        intake: Intake,
+        retry: &RetrySettings,
+    ) -> Result<Self, ProxyError> {
+        match framing {
+            RequestFraming::None => Ok(Self::Empty { zero_length: false }),
+            RequestFraming::Length(0) => Ok(Self::Empty { zero_length: true }),
+            RequestFraming::Length(length)
+                if retry.attempts > 1 && length <= retry.retry_body_limit.get() =>
+            {
+                read_whole(payload, length, intake).await.map(Self::Kept)
+            }
+            _ => Ok(Self::Streamed(Some(StreamedBody {
+                payload,
+                framing,
+                intake,
+            }))),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !matches!(self, Self::Streamed(_))
+    }
+
+    fn for_try(&mut self) -> TryBody {
+        match self {
+            Self::Empty { zero_length } => TryBody::Empty {
+                zero_length: *zero_length,
+            },
+            Self::Kept(bytes) => TryBody::Kept(bytes.clone()),
+            Self::Streamed(stream) => stream.take().map_or(TryBody::Gone, TryBody::Streamed),
+        }
+    }
+}
+
+/// Reads a body of `length` bytes whole, within the route's limit and the client's pace.
+async fn read_whole(
+    payload: web::Payload,
+    length: u64,
+    intake: Intake,
+) -> Result<Bytes, ProxyError> {
+    use futures_util::StreamExt as _;
+    let (mut body, _, _) = RequestBody::new(payload, intake);
+    let mut kept = bytes::BytesMut::with_capacity(length as usize);
+    while let Some(chunk) = body.next().await {
+        kept.extend_from_slice(&chunk?);
+    }
+    Ok(kept.freeze())
+}
+
+/// How the client framed its request body; the upstream request keeps the same framing.
+#[derive(Clone, Copy)]
+enum RequestFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl RequestFraming {
+    fn of(req: &HttpRequest, declared: Option<u64>) -> Self {
+        match declared {
+            _ if req.headers().contains_key(header::TRANSFER_ENCODING) => Self::Chunked,
+            // An explicit `Content-Length: 0` is kept: some servers answer a POST without
+            // a length with 411.
+            Some(length) => Self::Length(length),
+            None if req.version() == actix_web::http::Version::HTTP_2
+                && req.extensions().contains::<UndeclaredBody>() =>
+            {
+                Self::Chunked
+            }
+            None => Self::None,
+        }
+    }
+}
+
+/// Sends the request and waits for the response head, at most `response_timeout` after the
+/// request body has been sent (an upload of any length does not count against it).
+async fn send(
+    request: awc::ClientRequest,
+    body: TryBody,
+    response_timeout: std::time::Duration,
+) -> Result<awc::ClientResponse, ProxyError> {
+    let sending = match body {
+        TryBody::Empty { zero_length: true } => request.send_body(Bytes::new()),
+        TryBody::Empty { zero_length: false } => request.send_body(actix_web::body::None::new()),
+        TryBody::Kept(bytes) => request.send_body(bytes),
+        TryBody::Streamed(body) => return send_stream(request, body, response_timeout).await,
+        TryBody::Gone => {
+            return Err(ProxyError::Upstream(
+                "the request body was already sent".into(),
+            ))
+        }
+    };
+    match actix_rt::time::timeout(response_timeout, sending).await {
+        Ok(result) => result.map_err(|err| upstream_error(err, None)),
+        Err(_) => Err(ProxyError::ResponseTimeout),
+    }
+}
+
+/// [`send`] for a body streamed from the client as it arrives, framed as it came.
+async fn send_stream(
+    request: awc::ClientRequest,
+    body: StreamedBody,
+    response_timeout: std::time::Duration,
+) -> Result<awc::ClientResponse, ProxyError> {
+    let (stream, fault, body_sent) = RequestBody::new(body.payload, body.intake);
+    let sending = match body.framing {
+        RequestFraming::Length(length) => request.send_body(SizedStream::new(length, stream)),
+        _ => request.send_body(BodyStream::new(stream)),
+    };
+    let deadline = std::pin::pin!(async move {
+        let _ = body_sent.await;
+        actix_rt::time::sleep(response_timeout).await;
+    });
+    match select(sending, deadline).await {
+        Either::Left((result, _)) => {
+            result.map_err(|err| upstream_error(err, fault.borrow_mut().take()))
+        }
+        Either::Right(_) => Err(ProxyError::ResponseTimeout),
+    }
+}
+
+/// The server's URI with the request target as received, byte for byte.
+fn upstream_uri(req: &HttpRequest, server: &Server) -> Uri {
+    let target = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme("http")
+        .authority(server.authority.clone())
+        .path_and_query(target)
+        .build()
+        .expect("scheme, authority and target come from parsed parts")
+}
+
+/// The upstream request's headers: end-to-end headers appended (repeats kept), then the
+/// ones gatehouse sets.
+pub fn upstream_headers(ctx: &RequestCtx<'_>, pool: &PoolTarget) -> HeaderMap {
+    let req = ctx.req;
+    let incoming = req.headers();
+    let mut out = headers::upstream_request_headers(incoming);
+    let host_value = ctx.host.and_then(|host| HeaderValue::from_str(host).ok());
+    if let Some(value) = pool.host_header.clone().or_else(|| host_value.clone()) {
+        out.insert(header::HOST, value);
+    }
+    if let Some(value) = host_value {
+        out.insert(X_FORWARDED_HOST, value);
+    }
+    if let Some(peer) = req.peer_addr() {
+        if let Some(value) = headers::x_forwarded_for(incoming, &peer.ip().to_string()) {
+            out.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    let proto = if ctx.over_tls { "https" } else { "http" };
+    out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let via = match req.version() {
+        actix_web::http::Version::HTTP_10 => VIA_HTTP_10,
+        actix_web::http::Version::HTTP_2 => VIA_HTTP_2,
+        _ => VIA_HTTP_11,
+    };
+    out.append(header::VIA, via);
+    out.insert(X_REQUEST_ID, ctx.request_id.clone());
+    out
+}
+
+/// Maps a failed exchange to the error the client sees, blaming the client when its body broke.
+fn upstream_error(err: SendRequestError, fault: Option<BodyFault>) -> ProxyError {
+    if let Some(fault) = fault {
+        return fault.into();
+    }
+    match err {
+        SendRequestError::Connect(ConnectError::Timeout) => ProxyError::ConnectTimeout,
+        SendRequestError::Connect(err) => ProxyError::Connect(err.to_string()),
+        SendRequestError::Timeout => ProxyError::ResponseTimeout,
+        other => ProxyError::Upstream(other.to_string()),
+    }
+}
