@@ -176,3 +176,20 @@ fn refuse(ctx: &mut RequestCtx<'_>, err: &ProxyError) -> HttpResponse {
     ctx.finish(None).finish(sent);
     body::holding_unread(ctx.req, response)
 }
+
+/// The request path's state built from settings, with running pools, for unit tests of the
+/// phases (inside an actix system: the pools are actors).
+#[cfg(test)]
+pub(crate) fn test_proxy(toml: &str) -> Proxy {
+    let settings = crate::settings::from_toml(toml);
+    let pools = settings
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(index, (name, pool))| {
+            let handle = PoolHandle::start(name, pool);
+            PoolTarget::new(index, name, handle, Arc::new(pool.clone()))
+        })
+        .collect();
+    Proxy::new(&settings, pools, Arc::default()).expect("test routes name their pools")
+}

@@ -55,6 +55,17 @@ pub fn load(sources: &Sources) -> Result<Loaded, SettingsError> {
     Ok(loaded)
 }
 
+/// Settings from one TOML text over the built-in defaults, unvalidated: for unit tests
+/// of the modules that read settings.
+#[cfg(test)]
+pub fn from_toml(text: &str) -> Settings {
+    Config::builder()
+        .add_source(File::from_str(text, FileFormat::Toml))
+        .build()
+        .and_then(Config::try_deserialize)
+        .expect("test settings parse")
+}
+
 /// Settings whose environment variable holds a comma-separated list.
 const LIST_KEYS: [&str; 1] = ["server.listen"];
 

@@ -44,6 +44,8 @@ pub use health::{
     HealthSettings, InitialState, PassiveSettings, ProbeMethod, RetryOn, RetrySettings, StatusRange,
 };
 pub use host::HostPattern;
+#[cfg(test)]
+pub use layers::from_toml;
 pub use layers::{load, Loaded, Sources};
 pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecuritySettings};
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};

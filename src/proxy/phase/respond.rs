@@ -183,3 +183,106 @@ fn compress(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::HeaderValue;
+    use actix_web::http::StatusCode;
+    use actix_web::test::TestRequest;
+
+    use super::*;
+    use crate::proxy::test_proxy;
+
+    const SETTINGS: &str = r#"
+        [server]
+        server_header = "edge"
+        [[routes]]
+        path = "/"
+        pool = "web"
+        hsts = "max-age=600"
+        [pools.web]
+        servers = [{ address = "127.0.0.1:9001" }]
+    "#;
+
+    fn answer(status: StatusCode, headers: &[(&str, &str)]) -> HttpResponse {
+        let mut response = HttpResponse::new(status);
+        for (name, value) in headers {
+            let name = header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            response
+                .headers_mut()
+                .append(name, HeaderValue::from_str(value).unwrap());
+        }
+        response
+    }
+
+    fn value<'a>(response: &'a HttpResponse, name: &str) -> Option<&'a str> {
+        response.headers().get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[actix_rt::test]
+    async fn every_response_gets_the_request_id_and_server_and_loses_hidden_headers() {
+        let proxy = test_proxy(SETTINGS);
+        let req = TestRequest::get()
+            .insert_header((X_REQUEST_ID, "abc-1"))
+            .to_http_request();
+        let ctx = RequestCtx::new(&req, &proxy);
+        for source in [Source::Own, Source::Upgraded] {
+            let mut response = answer(StatusCode::OK, &[("x-powered-by", "php"), ("server", "x")]);
+            header_rules(&ctx, &mut response, source);
+            assert_eq!(value(&response, "x-request-id"), Some("abc-1"));
+            assert_eq!(value(&response, "server"), Some("edge"));
+            assert_eq!(value(&response, "x-powered-by"), None);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_proxied_response_has_its_redirects_rewritten_and_hsts_only_over_tls() {
+        let proxy = test_proxy(SETTINGS);
+        let req = TestRequest::get()
+            .insert_header((header::HOST, "www.test"))
+            .to_http_request();
+        let mut ctx = RequestCtx::new(&req, &proxy);
+        let route = proxy.routes.find(Some("www.test"), "/").unwrap();
+        let server = std::sync::Arc::new(Server::new("127.0.0.1:9001", 1).unwrap());
+        let proxied = |server| Source::Proxied {
+            route,
+            server,
+            session: None,
+        };
+        let location = [("location", "http://127.0.0.1:9001/next")];
+        let mut response = answer(StatusCode::FOUND, &location);
+        header_rules(&ctx, &mut response, proxied(server.clone()));
+        assert_eq!(value(&response, "location"), Some("http://www.test/next"));
+        assert_eq!(value(&response, "strict-transport-security"), None);
+
+        ctx.over_tls = true;
+        let mut response = answer(StatusCode::OK, &[]);
+        header_rules(&ctx, &mut response, proxied(server));
+        assert_eq!(
+            value(&response, "strict-transport-security"),
+            Some("max-age=600")
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_upgrade_answer_keeps_upgrade_on_101_only() {
+        let proxy = test_proxy(SETTINGS);
+        let req = TestRequest::get().to_http_request();
+        let ctx = RequestCtx::new(&req, &proxy);
+        let hop = [
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("content-length", "0"),
+            ("keep-alive", "timeout=5"),
+        ];
+        let mut switching = answer(StatusCode::SWITCHING_PROTOCOLS, &hop);
+        header_rules(&ctx, &mut switching, Source::Upgraded);
+        assert_eq!(value(&switching, "upgrade"), Some("websocket"));
+        assert_eq!(value(&switching, "keep-alive"), None);
+        assert_eq!(value(&switching, "content-length"), None);
+        let mut refused = answer(StatusCode::FORBIDDEN, &hop);
+        header_rules(&ctx, &mut refused, Source::Upgraded);
+        assert_eq!(value(&refused, "upgrade"), None);
+        assert_eq!(value(&refused, "connection"), None);
+    }
+}

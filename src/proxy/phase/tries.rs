@@ -466,3 +466,64 @@ fn upstream_error(err: SendRequestError, fault: Option<BodyFault>) -> ProxyError
         other => ProxyError::Upstream(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retries(attempts: u32, on: &[RetryOn]) -> RetrySettings {
+        RetrySettings {
+            attempts,
+            on: on.to_vec(),
+            ..RetrySettings::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_try_is_retried_only_when_every_rule_allows_it() {
+        use RetryOn::{ConnectError, Reset, Timeout};
+        let retry = retries(3, &[ConnectError, Timeout, Reset]);
+        let (get, post) = (&Method::GET, &Method::POST);
+        // (method, cause, body replayable, tries so far) -> allowed
+        let table = [
+            (get, ConnectError, true, 1, true),
+            (get, Timeout, true, 2, true),
+            (get, Timeout, true, 3, false),      // attempts used up
+            (get, Reset, false, 1, false),       // the body went with the first try
+            (post, Timeout, true, 1, false),     // it reached a server and is not idempotent
+            (post, ConnectError, true, 1, true), // it never reached one
+            (get, RetryOn::Status(503), true, 1, false), // not listed in `on`
+        ];
+        for (method, cause, replayable, tries, allowed) in table {
+            assert_eq!(
+                retry_allowed(&retry, method, cause, replayable, tries),
+                allowed,
+                "{method} after {tries} tries, {}",
+                String::from(cause)
+            );
+        }
+        assert!(!retry_allowed(
+            &retries(1, &[ConnectError]),
+            get,
+            ConnectError,
+            true,
+            1
+        ));
+    }
+
+    #[test]
+    fn idempotent_methods_are_those_of_rfc_9110() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
+            assert!(is_idempotent(&method), "{method}");
+        }
+        for method in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&method), "{method}");
+        }
+    }
+}
