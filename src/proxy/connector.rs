@@ -22,16 +22,13 @@ use actix_rt::net::{ActixStream, Ready, TcpStream};
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
 use actix_web::http::Uri;
-use openssl::error::ErrorStack;
-use openssl::pkey::PKey;
-use openssl::ssl::{self, SslConnector, SslMethod, SslOptions, SslVerifyMode, SslVersion};
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509VerifyResult, X509};
+use openssl::ssl::{self, SslConnector, SslOptions};
+use openssl::x509::X509VerifyResult;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_openssl::SslStream;
 
 use super::interim::HeadFilter;
-use crate::settings::{UpstreamTlsSettings, UpstreamTlsVersion};
+use crate::settings::{UpstreamTlsError, UpstreamTlsSettings};
 
 thread_local! {
     /// Set when a read on an upstream connection of this thread returned end-of-file.
@@ -64,57 +61,11 @@ pub struct UpstreamTls {
     verify: bool,
 }
 
-/// Why `[pools.NAME.tls]` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamTlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        key: &'static str,
-        path: String,
-        source: io::Error,
-    },
-    #[error("{path} holds no {what} in PEM form{}", detail(.reason))]
-    Pem {
-        key: &'static str,
-        path: String,
-        what: &'static str,
-        reason: Option<String>,
-    },
-    #[error("the private key in {path} does not belong to the certificate in {cert}")]
-    KeyMismatch { path: String, cert: String },
-    #[error("OpenSSL refused it: {}", first_reason(.source).unwrap_or_else(|| .source.to_string()))]
-    Setup {
-        key: &'static str,
-        source: ErrorStack,
-    },
-}
-
-fn detail(reason: &Option<String>) -> String {
-    reason
-        .as_deref()
-        .map_or_else(String::new, |reason| format!(" ({reason})"))
-}
-
-impl UpstreamTlsError {
-    /// The key of `[pools.NAME.tls]` at fault (empty for the section as a whole).
-    pub fn key(&self) -> &'static str {
-        match self {
-            Self::Read { key, .. } | Self::Pem { key, .. } | Self::Setup { key, .. } => key,
-            Self::KeyMismatch { .. } => "key",
-        }
-    }
-}
-
 impl UpstreamTls {
+    /// The context for `[pools.NAME.tls]`: the settings' own (files read and checked as at
+    /// load), with how gatehouse speaks to servers over it.
     pub fn new(settings: &UpstreamTlsSettings) -> Result<Self, UpstreamTlsError> {
-        let setup = |key| move |source| UpstreamTlsError::Setup { key, source };
-        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(setup(""))?;
-        builder
-            .set_min_proto_version(Some(match settings.min_version {
-                UpstreamTlsVersion::Tls12 => SslVersion::TLS1_2,
-                UpstreamTlsVersion::Tls13 => SslVersion::TLS1_3,
-            }))
-            .map_err(setup("min_version"))?;
+        let mut builder = settings.client_context()?;
         // A server that closes without close_notify ends the stream as a plain socket's
         // end-of-file does: close-delimited bodies end there, and the end-of-file marking
         // still tells a cut-off framed body from a whole one.
@@ -126,43 +77,7 @@ impl UpstreamTls {
         // guessing otherwise.
         builder
             .set_alpn_protos(b"\x08http/1.1")
-            .map_err(setup(""))?;
-        if let Some(path) = &settings.ca_file {
-            let cas = certificates("ca_file", path, "certificate")?;
-            let mut store = X509StoreBuilder::new().map_err(setup("ca_file"))?;
-            for ca in cas {
-                store.add_cert(ca).map_err(setup("ca_file"))?;
-            }
-            // Only the configured CAs: the system's roots would trust far more.
-            builder.set_cert_store(store.build());
-        }
-        if !settings.verify {
-            builder.set_verify(SslVerifyMode::NONE);
-        }
-        if let (Some(cert_path), Some(key_path)) = (&settings.cert, &settings.key) {
-            let mut chain = certificates("cert", cert_path, "certificate")?.into_iter();
-            if let Some(leaf) = chain.next() {
-                builder.set_certificate(&leaf).map_err(setup("cert"))?;
-            }
-            for extra in chain {
-                builder.add_extra_chain_cert(extra).map_err(setup("cert"))?;
-            }
-            let key = PKey::private_key_from_pem(&read("key", key_path)?).map_err(|err| {
-                UpstreamTlsError::Pem {
-                    key: "key",
-                    path: key_path.clone(),
-                    what: "private key",
-                    reason: first_reason(&err),
-                }
-            })?;
-            // OpenSSL refuses a key that does not match the certificate already set.
-            let mismatch = |_| UpstreamTlsError::KeyMismatch {
-                path: key_path.clone(),
-                cert: cert_path.clone(),
-            };
-            builder.set_private_key(&key).map_err(mismatch)?;
-            builder.check_private_key().map_err(mismatch)?;
-        }
+            .map_err(|source| UpstreamTlsError::Setup { key: "", source })?;
         Ok(Self {
             context: builder.build(),
             sni: settings.sni.clone(),
@@ -205,41 +120,6 @@ impl UpstreamTls {
             _ => format!("TLS handshake: {err}"),
         }
     }
-}
-
-fn read(key: &'static str, path: &str) -> Result<Vec<u8>, UpstreamTlsError> {
-    std::fs::read(path).map_err(|source| UpstreamTlsError::Read {
-        key,
-        path: path.into(),
-        source,
-    })
-}
-
-/// Every certificate in a PEM file; at least one.
-fn certificates(
-    key: &'static str,
-    path: &str,
-    what: &'static str,
-) -> Result<Vec<X509>, UpstreamTlsError> {
-    let pem = read(key, path)?;
-    let bad = |reason| UpstreamTlsError::Pem {
-        key,
-        path: path.into(),
-        what,
-        reason,
-    };
-    match X509::stack_from_pem(&pem) {
-        Ok(certs) if !certs.is_empty() => Ok(certs),
-        Ok(_) => Err(bad(None)),
-        Err(err) => Err(bad(first_reason(&err))),
-    }
-}
-
-fn first_reason(err: &ErrorStack) -> Option<String> {
-    err.errors()
-        .iter()
-        .find_map(|e| e.reason())
-        .map(str::to_string)
 }
 
 /// The bytes under an upstream connection: plain TCP, or TLS over it.

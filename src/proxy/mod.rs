@@ -34,7 +34,7 @@ use actix_web::http::Version;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
 pub use body::UndeclaredBody;
-pub use connector::{UpstreamTls, UpstreamTlsError};
+pub use connector::UpstreamTls;
 pub use error::ProxyError;
 pub use headers::X_FORWARDED_FOR;
 

@@ -45,7 +45,7 @@ pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecurityS
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
 pub use tls::{CertificateSettings, Http2Settings, TlsSettings, TlsVersion, INTERMEDIATE_CIPHERS};
 pub use units::{ByteSize, Duration};
-pub use upstream_tls::{UpstreamTlsSettings, UpstreamTlsVersion};
+pub use upstream_tls::{UpstreamTlsError, UpstreamTlsSettings, UpstreamTlsVersion};
 
 /// Everything gatehouse runs from.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -10,7 +10,6 @@ use super::{
 };
 use crate::pool::parse_address;
 use crate::proxy::route::HostPattern;
-use crate::proxy::UpstreamTls;
 
 /// One thing wrong with otherwise well-typed settings.
 #[derive(Debug)]
@@ -280,7 +279,7 @@ fn check_upstream_tls(name: &str, tls: &UpstreamTlsSettings) -> Result<(), Probl
         }
         _ => {}
     }
-    UpstreamTls::new(tls).map(drop).map_err(|err| {
+    tls.client_context().map(drop).map_err(|err| {
         let (field, value) = match err.key() {
             field @ ("ca_file" | "cert" | "key") => {
                 let path = match field {
