@@ -11,17 +11,15 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::expect::{ExpectError, Expectations, Mismatch, ProbeResponse};
 use crate::pool::Server;
-use crate::proxy::UpstreamTls;
 use crate::settings::{HealthSettings, ProbeMethod};
+use crate::upstream::{self, UpstreamError, UpstreamTls};
 
 /// The most body a probe reads for matching: health pages are small, and a large page's
 /// first 64 KiB is where a status word would be.
@@ -47,7 +45,7 @@ pub trait Probe: Unpin + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeFailure {
     #[error("connect: {0}")]
-    Connect(io::Error),
+    Connect(String),
     #[error("connect: the socket connected to itself")]
     SelfConnect,
     /// The TLS handshake failed; the text says why in OpenSSL's words.
@@ -65,6 +63,18 @@ pub enum ProbeFailure {
     Malformed(&'static str),
     #[error("{0}")]
     Mismatch(#[from] Mismatch),
+}
+
+impl From<UpstreamError> for ProbeFailure {
+    /// A failed connect, in the probe's words: the socket's error, or OpenSSL's reason.
+    fn from(err: UpstreamError) -> Self {
+        match err {
+            UpstreamError::Connect(reason) => Self::Connect(reason),
+            UpstreamError::SelfConnect => Self::SelfConnect,
+            UpstreamError::Tls(reason) => Self::Tls(reason),
+            other => Self::Connect(other.to_string()),
+        }
+    }
 }
 
 /// An HTTP/1.1 probe built from a pool's `[pools.NAME.health]` settings.
@@ -152,22 +162,14 @@ async fn exchange(
     head_only: bool,
     read_body: bool,
 ) -> Result<ProbeResponse, ProbeFailure> {
-    let stream = TcpStream::connect(target)
-        .await
-        .map_err(ProbeFailure::Connect)?;
-    if stream.local_addr().ok() == stream.peer_addr().ok() {
-        return Err(ProbeFailure::SelfConnect);
-    }
-    let _ = stream.set_nodelay(true);
-    let Some((tls, host)) = tls else {
-        return talk(stream, request, head_only, read_body).await;
+    // The probe's own deadline bounds the connect with the rest of the exchange.
+    let (tls, host) = match &tls {
+        Some((tls, host)) => (Some(&**tls), host.as_str()),
+        None => (None, ""),
     };
-    let mut stream = tls
-        .stream(stream, &host)
-        .map_err(|err| ProbeFailure::Tls(format!("TLS: {err}")))?;
-    if let Err(err) = Pin::new(&mut stream).connect().await {
-        return Err(ProbeFailure::Tls(tls.failure(&stream, &err)));
-    }
+    let stream = upstream::connect(target, tls, host)
+        .await
+        .map_err(ProbeFailure::from)?;
     talk(stream, request, head_only, read_body).await
 }
 

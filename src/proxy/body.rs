@@ -18,10 +18,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::oneshot;
 
-use super::{connector, ProxyError};
+use super::ProxyError;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::pool::InFlight;
 use crate::settings::SecuritySettings;
+use crate::upstream;
 
 /// Marks an HTTP/2 request whose body follows its head without a `Content-Length`: HTTP/2
 /// frames a body by the stream's end, and the request to the server is then chunked.
@@ -379,7 +380,7 @@ where
             // An end-of-file seen during this poll is this body's connection's: a body poll
             // reads that one connection only (awc checks idle pooled ones when a request takes
             // one, not here), and the worker polls nothing else on this thread meanwhile.
-            connector::watching_eof(|| Pin::new(&mut self.inner).poll_next(cx))
+            upstream::watching_eof(|| Pin::new(&mut self.inner).poll_next(cx))
         } else {
             (Pin::new(&mut self.inner).poll_next(cx), false)
         };
@@ -507,7 +508,7 @@ mod tests {
             Some(chunk) => Poll::Ready(Some(Ok(Bytes::from_static(chunk.as_bytes())))),
             None => {
                 if eof_at_end {
-                    connector::note_eof();
+                    crate::upstream::note_eof();
                 }
                 Poll::Ready(None)
             }
@@ -584,7 +585,7 @@ mod tests {
     async fn an_end_of_file_read_outside_the_body_poll_is_not_the_body_s() {
         let body = ResponseBody::new(upstream(&[], false), Duration::from_secs(5), completion())
             .framed_by(Framing::Chunked);
-        connector::note_eof();
+        crate::upstream::note_eof();
         assert_eq!(collect(body).await, []);
     }
 

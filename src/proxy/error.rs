@@ -3,6 +3,8 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 
+use crate::upstream::UpstreamError;
+
 /// Why gatehouse answered a request itself instead of with a server's response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -18,14 +20,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("the client sent a malformed or incomplete request body: {0}")]
     BadRequestBody(String),
-    #[error("connecting to the server failed: {0}")]
-    Connect(String),
-    #[error("connecting to the server timed out")]
-    ConnectTimeout,
-    #[error("the server sent no response head in time")]
-    ResponseTimeout,
-    #[error("the server failed while the request was exchanged: {0}")]
-    Upstream(String),
+    /// The server failed: it could not be reached, took too long, or broke the exchange.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("the client's address is not allowed")]
     Forbidden,
     #[error("the client exceeded a rate limit")]
@@ -42,16 +39,6 @@ pub enum ProxyError {
     BodyTooSlow,
 }
 
-impl ProxyError {
-    /// Whether the failure counts against the server (for its counters and, later, ejection).
-    pub fn is_server_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect(_) | Self::ConnectTimeout | Self::ResponseTimeout | Self::Upstream(_)
-        )
-    }
-}
-
 impl ResponseError for ProxyError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -64,8 +51,10 @@ impl ResponseError for ProxyError {
             }
             Self::RequestLineTooLong => StatusCode::URI_TOO_LONG,
             Self::BodyStalled | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
-            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }

@@ -7,11 +7,10 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::uri::{PathAndQuery, Uri};
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
-use awc::error::{ConnectError, SendRequestError};
+use awc::error::SendRequestError;
 use futures_util::future::{select, Either};
 
 use super::body::{BodyFault, Framing, Intake, RequestBody, ResponseBody, UndeclaredBody};
-use super::connector::{UpstreamConnector, UpstreamTls};
 use super::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::{strict, upgrade, Exchange, PoolTarget, Proxy, ProxyError, Upstreams};
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use crate::pool::{self, InFlight, PickError, Server};
 use crate::security::{AccessList, RateLimit};
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
 use crate::tls;
+use crate::upstream::{self, UpstreamConnector, UpstreamError};
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
 const VIA_HTTP_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
@@ -34,17 +34,7 @@ const VIA_HTTP_2: HeaderValue = HeaderValue::from_static("2 gatehouse");
 
 /// Builds a worker's client for one pool from its settings.
 pub fn client(settings: &PoolSettings) -> awc::Client {
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(|tls| match UpstreamTls::new(tls) {
-            Ok(tls) => Ok(Arc::new(tls)),
-            // The files were read when the settings were loaded; they have changed since.
-            Err(err) => {
-                log::error!("upstream TLS: {err}");
-                Err(err.to_string())
-            }
-        });
+    let tls = settings.tls.as_ref().map(upstream::tls_context);
     // awc bounds every call of the connector service by `timeout`, name resolution and the
     // TLS handshake included.
     let connector = awc::Connector::new()
@@ -334,9 +324,9 @@ impl Outcome {
             }
             Err(err) => {
                 let cause = match err {
-                    ProxyError::Connect(_) | ProxyError::ConnectTimeout => RetryOn::ConnectError,
-                    ProxyError::ResponseTimeout => RetryOn::Timeout,
-                    ProxyError::Upstream(_) => RetryOn::Reset,
+                    ProxyError::Upstream(UpstreamError::ResponseTimeout) => RetryOn::Timeout,
+                    ProxyError::Upstream(UpstreamError::Reset(_)) => RetryOn::Reset,
+                    ProxyError::Upstream(_) => RetryOn::ConnectError,
                     _ => return Self::ClientFault,
                 };
                 Self::Failed {
@@ -526,14 +516,12 @@ async fn send(
         TryBody::Kept(bytes) => request.send_body(bytes),
         TryBody::Streamed(body) => return send_stream(request, body, response_timeout).await,
         TryBody::Gone => {
-            return Err(ProxyError::Upstream(
-                "the request body was already sent".into(),
-            ))
+            return Err(UpstreamError::Reset("the request body was already sent".into()).into())
         }
     };
     match actix_rt::time::timeout(response_timeout, sending).await {
         Ok(result) => result.map_err(|err| upstream_error(err, None)),
-        Err(_) => Err(ProxyError::ResponseTimeout),
+        Err(_) => Err(UpstreamError::ResponseTimeout.into()),
     }
 }
 
@@ -556,7 +544,7 @@ async fn send_stream(
         Either::Left((result, _)) => {
             result.map_err(|err| upstream_error(err, fault.borrow_mut().take()))
         }
-        Either::Right(_) => Err(ProxyError::ResponseTimeout),
+        Either::Right(_) => Err(UpstreamError::ResponseTimeout.into()),
     }
 }
 
@@ -682,14 +670,9 @@ fn upstream_headers(
 
 /// Maps a failed exchange to the error the client sees, blaming the client when its body broke.
 fn upstream_error(err: SendRequestError, fault: Option<BodyFault>) -> ProxyError {
-    if let Some(fault) = fault {
-        return fault.into();
-    }
-    match err {
-        SendRequestError::Connect(ConnectError::Timeout) => ProxyError::ConnectTimeout,
-        SendRequestError::Connect(err) => ProxyError::Connect(err.to_string()),
-        SendRequestError::Timeout => ProxyError::ResponseTimeout,
-        other => ProxyError::Upstream(other.to_string()),
+    match fault {
+        Some(fault) => fault.into(),
+        None => UpstreamError::from(err).into(),
     }
 }
 

@@ -13,12 +13,10 @@
 //! WebSocket upgrades leave at step 4 for [`upgrade`], which relays bytes both ways.
 
 mod body;
-mod connector;
 mod error;
 mod forward;
 mod headers;
 mod hide;
-mod interim;
 pub mod route;
 mod strict;
 mod upgrade;
@@ -34,7 +32,6 @@ use actix_web::http::Version;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
 pub use body::UndeclaredBody;
-pub use connector::UpstreamTls;
 pub use error::ProxyError;
 pub use headers::X_FORWARDED_FOR;
 
@@ -44,8 +41,8 @@ use crate::compression::Compression;
 use crate::pool::{InFlight, PoolHandle};
 use crate::security::{ClientIp, EdgeState, RateLimit, Security};
 use crate::settings::{PoolSettings, Settings};
+use crate::upstream::{self, TlsContext};
 use body::Completion;
-use connector::TlsContext;
 use headers::X_REQUEST_ID;
 use route::RouteTable;
 
@@ -172,7 +169,7 @@ impl Upstreams {
         let entry = self.current(pool);
         let tls = entry
             .relay_tls
-            .get_or_init(|| pool.settings.tls.as_ref().map(connector::tls_context));
+            .get_or_init(|| pool.settings.tls.as_ref().map(upstream::tls_context));
         tls.clone()
     }
 

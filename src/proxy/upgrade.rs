@@ -15,16 +15,14 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_openssl::SslStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::body::ResponseBody;
-use super::connector::{self, tls_context, UpstreamTls};
 use super::headers;
 use super::{Exchange, PoolTarget, ProxyError, Upstreams};
 use crate::access_log::AccessLog;
 use crate::pool::{InFlight, Server};
+use crate::upstream::{self, tls_context, UpstreamError, Wire};
 
 /// The largest response head accepted from a server during a handshake.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -67,32 +65,21 @@ pub async fn relay(
         Some(upstreams) => upstreams.relay_tls(pool),
         None => settings.tls.as_ref().map(tls_context),
     };
-    let tls = match tls.transpose() {
+    let tls = match tls.as_ref().map(upstream::usable_tls).transpose() {
         Ok(tls) => tls,
-        Err(reason) => {
-            let err = ProxyError::Connect(format!("TLS: {reason}"));
-            return Err(failed(&claim, pool, err));
-        }
+        Err(err) => return Err(failed(&claim, pool, err.into())),
     };
-
     // As for other requests, `connect_timeout` covers the TCP connect and the TLS handshake.
-    let deadline = tokio::time::Instant::now() + settings.connect_timeout.get();
-    let connect = async {
-        let socket = TcpStream::connect(&*server.address)
-            .await
-            .map_err(|err| ProxyError::Connect(err.to_string()))?;
-        // As in the upstream connector: on loopback a connect to a free port can succeed
-        // with the socket connected to itself.
-        if connector::is_self_connect(socket.local_addr(), socket.peer_addr()) {
-            return Err(ProxyError::Connect(connector::SELF_CONNECTED.into()));
-        }
-        Ok(socket)
+    let connecting = upstream::connect_within(
+        settings.connect_timeout.get(),
+        &server.address,
+        tls.as_deref(),
+        server.authority.host(),
+    );
+    let wire = match connecting.await {
+        Ok(wire) => wire,
+        Err(err) => return Err(failed(&claim, pool, err.into())),
     };
-    let socket = match by(deadline, connect).await {
-        Ok(socket) => socket,
-        Err(err) => return Err(failed(&claim, pool, err)),
-    };
-    let _ = socket.set_nodelay(true);
     let relay = Relay {
         payload,
         head,
@@ -101,39 +88,7 @@ pub async fn relay(
         exchange,
         log,
     };
-    let Some(tls) = tls else {
-        return relay_over(relay, socket).await;
-    };
-    match by(deadline, handshake(&tls, socket, server)).await {
-        Ok(stream) => relay_over(relay, stream).await,
-        Err(err) => Err(failed(&relay.claim, pool, err)),
-    }
-}
-
-/// `step` by `deadline`, or a connect timeout.
-async fn by<T>(
-    deadline: tokio::time::Instant,
-    step: impl std::future::Future<Output = Result<T, ProxyError>>,
-) -> Result<T, ProxyError> {
-    tokio::time::timeout_at(deadline, step)
-        .await
-        .unwrap_or(Err(ProxyError::ConnectTimeout))
-}
-
-/// The TLS handshake with a server of a pool with `[pools.NAME.tls]`: named and verified as
-/// for every other request. A failure is a connect failure, reported in OpenSSL's words.
-async fn handshake(
-    tls: &UpstreamTls,
-    socket: TcpStream,
-    server: &Server,
-) -> Result<SslStream<TcpStream>, ProxyError> {
-    let mut stream = tls
-        .stream(socket, server.authority.host())
-        .map_err(|err| ProxyError::Connect(format!("TLS: {err}")))?;
-    match Pin::new(&mut stream).connect().await {
-        Ok(()) => Ok(stream),
-        Err(err) => Err(ProxyError::Connect(tls.failure(&stream, &err))),
-    }
+    relay_over(relay, wire).await
 }
 
 /// What a relay needs once its connection to the server is made.
@@ -148,10 +103,7 @@ struct Relay<'a> {
 }
 
 /// Sends the head over `socket`, plain or TLS; on 101, relays bytes both ways.
-async fn relay_over<S>(relay: Relay<'_>, mut socket: S) -> Result<HttpResponse, ProxyError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+async fn relay_over(relay: Relay<'_>, mut socket: Wire) -> Result<HttpResponse, ProxyError> {
     let Relay {
         payload,
         head,
@@ -170,9 +122,13 @@ where
         match actix_rt::time::timeout(settings.response_timeout.get(), handshake).await {
             Ok(Ok(parts)) => parts,
             Ok(Err(err)) => {
-                return Err(failed(&claim, pool, ProxyError::Upstream(err.to_string())))
+                let err = UpstreamError::Reset(err.to_string());
+                return Err(failed(&claim, pool, err.into()));
             }
-            Err(_) => return Err(failed(&claim, pool, ProxyError::ResponseTimeout)),
+            Err(_) => {
+                let err = UpstreamError::ResponseTimeout;
+                return Err(failed(&claim, pool, err.into()));
+            }
         };
     exchange.record.status = status.as_u16();
     exchange.record.upstream_status = Some(status.as_u16());
@@ -185,8 +141,8 @@ where
         .and_then(|v| v.parse::<u64>().ok());
     if !switching && length.is_none() && response_headers.contains_key(header::TRANSFER_ENCODING) {
         // A refused handshake answered with a chunked body: not relayed, see docs/architecture.md.
-        let err = ProxyError::Upstream("refused upgrade answered with a chunked body".into());
-        return Err(failed(&claim, pool, err));
+        let err = UpstreamError::Reset("refused upgrade answered with a chunked body".into());
+        return Err(failed(&claim, pool, err.into()));
     }
     answered(&claim, pool, status);
 

@@ -13,7 +13,6 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -22,13 +21,13 @@ use actix_rt::net::{ActixStream, Ready, TcpStream};
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
 use actix_web::http::Uri;
-use openssl::ssl::{self, SslConnector, SslOptions};
-use openssl::x509::X509VerifyResult;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_openssl::SslStream;
 
+use super::connect::{refuse_self_connect, Wire};
 use super::interim::HeadFilter;
-use crate::settings::{UpstreamTlsError, UpstreamTlsSettings};
+use super::tls::{self, TlsContext, UpstreamTls};
+use super::UpstreamError;
 
 thread_local! {
     /// Set when a read on an upstream connection of this thread returned end-of-file.
@@ -49,151 +48,6 @@ pub fn watching_eof<T>(poll: impl FnOnce() -> T) -> (T, bool) {
 /// Notes that a read on an upstream connection returned end-of-file.
 pub fn note_eof() {
     READ_EOF.with(|eof| eof.set(true));
-}
-
-/// TLS to a pool's servers as each connection needs it: the OpenSSL client context built
-/// from `[pools.NAME.tls]` and how servers are named. Built once per worker client (and per
-/// prober); the same function checks the settings at load, so the files are read one way.
-#[derive(Debug)]
-pub struct UpstreamTls {
-    context: SslConnector,
-    sni: Option<String>,
-    verify: bool,
-}
-
-impl UpstreamTls {
-    /// The context for `[pools.NAME.tls]`: the settings' own (files read and checked as at
-    /// load), with how gatehouse speaks to servers over it.
-    pub fn new(settings: &UpstreamTlsSettings) -> Result<Self, UpstreamTlsError> {
-        let mut builder = settings.client_context()?;
-        // A server that closes without close_notify ends the stream as a plain socket's
-        // end-of-file does: close-delimited bodies end there, and the end-of-file marking
-        // still tells a cut-off framed body from a whole one.
-        builder.set_options(SslOptions::IGNORE_UNEXPECTED_EOF);
-        // One read per socket buffer instead of one per record header and one per body
-        // (docs/tls.md, as on the TLS listeners).
-        builder.set_read_ahead(true);
-        // gatehouse speaks HTTP/1.1 to servers; saying so keeps an h2-first server from
-        // guessing otherwise.
-        builder
-            .set_alpn_protos(b"\x08http/1.1")
-            .map_err(|source| UpstreamTlsError::Setup { key: "", source })?;
-        Ok(Self {
-            context: builder.build(),
-            sni: settings.sni.clone(),
-            verify: settings.verify,
-        })
-    }
-
-    /// A TLS stream over `tcp` to a server whose address has `host`, ready for its handshake:
-    /// SNI and the verified name are `sni` when set, else `host` (no SNI for an IP address).
-    pub fn stream(&self, tcp: TcpStream, host: &str) -> io::Result<SslStream<TcpStream>> {
-        let mut config = self.context.configure().map_err(io::Error::other)?;
-        config.set_verify_hostname(self.verify);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = self.sni.as_deref().unwrap_or(host);
-        let ssl = config.into_ssl(name).map_err(io::Error::other)?;
-        SslStream::new(ssl, tcp).map_err(io::Error::other)
-    }
-
-    /// Why a handshake failed, in OpenSSL's words: the certificate check's verdict when that
-    /// is what failed, else the reasons on OpenSSL's error stack.
-    pub fn failure(&self, stream: &SslStream<TcpStream>, err: &ssl::Error) -> String {
-        let verdict = stream.ssl().verify_result();
-        if self.verify && verdict != X509VerifyResult::OK {
-            return format!(
-                "TLS handshake: certificate verify failed: {}",
-                verdict.error_string()
-            );
-        }
-        let reasons = err.ssl_error().map(|stack| {
-            stack
-                .errors()
-                .iter()
-                .filter_map(|e| e.reason())
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        match (reasons, err.io_error()) {
-            (Some(reasons), _) if !reasons.is_empty() => format!("TLS handshake: {reasons}"),
-            (_, Some(io)) => format!("TLS handshake: {io}"),
-            _ => format!("TLS handshake: {err}"),
-        }
-    }
-}
-
-/// The bytes under an upstream connection: plain TCP, or TLS over it.
-#[derive(Debug)]
-enum Wire {
-    Plain(TcpStream),
-    Tls(Box<SslStream<TcpStream>>),
-}
-
-impl Wire {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref(),
-        }
-    }
-}
-
-impl AsyncRead for Wire {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Wire {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(tcp) => tcp.is_write_vectored(),
-            Self::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Self::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
-        }
-    }
 }
 
 /// A connection to a server: a TCP or TLS stream that notes when a read returns end-of-file,
@@ -338,24 +192,12 @@ pub struct UpstreamConnector {
     tls: Option<TlsContext>,
 }
 
-/// A TLS pool's context, or why it could not be built (every connect then fails with that).
-pub type TlsContext = Result<Arc<UpstreamTls>, Arc<str>>;
-
-/// A pool's TLS context from its `[pools.NAME.tls]`. The files were read when the settings
-/// were loaded; an error here means they have changed since, and is logged.
-pub fn tls_context(settings: &UpstreamTlsSettings) -> TlsContext {
-    UpstreamTls::new(settings).map(Arc::new).map_err(|err| {
-        log::error!("upstream TLS: {err}");
-        Arc::from(err.to_string())
-    })
-}
-
 impl UpstreamConnector {
     /// A connector that speaks TLS to every server when `tls` is given.
-    pub fn new(tls: Option<Result<Arc<UpstreamTls>, String>>) -> Self {
+    pub fn new(tls: Option<TlsContext>) -> Self {
         Self {
             tcp: ConnectorService::default(),
-            tls: tls.map(|tls| tls.map_err(Arc::from)),
+            tls,
         }
     }
 }
@@ -401,27 +243,15 @@ impl Future for Connecting {
             Some(handshake) => handshake,
             None => {
                 let (tcp, uri) = ready!(Pin::new(&mut this.tcp).poll(cx))?.into_parts();
-                if is_self_connect(tcp.local_addr(), tcp.peer_addr()) {
-                    return Poll::Ready(Err(ConnectError::Io(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        SELF_CONNECTED,
-                    ))));
-                }
-                let tls = match this.tls.clone() {
-                    None => {
-                        let stream = UpstreamStream::new(Wire::Plain(tcp));
-                        return Poll::Ready(Ok(Connection::new(uri, stream)));
-                    }
-                    Some(Ok(tls)) => tls,
-                    Some(Err(reason)) => {
-                        return Poll::Ready(Err(ConnectError::Io(io::Error::other(format!(
-                            "TLS: {reason}"
-                        )))))
-                    }
+                refuse_self_connect(&tcp).map_err(for_awc)?;
+                let Some(context) = &this.tls else {
+                    let stream = UpstreamStream::new(Wire::Plain(tcp));
+                    return Poll::Ready(Ok(Connection::new(uri, stream)));
                 };
+                let tls = tls::usable_tls(context).map_err(for_awc)?;
                 let stream = tls
                     .stream(tcp, uri.host().unwrap_or_default())
-                    .map_err(ConnectError::Io)?;
+                    .map_err(for_awc)?;
                 Handshake {
                     stream: Box::new(stream),
                     uri,
@@ -438,23 +268,17 @@ impl Future for Connecting {
                 let stream = UpstreamStream::new(Wire::Tls(handshake.stream));
                 Poll::Ready(Ok(Connection::new(handshake.uri, stream)))
             }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(ConnectError::Io(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                handshake.tls.failure(&handshake.stream, &err),
-            )))),
+            Poll::Ready(Err(err)) => {
+                Poll::Ready(Err(for_awc(handshake.tls.failure(&handshake.stream, &err))))
+            }
         }
     }
 }
 
-/// Why a self-connected socket is refused, as the log and the passive detection see it.
-pub const SELF_CONNECTED: &str = "connected to itself: nothing listens on the server's port";
-
-/// Whether a socket is connected to itself. Connecting to a free port in the ephemeral range
-/// on the same host can pick that very port as the local one, and Linux then completes a TCP
-/// simultaneous open with itself: the connect succeeds though nothing listens, and the request
-/// would come back as its own response.
-pub fn is_self_connect(local: io::Result<SocketAddr>, peer: io::Result<SocketAddr>) -> bool {
-    matches!((local, peer), (Ok(local), Ok(peer)) if local == peer)
+/// A connect failure as the connector service reports it; awc hands it back unchanged, and
+/// [`UpstreamError`]'s `From<SendRequestError>` takes it out again.
+fn for_awc(err: UpstreamError) -> ConnectError {
+    ConnectError::Io(err.into_io())
 }
 
 #[cfg(test)]
@@ -464,42 +288,6 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpSocket};
-
-    fn addr(text: &str) -> io::Result<SocketAddr> {
-        Ok(text.parse().unwrap())
-    }
-
-    #[test]
-    fn only_a_socket_whose_ends_are_one_address_is_self_connected() {
-        assert!(is_self_connect(
-            addr("127.0.0.1:40000"),
-            addr("127.0.0.1:40000")
-        ));
-        assert!(is_self_connect(addr("[::1]:40000"), addr("[::1]:40000")));
-        assert!(!is_self_connect(
-            addr("127.0.0.1:40000"),
-            addr("127.0.0.1:40001")
-        ));
-        assert!(!is_self_connect(
-            addr("127.0.0.1:40000"),
-            addr("127.0.0.2:40000")
-        ));
-        let unknown = || Err(io::ErrorKind::NotConnected.into());
-        assert!(!is_self_connect(addr("127.0.0.1:40000"), unknown()));
-        assert!(!is_self_connect(unknown(), unknown()));
-    }
-
-    #[tokio::test]
-    async fn a_socket_bound_to_the_address_it_connects_to_is_self_connected() {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let own = socket.local_addr().unwrap();
-        let Ok(tcp) = socket.connect(own).await else {
-            // Only some systems complete a simultaneous open with the same socket.
-            return;
-        };
-        assert!(is_self_connect(tcp.local_addr(), tcp.peer_addr()));
-    }
 
     async fn connected(listener: &TcpListener) -> (UpstreamStream, tokio::net::TcpStream) {
         let addr = listener.local_addr().unwrap();
