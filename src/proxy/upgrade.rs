@@ -10,22 +10,21 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use actix_web::body::{BodyStream, BoxBody, SizedStream};
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::ResponseBody;
 use super::headers;
 use super::{Exchange, PoolTarget, ProxyError, Upstreams};
 use crate::access_log::AccessLog;
 use crate::pool::{InFlight, Server};
-use crate::upstream::{self, tls_context, UpstreamError, Wire};
+use crate::upstream::{self, head, tls_context, UpstreamError, Wire};
 
-/// The largest response head accepted from a server during a handshake.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Header slots for a handshake's response head: as many as awc reads for other responses.
 const MAX_RESPONSE_HEADERS: usize = 96;
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a relay stays open after the client has closed its side, for the server to finish
@@ -115,16 +114,16 @@ async fn relay_over(relay: Relay<'_>, mut socket: Wire) -> Result<HttpResponse, 
     let settings = &pool.settings;
     let sent_at = Instant::now();
     let handshake = async {
-        socket.write_all(&head).await?;
+        socket
+            .write_all(&head)
+            .await
+            .map_err(|err| UpstreamError::Reset(err.to_string()))?;
         read_response_head(&mut socket).await
     };
     let (status, response_headers, leftover) =
         match actix_rt::time::timeout(settings.response_timeout.get(), handshake).await {
             Ok(Ok(parts)) => parts,
-            Ok(Err(err)) => {
-                let err = UpstreamError::Reset(err.to_string());
-                return Err(failed(&claim, pool, err.into()));
-            }
+            Ok(Err(err)) => return Err(failed(&claim, pool, err.into())),
             Err(_) => {
                 let err = UpstreamError::ResponseTimeout;
                 return Err(failed(&claim, pool, err.into()));
@@ -301,39 +300,12 @@ fn request_head(req: &HttpRequest, headers: &HeaderMap) -> Vec<u8> {
 
 /// Reads the server's response head; returns it and any bytes that followed it.
 async fn read_response_head(
-    socket: &mut (impl AsyncRead + Unpin),
-) -> std::io::Result<(StatusCode, HeaderMap, Bytes)> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    socket: &mut Wire,
+) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
     let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        if socket.read_buf(&mut buf).await? == 0 {
-            return Err(invalid("connection closed before the response head"));
-        }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        match parsed
-            .parse(&buf)
-            .map_err(|err| invalid(&err.to_string()))?
-        {
-            httparse::Status::Complete(head_len) => {
-                let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
-                    .map_err(|_| invalid("bad status code"))?;
-                let mut headers = HeaderMap::new();
-                for h in parsed.headers.iter() {
-                    let name = HeaderName::from_bytes(h.name.as_bytes())
-                        .map_err(|_| invalid("bad header name"))?;
-                    let value = HeaderValue::from_bytes(h.value)
-                        .map_err(|_| invalid("bad header value"))?;
-                    headers.append(name, value);
-                }
-                let leftover = buf.split_off(head_len).freeze();
-                return Ok((status, headers, leftover));
-            }
-            httparse::Status::Partial if buf.len() >= MAX_RESPONSE_HEAD => {
-                return Err(invalid("response head too large"));
-            }
-            httparse::Status::Partial => {}
-        }
-    }
+    let (status, headers) = head::read_final::<MAX_RESPONSE_HEADERS, _>(socket, &mut buf, |head| {
+        Ok((head.status_code()?, head.header_map()?))
+    })
+    .await?;
+    Ok((status, headers, buf.freeze()))
 }

@@ -5,6 +5,7 @@ use std::io;
 use awc::error::{ConnectError, SendRequestError};
 
 use super::connect::SELF_CONNECTED;
+use super::head::{HeadError, ReadError};
 
 /// Why an exchange with a server failed on the server's side. The texts are what logs,
 /// passive detection and the admin API show; the client only ever sees a generic page.
@@ -28,6 +29,9 @@ pub enum UpstreamError {
     /// The connection broke or closed while the request was exchanged.
     #[error("the server failed while the request was exchanged: {0}")]
     Reset(String),
+    /// The server's response head is not one gatehouse can read.
+    #[error("the server failed while the request was exchanged: {0}")]
+    BadHead(#[from] HeadError),
 }
 
 impl UpstreamError {
@@ -49,6 +53,15 @@ impl UpstreamError {
         match err.into_inner().map(|inner| inner.downcast::<Self>()) {
             Some(Ok(ours)) => *ours,
             _ => Self::Connect(text),
+        }
+    }
+}
+
+impl From<ReadError> for UpstreamError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Head(err) => Self::BadHead(err),
+            other => Self::Reset(other.to_string()),
         }
     }
 }

@@ -8,6 +8,7 @@
 mod connect;
 mod connector;
 mod error;
+pub mod head;
 mod interim;
 mod tls;
 
