@@ -23,9 +23,9 @@ use crate::affinity::Session;
 use crate::compression::{self, Compress, Compression, Encoder};
 use crate::pool::{self, InFlight, PickError, Server};
 use crate::security::{AccessList, RateLimit};
-use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
+use crate::settings::{PoolSettings, RetryOn, RetrySettings};
 use crate::tls;
-use crate::upstream::{self, UpstreamConnector, UpstreamError};
+use crate::upstream::{self, Outcome, UpstreamConnector, UpstreamError};
 
 /// `Via` on forwarded requests, per received protocol (RFC 9110 7.6.3).
 const VIA_HTTP_10: HeaderValue = HeaderValue::from_static("1.0 gatehouse");
@@ -204,7 +204,8 @@ impl Tries<'_> {
             *request.headers_mut() =
                 upstream_headers(self.req, self.host, self.pool, &exchange.request_id);
             let result = send(request, body.for_try(), deadline).await;
-            let outcome = Outcome::of(&result, &settings.passive.fail_statuses);
+            let status = result.as_ref().map(|response| response.status().as_u16());
+            let outcome = Outcome::of(status, &settings.passive.fail_statuses);
             self.observe(&claim, &outcome);
             let Some(cause) = outcome.retry_cause() else {
                 return result.map(|response| (response, claim));
@@ -233,36 +234,29 @@ impl Tries<'_> {
     /// Tells passive detection how the try went, and counts a failure against the server.
     fn observe(&self, claim: &InFlight, outcome: &Outcome) {
         let server = claim.server();
-        match outcome {
-            Outcome::Answered { failure: None, .. } => {
-                server.condition().succeeded(&server.address)
-            }
-            Outcome::Answered {
-                failure: Some(reason),
-                ..
-            }
-            | Outcome::Failed { reason, .. } => {
-                claim.failed();
-                // A server answering errors is not news for each request; a broken
-                // exchange is.
-                let level = match outcome {
-                    Outcome::Answered { .. } => log::Level::Debug,
-                    _ => log::Level::Warn,
-                };
-                log::log!(
-                    level,
-                    "upstream {} in pool {}: {reason}",
-                    server.address,
-                    self.pool.name
-                );
-                self.pool.handle.snapshot().report_failure(
-                    server,
-                    reason,
-                    &self.pool.settings.passive,
-                );
-            }
-            Outcome::ClientFault => {}
+        if outcome.side().is_none() {
+            server.condition().succeeded(&server.address);
+            return;
         }
+        let Some(reason) = outcome.passive_failure() else {
+            return;
+        };
+        claim.failed();
+        // A server answering errors is not news for each request; a broken exchange is.
+        let level = match outcome {
+            Outcome::Answered { .. } => log::Level::Debug,
+            Outcome::Failed { .. } => log::Level::Warn,
+        };
+        log::log!(
+            level,
+            "upstream {} in pool {}: {reason}",
+            server.address,
+            self.pool.name
+        );
+        self.pool
+            .handle
+            .snapshot()
+            .report_failure(server, reason, &self.pool.settings.passive);
     }
 
     /// Whether a try that failed by `cause` may be followed by another. A request whose body
@@ -295,56 +289,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// How one try went, as passive detection and retries see it.
-enum Outcome {
-    /// The server answered; `failure` names why the answer counts as a failure
-    /// (its status is in `fail_statuses`).
-    Answered {
-        status: u16,
-        failure: Option<String>,
-    },
-    /// The exchange failed on the server's side.
-    Failed { reason: String, cause: RetryOn },
-    /// The client's request body was at fault; the server is not to blame.
-    ClientFault,
-}
-
-impl Outcome {
-    fn of(result: &Result<awc::ClientResponse, ProxyError>, fail_statuses: &[StatusRange]) -> Self {
-        match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let failure = fail_statuses
-                    .iter()
-                    .any(|range| range.contains(status))
-                    .then(|| format!("status {status}"));
-                Self::Answered { status, failure }
-            }
-            Err(err) => {
-                let cause = match err {
-                    ProxyError::Upstream(UpstreamError::ResponseTimeout) => RetryOn::Timeout,
-                    ProxyError::Upstream(UpstreamError::Reset(_)) => RetryOn::Reset,
-                    ProxyError::Upstream(_) => RetryOn::ConnectError,
-                    _ => return Self::ClientFault,
-                };
-                Self::Failed {
-                    reason: err.to_string(),
-                    cause,
-                }
-            }
-        }
-    }
-
-    /// The retry condition this outcome meets, if any.
-    fn retry_cause(&self) -> Option<RetryOn> {
-        match self {
-            Self::Answered { status, .. } if *status >= 500 => Some(RetryOn::Status(*status)),
-            Self::Failed { cause, .. } => Some(*cause),
-            _ => None,
-        }
-    }
 }
 
 /// The request body as the tries send it: nothing, bytes kept so every try can send them,

@@ -22,7 +22,7 @@ use super::headers;
 use super::{Exchange, PoolTarget, ProxyError, Upstreams};
 use crate::access_log::AccessLog;
 use crate::pool::{InFlight, Server};
-use crate::upstream::{self, head, tls_context, UpstreamError, Wire};
+use crate::upstream::{self, head, tls_context, Outcome, UpstreamError, Wire};
 
 /// Header slots for a handshake's response head: as many as awc reads for other responses.
 const MAX_RESPONSE_HEADERS: usize = 96;
@@ -66,7 +66,7 @@ pub async fn relay(
     };
     let tls = match tls.as_ref().map(upstream::usable_tls).transpose() {
         Ok(tls) => tls,
-        Err(err) => return Err(failed(&claim, pool, err.into())),
+        Err(err) => return Err(failed(&claim, pool, err)),
     };
     // As for other requests, `connect_timeout` covers the TCP connect and the TLS handshake.
     let connecting = upstream::connect_within(
@@ -77,7 +77,7 @@ pub async fn relay(
     );
     let wire = match connecting.await {
         Ok(wire) => wire,
-        Err(err) => return Err(failed(&claim, pool, err.into())),
+        Err(err) => return Err(failed(&claim, pool, err)),
     };
     let relay = Relay {
         payload,
@@ -123,10 +123,10 @@ async fn relay_over(relay: Relay<'_>, mut socket: Wire) -> Result<HttpResponse, 
     let (status, response_headers, leftover) =
         match actix_rt::time::timeout(settings.response_timeout.get(), handshake).await {
             Ok(Ok(parts)) => parts,
-            Ok(Err(err)) => return Err(failed(&claim, pool, err.into())),
+            Ok(Err(err)) => return Err(failed(&claim, pool, err)),
             Err(_) => {
                 let err = UpstreamError::ResponseTimeout;
-                return Err(failed(&claim, pool, err.into()));
+                return Err(failed(&claim, pool, err));
             }
         };
     exchange.record.status = status.as_u16();
@@ -141,9 +141,14 @@ async fn relay_over(relay: Relay<'_>, mut socket: Wire) -> Result<HttpResponse, 
     if !switching && length.is_none() && response_headers.contains_key(header::TRANSFER_ENCODING) {
         // A refused handshake answered with a chunked body: not relayed, see docs/architecture.md.
         let err = UpstreamError::Reset("refused upgrade answered with a chunked body".into());
-        return Err(failed(&claim, pool, err.into()));
+        return Err(failed(&claim, pool, err));
     }
-    answered(&claim, pool, status);
+    let fail_statuses = &settings.passive.fail_statuses;
+    observe(
+        &claim,
+        pool,
+        &Outcome::answered(status.as_u16(), fail_statuses),
+    );
 
     // A TLS stream has no owned halves as a TCP one has: the two share it, a turn each.
     let (upstream_read, mut upstream_write) = tokio::io::split(socket);
@@ -236,13 +241,31 @@ fn at_most(inner: ByteStream, limit: u64) -> impl Stream<Item = std::io::Result<
     })
 }
 
-/// Counts a failed handshake against the server, in its counters and in passive detection,
-/// as a failed try of any other request is.
-fn failed(claim: &InFlight, pool: &PoolTarget, err: ProxyError) -> ProxyError {
+/// Counts a failed handshake against the server, as a failed try of any other request is.
+fn failed(claim: &InFlight, pool: &PoolTarget, err: UpstreamError) -> ProxyError {
+    observe(claim, pool, &Outcome::failed(&err));
+    err.into()
+}
+
+/// Tells passive detection how the handshake went, as for other requests: a failure (the
+/// server's, or a status in `fail_statuses`) counts against the server, an answer else is a
+/// success.
+fn observe(claim: &InFlight, pool: &PoolTarget, outcome: &Outcome) {
     let server = claim.server();
-    let reason = err.to_string();
+    if outcome.side().is_none() {
+        server.condition().succeeded(&server.address);
+        return;
+    }
+    let Some(reason) = outcome.passive_failure() else {
+        return;
+    };
     claim.failed();
-    log::warn!(
+    let level = match outcome {
+        Outcome::Answered { .. } => log::Level::Debug,
+        Outcome::Failed { .. } => log::Level::Warn,
+    };
+    log::log!(
+        level,
         "upstream {} in pool {}: upgrade: {reason}",
         server.address,
         pool.name
@@ -250,34 +273,7 @@ fn failed(claim: &InFlight, pool: &PoolTarget, err: ProxyError) -> ProxyError {
     let passive = &pool.settings.passive;
     pool.handle
         .snapshot()
-        .report_failure(server, &reason, passive);
-    err
-}
-
-/// Tells passive detection of the server's answer to a handshake: a failure when its status
-/// is in `fail_statuses`, as for other requests, else a success.
-fn answered(claim: &InFlight, pool: &PoolTarget, status: StatusCode) {
-    let server = claim.server();
-    let passive = &pool.settings.passive;
-    let status = status.as_u16();
-    if passive
-        .fail_statuses
-        .iter()
-        .any(|range| range.contains(status))
-    {
-        claim.failed();
-        let reason = format!("status {status}");
-        log::debug!(
-            "upstream {} in pool {}: upgrade: {reason}",
-            server.address,
-            pool.name
-        );
-        pool.handle
-            .snapshot()
-            .report_failure(server, &reason, passive);
-    } else {
-        server.condition().succeeded(&server.address);
-    }
+        .report_failure(server, reason, passive);
 }
 
 /// The HTTP/1.1 request head for the handshake.

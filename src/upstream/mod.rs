@@ -10,6 +10,7 @@ mod connector;
 mod error;
 pub mod head;
 mod interim;
+mod outcome;
 mod tls;
 
 pub use connect::{
@@ -17,4 +18,5 @@ pub use connect::{
 };
 pub use connector::{note_eof, watching_eof, Connecting, UpstreamConnector, UpstreamStream};
 pub use error::UpstreamError;
+pub use outcome::{Blame, Outcome, Side};
 pub use tls::{tls_context, usable_tls, TlsContext, UpstreamTls};
