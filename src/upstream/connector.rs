@@ -4,7 +4,8 @@
 //! - Each connection's reads are watched for end-of-file, so a response body that awc ends
 //!   because the server closed the connection can be told from one that reached its framed end
 //!   (awc reports both as the body's end).
-//! - A socket connected to itself is refused.
+//! - A socket connected to itself is refused, as every upstream connection's is
+//!   (`connect.rs`).
 //!
 //! The TLS handshake happens here rather than in awc (whose TLS would need its own connector
 //! and bypass this one), so both checks and the response-head filter work the same over TLS:

@@ -13,10 +13,8 @@ mod interim;
 mod outcome;
 mod tls;
 
-pub use connect::{
-    connect, connect_within, is_self_connect, refuse_self_connect, Wire, SELF_CONNECTED,
-};
-pub use connector::{note_eof, watching_eof, Connecting, UpstreamConnector, UpstreamStream};
+pub use connect::{connect, connect_within, Wire};
+pub use connector::{note_eof, watching_eof, UpstreamConnector, UpstreamStream};
 pub use error::UpstreamError;
 pub use outcome::{Blame, Outcome, Side};
 pub use tls::{tls_context, usable_tls, TlsContext, UpstreamTls};
