@@ -20,6 +20,7 @@ pub mod settings;
 pub mod state_file;
 pub mod supervisor;
 pub mod tls;
+pub mod upstream;
 
 pub use server::{run, Gatehouse, StartError};
 pub use settings::Settings;

@@ -22,8 +22,8 @@ pub use probe::{HttpProbe, Probe, ProbeFailure, BODY_LIMIT};
 pub use rise_fall::{RiseFall, Transition};
 
 use crate::pool::PoolHandle;
-use crate::proxy::{UpstreamTls, UpstreamTlsError};
-use crate::settings::{HealthSettings, UpstreamTlsSettings};
+use crate::settings::{HealthSettings, UpstreamTlsError, UpstreamTlsSettings};
+use crate::upstream::UpstreamTls;
 
 /// Why a pool's health checks could not start or take new settings.
 #[derive(Debug, thiserror::Error)]

@@ -1,34 +1,29 @@
 //! Probes: one check of one server. HTTP/1.1 is the only kind today.
 //!
-//! The HTTP probe speaks HTTP/1.1 itself over a tokio `TcpStream`, with `httparse` for the
-//! response head, rather than through awc: a probe wants one fresh connection per check
-//! (`Connection: close`, no pool to keep), one deadline over the whole exchange including the
-//! body, a cap on the body it reads, and close-delimited bodies read as they are (awc reads an
-//! HTTP/1.1 response without a length as empty, which would fail `expect_body` on a plain
-//! health endpoint). It also refuses a socket connected to itself, as the upstream connector
-//! does, and speaks TLS to the servers of a pool with `[pools.NAME.tls]`, with the same
-//! settings as requests.
+//! The HTTP probe connects and reads the response head through [`upstream`] (the self-connect
+//! check, TLS with the pool's settings, the one head reader) but not through awc: a probe
+//! wants one fresh connection per check (`Connection: close`, no pool to keep), one deadline
+//! over the whole exchange including the body, a cap on the body it reads, and close-delimited
+//! bodies read as they are (awc reads an HTTP/1.1 response without a length as empty, which
+//! would fail `expect_body` on a plain health endpoint). The body is the probe's own to read.
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::expect::{ExpectError, Expectations, Mismatch, ProbeResponse};
 use crate::pool::Server;
-use crate::proxy::UpstreamTls;
 use crate::settings::{HealthSettings, ProbeMethod};
+use crate::upstream::head::{self, Framing, HeadError, ReadError};
+use crate::upstream::{self, UpstreamError, UpstreamTls};
 
 /// The most body a probe reads for matching: health pages are small, and a large page's
 /// first 64 KiB is where a status word would be.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// The largest response head a probe accepts, as actix-http's own limit for requests.
-const HEAD_LIMIT: usize = 64 * 1024;
 
 /// Header slots for the response head; a health endpoint answering with more is broken.
 const MAX_HEADERS: usize = 100;
@@ -47,7 +42,7 @@ pub trait Probe: Unpin + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeFailure {
     #[error("connect: {0}")]
-    Connect(io::Error),
+    Connect(String),
     #[error("connect: the socket connected to itself")]
     SelfConnect,
     /// The TLS handshake failed; the text says why in OpenSSL's words.
@@ -62,9 +57,23 @@ pub enum ProbeFailure {
     #[error("connection closed before the response was complete")]
     CutShort,
     #[error("bad response: {0}")]
+    BadHead(#[from] HeadError),
+    #[error("bad response: {0}")]
     Malformed(&'static str),
     #[error("{0}")]
     Mismatch(#[from] Mismatch),
+}
+
+impl From<UpstreamError> for ProbeFailure {
+    /// A failed connect, in the probe's words: the socket's error, or OpenSSL's reason.
+    fn from(err: UpstreamError) -> Self {
+        match err {
+            UpstreamError::Connect(reason) => Self::Connect(reason),
+            UpstreamError::SelfConnect => Self::SelfConnect,
+            UpstreamError::Tls(reason) => Self::Tls(reason),
+            other => Self::Connect(other.to_string()),
+        }
+    }
 }
 
 /// An HTTP/1.1 probe built from a pool's `[pools.NAME.health]` settings.
@@ -152,22 +161,14 @@ async fn exchange(
     head_only: bool,
     read_body: bool,
 ) -> Result<ProbeResponse, ProbeFailure> {
-    let stream = TcpStream::connect(target)
-        .await
-        .map_err(ProbeFailure::Connect)?;
-    if stream.local_addr().ok() == stream.peer_addr().ok() {
-        return Err(ProbeFailure::SelfConnect);
-    }
-    let _ = stream.set_nodelay(true);
-    let Some((tls, host)) = tls else {
-        return talk(stream, request, head_only, read_body).await;
+    // The probe's own deadline bounds the connect with the rest of the exchange.
+    let (tls, host) = match &tls {
+        Some((tls, host)) => (Some(&**tls), host.as_str()),
+        None => (None, ""),
     };
-    let mut stream = tls
-        .stream(stream, &host)
-        .map_err(|err| ProbeFailure::Tls(format!("TLS: {err}")))?;
-    if let Err(err) = Pin::new(&mut stream).connect().await {
-        return Err(ProbeFailure::Tls(tls.failure(&stream, &err)));
-    }
+    let stream = upstream::connect(target, tls, host)
+        .await
+        .map_err(ProbeFailure::from)?;
     talk(stream, request, head_only, read_body).await
 }
 
@@ -184,7 +185,7 @@ async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(ProbeFailure::Send)?;
     let mut reader = Reader {
         stream,
-        buf: Vec::with_capacity(READ_SIZE),
+        buf: BytesMut::with_capacity(READ_SIZE),
     };
     let head = reader.head().await?;
     let mut response = ProbeResponse {
@@ -203,15 +204,7 @@ async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(response)
 }
 
-/// How a response's body ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Chunked,
-    Length(u64),
-    Close,
-}
-
-/// A final response head.
+/// A final response head, as the probe's expectations read it.
 #[derive(Debug)]
 struct Head {
     status: u16,
@@ -222,20 +215,18 @@ struct Head {
 /// The connection and the bytes read from it but not yet consumed.
 struct Reader<S> {
     stream: S,
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 impl<S: AsyncRead + Unpin> Reader<S> {
     /// Reads more into the buffer; false at end of file.
     async fn fill(&mut self) -> Result<bool, ProbeFailure> {
-        let start = self.buf.len();
-        self.buf.resize(start + READ_SIZE, 0);
-        let read = self.stream.read(&mut self.buf[start..]).await;
-        let n = read.map_err(|err| {
-            self.buf.truncate(start);
-            ProbeFailure::Receive(err)
-        })?;
-        self.buf.truncate(start + n);
+        self.buf.reserve(READ_SIZE);
+        let n = self
+            .stream
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(ProbeFailure::Receive)?;
         Ok(n > 0)
     }
 
@@ -251,25 +242,22 @@ impl<S: AsyncRead + Unpin> Reader<S> {
 
     /// The final response head, past any interim (1xx) ones; consumes it from the buffer.
     async fn head(&mut self) -> Result<Head, ProbeFailure> {
-        loop {
-            match parse_head(&self.buf)? {
-                Some((used, head)) => {
-                    self.buf.drain(..used);
-                    if (100..200).contains(&head.status) {
-                        continue;
-                    }
-                    return Ok(head);
-                }
-                None if self.buf.len() > HEAD_LIMIT => {
-                    return Err(ProbeFailure::Malformed("response head too large"));
-                }
-                None => {
-                    if !self.fill().await? {
-                        return Err(ProbeFailure::CutShort);
-                    }
-                }
-            }
-        }
+        let reading = head::read_final::<MAX_HEADERS, _>(&mut self.stream, &mut self.buf, |head| {
+            Ok(Head {
+                status: head.status,
+                framing: head.framing()?,
+                headers: head
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), h.value.to_vec()))
+                    .collect(),
+            })
+        });
+        reading.await.map_err(|err| match err {
+            ReadError::Io(err) => ProbeFailure::Receive(err),
+            ReadError::Closed => ProbeFailure::CutShort,
+            ReadError::Head(err) => ProbeFailure::BadHead(err),
+        })
     }
 
     /// A body of `length` bytes, of which the first `limit` are kept.
@@ -277,14 +265,14 @@ impl<S: AsyncRead + Unpin> Reader<S> {
         let keep = usize::try_from(length).unwrap_or(usize::MAX).min(limit);
         self.fill_to(keep).await?;
         self.buf.truncate(keep);
-        Ok(std::mem::take(&mut self.buf))
+        Ok(self.buf.split().to_vec())
     }
 
     /// A body that ends when the server closes, of which the first `limit` bytes are kept.
     async fn until_close(&mut self, limit: usize) -> Result<Vec<u8>, ProbeFailure> {
         while self.buf.len() < limit && self.fill().await? {}
         self.buf.truncate(limit);
-        Ok(std::mem::take(&mut self.buf))
+        Ok(self.buf.split().to_vec())
     }
 
     /// A chunked body, decoded, of which the first `limit` bytes are kept; trailers are not
@@ -295,7 +283,7 @@ impl<S: AsyncRead + Unpin> Reader<S> {
         loop {
             let (used, size) = match httparse::parse_chunk_size(&self.buf[pos..]) {
                 Ok(httparse::Status::Complete(found)) => found,
-                Ok(httparse::Status::Partial) if self.buf.len() - pos > HEAD_LIMIT => {
+                Ok(httparse::Status::Partial) if self.buf.len() - pos > head::MAX_HEAD => {
                     return Err(ProbeFailure::Malformed("chunk size line too long"));
                 }
                 Ok(httparse::Status::Partial) => {
@@ -324,66 +312,6 @@ impl<S: AsyncRead + Unpin> Reader<S> {
             body.extend_from_slice(&self.buf[start..start + size]);
             pos = start + size + 2;
         }
-    }
-}
-
-/// Parses a response head at the start of `buf`; `None` if it is not all there yet.
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, ProbeFailure> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let used = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(used)) => used,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(ProbeFailure::Malformed("too many headers"))
-        }
-        Err(_) => return Err(ProbeFailure::Malformed("not an HTTP/1.x response head")),
-    };
-    let status = parsed.code.unwrap_or(0);
-    let headers: Vec<(String, Vec<u8>)> = parsed
-        .headers
-        .iter()
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
-        .collect();
-    let framing = framing(&headers)?;
-    Ok(Some((
-        used,
-        Head {
-            status,
-            headers,
-            framing,
-        },
-    )))
-}
-
-/// How the body is framed: chunked if the last transfer coding is, else by a single
-/// Content-Length, else by the connection closing.
-fn framing(headers: &[(String, Vec<u8>)]) -> Result<Framing, ProbeFailure> {
-    fn values<'h>(
-        headers: &'h [(String, Vec<u8>)],
-        name: &'static str,
-    ) -> impl Iterator<Item = &'h [u8]> {
-        headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    }
-    if let Some(codings) = values(headers, "transfer-encoding").last() {
-        let last = codings.rsplit(|&b| b == b',').next().unwrap_or_default();
-        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            return Ok(Framing::Chunked);
-        }
-        return Ok(Framing::Close);
-    }
-    let mut lengths = values(headers, "content-length").map(|value| {
-        std::str::from_utf8(value)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok())
-    });
-    match (lengths.next(), lengths.next()) {
-        (None, _) => Ok(Framing::Close),
-        (Some(Some(length)), None) => Ok(Framing::Length(length)),
-        _ => Err(ProbeFailure::Malformed("bad Content-Length")),
     }
 }
 
@@ -489,7 +417,10 @@ mod tests {
             check(&p, b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n").await;
         assert_eq!(outcome.unwrap_err().to_string(), "status 503");
         let (outcome, _) = check(&p, b"garbage\r\n\r\n").await;
-        assert!(matches!(outcome, Err(ProbeFailure::Malformed(_))));
+        assert!(matches!(
+            outcome,
+            Err(ProbeFailure::BadHead(HeadError::Malformed))
+        ));
         let (outcome, _) = check(&p, b"HTTP/1.1 200 OK\r\nContent-").await;
         assert!(matches!(outcome, Err(ProbeFailure::CutShort)));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

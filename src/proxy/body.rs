@@ -19,8 +19,9 @@ use futures_util::Stream;
 use tokio::sync::oneshot;
 
 use super::phase::Finish;
-use super::{connector, ProxyError};
+use super::ProxyError;
 use crate::settings::SecuritySettings;
+use crate::upstream;
 
 /// Why a request body stopped early.
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
@@ -353,7 +354,7 @@ where
             // An end-of-file seen during this poll is this body's connection's: a body poll
             // reads that one connection only (awc checks idle pooled ones when a request takes
             // one, not here), and the worker polls nothing else on this thread meanwhile.
-            connector::watching_eof(|| Pin::new(&mut self.inner).poll_next(cx))
+            upstream::watching_eof(|| Pin::new(&mut self.inner).poll_next(cx))
         } else {
             (Pin::new(&mut self.inner).poll_next(cx), false)
         };
@@ -482,7 +483,7 @@ mod tests {
             Some(chunk) => Poll::Ready(Some(Ok(Bytes::from_static(chunk.as_bytes())))),
             None => {
                 if eof_at_end {
-                    connector::note_eof();
+                    crate::upstream::note_eof();
                 }
                 Poll::Ready(None)
             }
@@ -552,7 +553,7 @@ mod tests {
     async fn an_end_of_file_read_outside_the_body_poll_is_not_the_body_s() {
         let body = ResponseBody::new(upstream(&[], false), Duration::from_secs(5), finish())
             .framed_by(Framing::Chunked);
-        connector::note_eof();
+        crate::upstream::note_eof();
         assert_eq!(collect(body).await, []);
     }
 

@@ -3,6 +3,9 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 
+use crate::settings::RetryOn;
+use crate::upstream::{Blame, Side, UpstreamError};
+
 /// Why gatehouse answered a request itself instead of with a server's response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -18,14 +21,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("the client sent a malformed or incomplete request body: {0}")]
     BadRequestBody(String),
-    #[error("connecting to the server failed: {0}")]
-    Connect(String),
-    #[error("connecting to the server timed out")]
-    ConnectTimeout,
-    #[error("the server sent no response head in time")]
-    ResponseTimeout,
-    #[error("the server failed while the request was exchanged: {0}")]
-    Upstream(String),
+    /// The server failed: it could not be reached, took too long, or broke the exchange.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     #[error("the client's address is not allowed")]
     Forbidden,
     #[error("the client exceeded a rate limit")]
@@ -42,13 +40,33 @@ pub enum ProxyError {
     BodyTooSlow,
 }
 
-impl ProxyError {
-    /// Whether the failure counts against the server (for its counters and, later, ejection).
-    pub fn is_server_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect(_) | Self::ConnectTimeout | Self::ResponseTimeout | Self::Upstream(_)
-        )
+impl Blame for ProxyError {
+    fn side(&self) -> Side {
+        match self {
+            Self::Upstream(err) => err.side(),
+            // Every server the pool has is down, drained or full: none of them failed this
+            // request, and neither did the client.
+            Self::NoServer => Side::Internal,
+            Self::NoRoute
+            | Self::BadHost
+            | Self::HeaderTooLarge
+            | Self::BodyTooLarge
+            | Self::BadRequestBody(_)
+            | Self::Forbidden
+            | Self::TooManyRequests(_)
+            | Self::RequestLineTooLong
+            | Self::HostMismatch
+            | Self::DotSegment
+            | Self::BodyStalled
+            | Self::BodyTooSlow => Side::Downstream,
+        }
+    }
+
+    fn retry(&self) -> Option<RetryOn> {
+        match self {
+            Self::Upstream(err) => err.retry(),
+            _ => None,
+        }
     }
 }
 
@@ -64,8 +82,10 @@ impl ResponseError for ProxyError {
             }
             Self::RequestLineTooLong => StatusCode::URI_TOO_LONG,
             Self::BodyStalled | Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
-            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout | Self::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -105,5 +125,133 @@ impl ResponseError for ProxyError {
         }
         let reason = status.canonical_reason().unwrap_or("Error");
         response.body(format!("{} {reason}\n", status.as_u16()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::settings::StatusRange;
+    use crate::upstream::head::HeadError;
+    use crate::upstream::Outcome;
+
+    /// Every kind of error: the status the client gets, who failed, the retry condition met,
+    /// and whether passive detection counts it against the server.
+    #[test]
+    fn every_error_has_one_status_side_retry_condition_and_passive_verdict() {
+        use RetryOn::{ConnectError, Reset, Timeout};
+        use Side::{Downstream, Internal, Upstream};
+        let upstream = |err| ProxyError::Upstream(err);
+        let cases: Vec<(ProxyError, u16, Side, Option<RetryOn>)> = vec![
+            (ProxyError::NoRoute, 404, Downstream, None),
+            (ProxyError::NoServer, 503, Internal, None),
+            (ProxyError::BadHost, 400, Downstream, None),
+            (ProxyError::HeaderTooLarge, 431, Downstream, None),
+            (ProxyError::BodyTooLarge, 413, Downstream, None),
+            (
+                ProxyError::BadRequestBody("x".into()),
+                400,
+                Downstream,
+                None,
+            ),
+            (ProxyError::Forbidden, 403, Downstream, None),
+            (
+                ProxyError::TooManyRequests(Duration::from_secs(1)),
+                429,
+                Downstream,
+                None,
+            ),
+            (ProxyError::RequestLineTooLong, 414, Downstream, None),
+            (ProxyError::HostMismatch, 400, Downstream, None),
+            (ProxyError::DotSegment, 400, Downstream, None),
+            (ProxyError::BodyStalled, 408, Downstream, None),
+            (ProxyError::BodyTooSlow, 408, Downstream, None),
+            (
+                upstream(UpstreamError::Connect("refused".into())),
+                502,
+                Upstream,
+                Some(ConnectError),
+            ),
+            (
+                upstream(UpstreamError::SelfConnect),
+                502,
+                Upstream,
+                Some(ConnectError),
+            ),
+            (
+                upstream(UpstreamError::ConnectTimeout),
+                504,
+                Upstream,
+                Some(ConnectError),
+            ),
+            (
+                upstream(UpstreamError::Tls("TLS handshake: x".into())),
+                502,
+                Upstream,
+                Some(ConnectError),
+            ),
+            (
+                upstream(UpstreamError::ResponseTimeout),
+                504,
+                Upstream,
+                Some(Timeout),
+            ),
+            (
+                upstream(UpstreamError::Reset("reset".into())),
+                502,
+                Upstream,
+                Some(Reset),
+            ),
+            (
+                upstream(UpstreamError::BadHead(HeadError::Malformed)),
+                502,
+                Upstream,
+                Some(Reset),
+            ),
+        ];
+        let fail_statuses = [StatusRange {
+            low: 500,
+            high: 599,
+        }];
+        for (err, status, side, retry) in cases {
+            assert_eq!(err.status_code().as_u16(), status, "{err:?}");
+            let outcome = Outcome::of::<ProxyError>(Err(&err), &fail_statuses);
+            assert_eq!(outcome.side(), Some(side), "{err:?}");
+            assert_eq!(outcome.retry_cause(), retry, "{err:?}");
+            let passive = (side == Upstream).then(|| err.to_string());
+            assert_eq!(outcome.passive_failure(), passive.as_deref(), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_server_s_failure_keeps_its_words_in_logs_and_passive_detection() {
+        let cases = [
+            (
+                UpstreamError::Connect("Connection refused (os error 111)".into()),
+                "connecting to the server failed: Connection refused (os error 111)",
+            ),
+            (
+                UpstreamError::SelfConnect,
+                "connecting to the server failed: connected to itself: nothing listens on the \
+                 server's port",
+            ),
+            (
+                UpstreamError::ConnectTimeout,
+                "connecting to the server timed out",
+            ),
+            (
+                UpstreamError::ResponseTimeout,
+                "the server sent no response head in time",
+            ),
+            (
+                UpstreamError::Reset("connection reset".into()),
+                "the server failed while the request was exchanged: connection reset",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(ProxyError::from(err).to_string(), text);
+        }
     }
 }

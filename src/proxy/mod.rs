@@ -3,12 +3,10 @@
 //! request reads, published whole by the Supervisor.
 
 mod body;
-mod connector;
 mod context;
 mod error;
 mod headers;
 mod hide;
-mod interim;
 pub mod phase;
 mod redirect;
 pub mod route;
@@ -22,7 +20,6 @@ use actix_web::body::{BodySize, MessageBody as _};
 use actix_web::http::header::HeaderValue;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
-pub use connector::{UpstreamTls, UpstreamTlsError};
 pub use context::RequestCtx;
 pub use error::ProxyError;
 pub use upstreams::Upstreams;

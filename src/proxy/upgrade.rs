@@ -10,23 +10,20 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use actix_web::body::{BodyStream, BoxBody, SizedStream};
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_openssl::SslStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::ResponseBody;
-use super::connector::{self, UpstreamTls};
-use super::phase::tries::upstream_headers;
+use super::phase::tries::{observe, upstream_headers};
 use super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
-use crate::pool::{InFlight, Server};
+use crate::pool::InFlight;
+use crate::upstream::{self, head, Outcome, UpstreamError, Wire};
 
-/// The largest response head accepted from a server during a handshake.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Header slots for a handshake's response head: as many as awc reads for other responses.
 const MAX_RESPONSE_HEADERS: usize = 96;
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a relay stays open after the client has closed its side, for the server to finish
@@ -63,32 +60,21 @@ pub async fn relay(
     upstream_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     let head = request_head(req, &upstream_headers);
     let tls = upstreams.relay_tls(pool);
-    let tls = match tls.transpose() {
+    let tls = match tls.as_ref().map(upstream::usable_tls).transpose() {
         Ok(tls) => tls,
-        Err(reason) => {
-            let err = ProxyError::Connect(format!("TLS: {reason}"));
-            return Err(failed(&claim, pool, err));
-        }
+        Err(err) => return Err(failed(ctx, &claim, pool, err)),
     };
-
     // As for other requests, `connect_timeout` covers the TCP connect and the TLS handshake.
-    let deadline = tokio::time::Instant::now() + settings.connect_timeout.get();
-    let connect = async {
-        let socket = TcpStream::connect(&*server.address)
-            .await
-            .map_err(|err| ProxyError::Connect(err.to_string()))?;
-        // As in the upstream connector: on loopback a connect to a free port can succeed
-        // with the socket connected to itself.
-        if connector::is_self_connect(socket.local_addr(), socket.peer_addr()) {
-            return Err(ProxyError::Connect(connector::SELF_CONNECTED.into()));
-        }
-        Ok(socket)
+    let connecting = upstream::connect_within(
+        settings.connect_timeout.get(),
+        &server.address,
+        tls.as_deref(),
+        server.authority.host(),
+    );
+    let wire = match connecting.await {
+        Ok(wire) => wire,
+        Err(err) => return Err(failed(ctx, &claim, pool, err)),
     };
-    let socket = match by(deadline, connect).await {
-        Ok(socket) => socket,
-        Err(err) => return Err(failed(&claim, pool, err)),
-    };
-    let _ = socket.set_nodelay(true);
     let relay = Relay {
         payload,
         head,
@@ -96,39 +82,7 @@ pub async fn relay(
         claim,
         ctx,
     };
-    let Some(tls) = tls else {
-        return relay_over(relay, socket).await;
-    };
-    match by(deadline, handshake(&tls, socket, server)).await {
-        Ok(stream) => relay_over(relay, stream).await,
-        Err(err) => Err(failed(&relay.claim, pool, err)),
-    }
-}
-
-/// `step` by `deadline`, or a connect timeout.
-async fn by<T>(
-    deadline: tokio::time::Instant,
-    step: impl std::future::Future<Output = Result<T, ProxyError>>,
-) -> Result<T, ProxyError> {
-    tokio::time::timeout_at(deadline, step)
-        .await
-        .unwrap_or(Err(ProxyError::ConnectTimeout))
-}
-
-/// The TLS handshake with a server of a pool with `[pools.NAME.tls]`: named and verified as
-/// for every other request. A failure is a connect failure, reported in OpenSSL's words.
-async fn handshake(
-    tls: &UpstreamTls,
-    socket: TcpStream,
-    server: &Server,
-) -> Result<SslStream<TcpStream>, ProxyError> {
-    let mut stream = tls
-        .stream(socket, server.authority.host())
-        .map_err(|err| ProxyError::Connect(format!("TLS: {err}")))?;
-    match Pin::new(&mut stream).connect().await {
-        Ok(()) => Ok(stream),
-        Err(err) => Err(ProxyError::Connect(tls.failure(&stream, &err))),
-    }
+    relay_over(relay, wire).await
 }
 
 /// What a relay needs once its connection to the server is made.
@@ -142,10 +96,7 @@ struct Relay<'a, 'b> {
 }
 
 /// Sends the head over `socket`, plain or TLS; on 101, relays bytes both ways.
-async fn relay_over<S>(relay: Relay<'_, '_>, mut socket: S) -> Result<HttpResponse, ProxyError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+async fn relay_over(relay: Relay<'_, '_>, mut socket: Wire) -> Result<HttpResponse, ProxyError> {
     let Relay {
         payload,
         head,
@@ -156,16 +107,20 @@ where
     let settings = &pool.settings;
     let sent_at = Instant::now();
     let handshake = async {
-        socket.write_all(&head).await?;
+        socket
+            .write_all(&head)
+            .await
+            .map_err(|err| UpstreamError::Reset(err.to_string()))?;
         read_response_head(&mut socket).await
     };
     let (status, response_headers, leftover) =
         match actix_rt::time::timeout(settings.response_timeout.get(), handshake).await {
             Ok(Ok(parts)) => parts,
-            Ok(Err(err)) => {
-                return Err(failed(&claim, pool, ProxyError::Upstream(err.to_string())))
+            Ok(Err(err)) => return Err(failed(ctx, &claim, pool, err)),
+            Err(_) => {
+                let err = UpstreamError::ResponseTimeout;
+                return Err(failed(ctx, &claim, pool, err));
             }
-            Err(_) => return Err(failed(&claim, pool, ProxyError::ResponseTimeout)),
         };
     ctx.record.status = status.as_u16();
     ctx.record.upstream_status = Some(status.as_u16());
@@ -178,10 +133,12 @@ where
         .and_then(|v| v.parse::<u64>().ok());
     if !switching && length.is_none() && response_headers.contains_key(header::TRANSFER_ENCODING) {
         // A refused handshake answered with a chunked body: not relayed, see docs/architecture.md.
-        let err = ProxyError::Upstream("refused upgrade answered with a chunked body".into());
-        return Err(failed(&claim, pool, err));
+        let err = UpstreamError::Reset("refused upgrade answered with a chunked body".into());
+        return Err(failed(ctx, &claim, pool, err));
     }
-    answered(&claim, pool, status);
+    let fail_statuses = &settings.passive.fail_statuses;
+    let outcome = Outcome::answered(status.as_u16(), fail_statuses);
+    observe(ctx, pool, &claim, &outcome, UPGRADE);
 
     // A TLS stream has no owned halves as a TCP one has: the two share it, a turn each.
     let (upstream_read, mut upstream_write) = tokio::io::split(socket);
@@ -271,48 +228,18 @@ fn at_most(inner: ByteStream, limit: u64) -> impl Stream<Item = std::io::Result<
     })
 }
 
-/// Counts a failed handshake against the server, in its counters and in passive detection,
-/// as a failed try of any other request is.
-fn failed(claim: &InFlight, pool: &PoolTarget, err: ProxyError) -> ProxyError {
-    let server = claim.server();
-    let reason = err.to_string();
-    claim.failed();
-    log::warn!(
-        "upstream {} in pool {}: upgrade: {reason}",
-        server.address,
-        pool.name
-    );
-    let passive = &pool.settings.passive;
-    pool.handle
-        .snapshot()
-        .report_failure(server, &reason, passive);
-    err
-}
+/// How a handshake's try is named in passive detection's log lines.
+const UPGRADE: &str = "upgrade: ";
 
-/// Tells passive detection of the server's answer to a handshake: a failure when its status
-/// is in `fail_statuses`, as for other requests, else a success.
-fn answered(claim: &InFlight, pool: &PoolTarget, status: StatusCode) {
-    let server = claim.server();
-    let passive = &pool.settings.passive;
-    let status = status.as_u16();
-    if passive
-        .fail_statuses
-        .iter()
-        .any(|range| range.contains(status))
-    {
-        claim.failed();
-        let reason = format!("status {status}");
-        log::debug!(
-            "upstream {} in pool {}: upgrade: {reason}",
-            server.address,
-            pool.name
-        );
-        pool.handle
-            .snapshot()
-            .report_failure(server, &reason, passive);
-    } else {
-        server.condition().succeeded(&server.address);
-    }
+/// Counts a failed handshake against the server, as a failed try of any other request is.
+fn failed(
+    ctx: &RequestCtx<'_>,
+    claim: &InFlight,
+    pool: &PoolTarget,
+    err: UpstreamError,
+) -> ProxyError {
+    observe(ctx, pool, claim, &Outcome::failed(&err), UPGRADE);
+    err.into()
 }
 
 /// The HTTP/1.1 request head for the handshake.
@@ -335,39 +262,12 @@ fn request_head(req: &HttpRequest, headers: &HeaderMap) -> Vec<u8> {
 
 /// Reads the server's response head; returns it and any bytes that followed it.
 async fn read_response_head(
-    socket: &mut (impl AsyncRead + Unpin),
-) -> std::io::Result<(StatusCode, HeaderMap, Bytes)> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    socket: &mut Wire,
+) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
     let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        if socket.read_buf(&mut buf).await? == 0 {
-            return Err(invalid("connection closed before the response head"));
-        }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        match parsed
-            .parse(&buf)
-            .map_err(|err| invalid(&err.to_string()))?
-        {
-            httparse::Status::Complete(head_len) => {
-                let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
-                    .map_err(|_| invalid("bad status code"))?;
-                let mut headers = HeaderMap::new();
-                for h in parsed.headers.iter() {
-                    let name = HeaderName::from_bytes(h.name.as_bytes())
-                        .map_err(|_| invalid("bad header name"))?;
-                    let value = HeaderValue::from_bytes(h.value)
-                        .map_err(|_| invalid("bad header value"))?;
-                    headers.append(name, value);
-                }
-                let leftover = buf.split_off(head_len).freeze();
-                return Ok((status, headers, leftover));
-            }
-            httparse::Status::Partial if buf.len() >= MAX_RESPONSE_HEAD => {
-                return Err(invalid("response head too large"));
-            }
-            httparse::Status::Partial => {}
-        }
-    }
+    let (status, headers) = head::read_final::<MAX_RESPONSE_HEADERS, _>(socket, &mut buf, |head| {
+        Ok((head.status_code()?, head.header_map()?))
+    })
+    .await?;
+    Ok((status, headers, buf.freeze()))
 }

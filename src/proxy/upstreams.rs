@@ -5,9 +5,9 @@
 use std::cell::{OnceCell, RefCell, RefMut};
 use std::sync::Arc;
 
-use super::connector::{self, TlsContext, UpstreamConnector, UpstreamTls};
 use super::PoolTarget;
 use crate::settings::PoolSettings;
+use crate::upstream::{self, TlsContext, UpstreamConnector};
 
 /// Each worker's HTTP clients, one per pool, so every pool has its own connection pool and
 /// connect timeout. `awc::Client` is not `Send`: each worker builds its own, on first use and
@@ -47,7 +47,7 @@ impl Upstreams {
         let entry = self.current(pool);
         let tls = entry
             .relay_tls
-            .get_or_init(|| pool.settings.tls.as_ref().map(connector::tls_context));
+            .get_or_init(|| pool.settings.tls.as_ref().map(upstream::tls_context));
         tls.clone()
     }
 
@@ -81,17 +81,7 @@ impl Upstreams {
 
 /// Builds a worker's client for one pool from its settings.
 fn client(settings: &PoolSettings) -> awc::Client {
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(|tls| match UpstreamTls::new(tls) {
-            Ok(tls) => Ok(Arc::new(tls)),
-            // The files were read when the settings were loaded; they have changed since.
-            Err(err) => {
-                log::error!("upstream TLS: {err}");
-                Err(err.to_string())
-            }
-        });
+    let tls = settings.tls.as_ref().map(upstream::tls_context);
     // awc bounds every call of the connector service by `timeout`, name resolution and the
     // TLS handshake included.
     let connector = awc::Connector::new()

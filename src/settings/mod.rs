@@ -51,7 +51,7 @@ pub use security::{Cidr, DenyAction, Rate, RateKey, RateLimitSettings, SecurityS
 pub use sticky::{SameSite, StickyMode, StickySettings, DEFAULT_COOKIE};
 pub use tls::{CertificateSettings, Http2Settings, TlsSettings, TlsVersion, INTERMEDIATE_CIPHERS};
 pub use units::{ByteSize, Duration};
-pub use upstream_tls::{UpstreamTlsSettings, UpstreamTlsVersion};
+pub use upstream_tls::{UpstreamTlsError, UpstreamTlsSettings, UpstreamTlsVersion};
 pub use validate::Problem;
 
 /// Everything gatehouse runs from.

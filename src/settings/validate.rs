@@ -8,7 +8,6 @@ use super::{
     parse_address, Balance, HealthSettings, HostPattern, Http2Settings, PoolSettings, SameSite,
     Settings, StickyMode, StickySettings, UpstreamTlsSettings,
 };
-use crate::proxy::UpstreamTls;
 
 /// One thing wrong with otherwise well-typed settings.
 #[derive(Debug)]
@@ -283,7 +282,7 @@ fn check_upstream_tls(name: &str, tls: &UpstreamTlsSettings) -> Result<(), Probl
         }
         _ => {}
     }
-    UpstreamTls::new(tls).map(drop).map_err(|err| {
+    tls.client_context().map(drop).map_err(|err| {
         let (field, value) = match err.key() {
             field @ ("ca_file" | "cert" | "key") => {
                 let path = match field {

@@ -12,7 +12,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::uri::{PathAndQuery, Uri};
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage as _, HttpRequest};
-use awc::error::{ConnectError, SendRequestError};
+use awc::error::SendRequestError;
 use bytes::Bytes;
 use futures_util::future::{select, Either};
 
@@ -25,7 +25,8 @@ use super::super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
 use super::route::declared_length;
 use crate::conn::UndeclaredBody;
 use crate::pool::{self, InFlight, Server};
-use crate::settings::{RetryOn, RetrySettings, StatusRange};
+use crate::settings::{RetryOn, RetrySettings};
+use crate::upstream::{Outcome, UpstreamError};
 
 /// The server's answer to the last try, and the claim on that server.
 pub struct Answer {
@@ -93,8 +94,9 @@ impl Tries<'_> {
             let mut request = client.request(req.method().clone(), upstream_uri(req, &server));
             *request.headers_mut() = upstream_headers(ctx, self.pool);
             let result = send(request, body.for_try(), deadline).await;
-            let outcome = Outcome::of(&result, &settings.passive.fail_statuses);
-            self.observe(ctx, &claim, &outcome);
+            let status = result.as_ref().map(|response| response.status().as_u16());
+            let outcome = Outcome::of(status, &settings.passive.fail_statuses);
+            observe(ctx, self.pool, &claim, &outcome, "");
             let Some(cause) = outcome.retry_cause() else {
                 return result.map(|response| (response, claim));
             };
@@ -123,39 +125,6 @@ impl Tries<'_> {
         }
     }
 
-    /// Tells passive detection how the try went, and counts a failure against the server.
-    fn observe(&self, ctx: &RequestCtx<'_>, claim: &InFlight, outcome: &Outcome) {
-        let server = claim.server();
-        match outcome {
-            Outcome::Answered { failure: None, .. } => {
-                server.condition().succeeded(&server.address)
-            }
-            Outcome::Answered {
-                failure: Some(reason),
-                ..
-            }
-            | Outcome::Failed { reason, .. } => {
-                claim.failed();
-                // A server answering errors is not news for each request; a broken
-                // exchange is.
-                let level = match outcome {
-                    Outcome::Answered { .. } => log::Level::Debug,
-                    _ => log::Level::Warn,
-                };
-                log::log!(
-                    level,
-                    "upstream {} in pool {}: {reason}",
-                    server.address,
-                    self.pool.name
-                );
-                if let Some(snapshot) = &ctx.snapshot {
-                    snapshot.report_failure(server, reason, &self.pool.settings.passive);
-                }
-            }
-            Outcome::ClientFault => {}
-        }
-    }
-
     /// Whether a try that failed by `cause` may be followed by another. A request whose body
     /// was streamed cannot be sent again; one that reached a server is sent again only if
     /// its method is idempotent; and the pool's budget must allow one more retry.
@@ -173,6 +142,36 @@ impl Tries<'_> {
                 retry.budget_percent,
                 retry.budget_floor,
             )
+    }
+}
+
+/// Tells passive detection how a try went (`what` names a kind of try in the log line), and
+/// counts a failure against the server.
+pub fn observe(
+    ctx: &RequestCtx<'_>,
+    pool: &PoolTarget,
+    claim: &InFlight,
+    outcome: &Outcome,
+    what: &str,
+) {
+    let server = claim.server();
+    if outcome.side().is_none() {
+        server.condition().succeeded(&server.address);
+        return;
+    }
+    let Some(reason) = outcome.passive_failure() else {
+        return;
+    };
+    claim.failed();
+    // A server answering errors is not news for each request; a broken exchange is.
+    let level = match outcome {
+        Outcome::Answered { .. } => log::Level::Debug,
+        Outcome::Failed { .. } => log::Level::Warn,
+    };
+    let (address, name) = (&server.address, &pool.name);
+    log::log!(level, "upstream {address} in pool {name}: {what}{reason}");
+    if let Some(snapshot) = &ctx.snapshot {
+        snapshot.report_failure(server, reason, &pool.settings.passive);
     }
 }
 
@@ -204,56 +203,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// How one try went, as passive detection and retries see it.
-enum Outcome {
-    /// The server answered; `failure` names why the answer counts as a failure
-    /// (its status is in `fail_statuses`).
-    Answered {
-        status: u16,
-        failure: Option<String>,
-    },
-    /// The exchange failed on the server's side.
-    Failed { reason: String, cause: RetryOn },
-    /// The client's request body was at fault; the server is not to blame.
-    ClientFault,
-}
-
-impl Outcome {
-    fn of(result: &Result<awc::ClientResponse, ProxyError>, fail_statuses: &[StatusRange]) -> Self {
-        match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let failure = fail_statuses
-                    .iter()
-                    .any(|range| range.contains(status))
-                    .then(|| format!("status {status}"));
-                Self::Answered { status, failure }
-            }
-            Err(err) => {
-                let cause = match err {
-                    ProxyError::Connect(_) | ProxyError::ConnectTimeout => RetryOn::ConnectError,
-                    ProxyError::ResponseTimeout => RetryOn::Timeout,
-                    ProxyError::Upstream(_) => RetryOn::Reset,
-                    _ => return Self::ClientFault,
-                };
-                Self::Failed {
-                    reason: err.to_string(),
-                    cause,
-                }
-            }
-        }
-    }
-
-    /// The retry condition this outcome meets, if any.
-    fn retry_cause(&self) -> Option<RetryOn> {
-        match self {
-            Self::Answered { status, .. } if *status >= 500 => Some(RetryOn::Status(*status)),
-            Self::Failed { cause, .. } => Some(*cause),
-            _ => None,
-        }
-    }
 }
 
 /// The request body as the tries send it: nothing, bytes kept so every try can send them,
@@ -375,14 +324,12 @@ async fn send(
         TryBody::Kept(bytes) => request.send_body(bytes),
         TryBody::Streamed(body) => return send_stream(request, body, response_timeout).await,
         TryBody::Gone => {
-            return Err(ProxyError::Upstream(
-                "the request body was already sent".into(),
-            ))
+            return Err(UpstreamError::Reset("the request body was already sent".into()).into())
         }
     };
     match actix_rt::time::timeout(response_timeout, sending).await {
         Ok(result) => result.map_err(|err| upstream_error(err, None)),
-        Err(_) => Err(ProxyError::ResponseTimeout),
+        Err(_) => Err(UpstreamError::ResponseTimeout.into()),
     }
 }
 
@@ -405,7 +352,7 @@ async fn send_stream(
         Either::Left((result, _)) => {
             result.map_err(|err| upstream_error(err, fault.borrow_mut().take()))
         }
-        Either::Right(_) => Err(ProxyError::ResponseTimeout),
+        Either::Right(_) => Err(UpstreamError::ResponseTimeout.into()),
     }
 }
 
@@ -456,14 +403,9 @@ pub fn upstream_headers(ctx: &RequestCtx<'_>, pool: &PoolTarget) -> HeaderMap {
 
 /// Maps a failed exchange to the error the client sees, blaming the client when its body broke.
 fn upstream_error(err: SendRequestError, fault: Option<BodyFault>) -> ProxyError {
-    if let Some(fault) = fault {
-        return fault.into();
-    }
-    match err {
-        SendRequestError::Connect(ConnectError::Timeout) => ProxyError::ConnectTimeout,
-        SendRequestError::Connect(err) => ProxyError::Connect(err.to_string()),
-        SendRequestError::Timeout => ProxyError::ResponseTimeout,
-        other => ProxyError::Upstream(other.to_string()),
+    match fault {
+        Some(fault) => fault.into(),
+        None => UpstreamError::from(err).into(),
     }
 }
 

@@ -11,17 +11,11 @@
 //! and a close-delimited HTTP/1.1 head is relabelled HTTP/1.0, whose bodies awc does read until
 //! the connection closes. Everything after the head passes untouched.
 
-/// The largest response head gatehouse waits for before handing bytes on unexamined (awc then
-/// refuses an over-long head itself).
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+use super::head::{self, Parsed};
 
-/// Parses heads as awc does, so the two never disagree on where a head ends.
-fn parser_config() -> httparse::ParserConfig {
-    let mut config = httparse::ParserConfig::default();
-    config.allow_spaces_after_header_name_in_responses(true);
-    config
-}
+/// Header slots for the heads examined: more than awc reads (96), so a head awc would refuse
+/// reaches awc to be refused rather than being taken apart here.
+const MAX_HEADERS: usize = 128;
 
 /// Where the version digit of a head's status line is: httparse skips blank lines before it.
 fn version_digit(bytes: &[u8]) -> usize {
@@ -45,30 +39,20 @@ pub enum Verdict {
 
 /// Looks at bytes that start a response.
 pub fn examine(bytes: &[u8]) -> Verdict {
-    // Uninitialised slots: this runs once per response, and zeroing 128 slots costs more
-    // than parsing a typical head.
-    let mut slots =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut head = httparse::Response::new(&mut []);
-    let parsed = parser_config().parse_response_with_uninit_headers(&mut head, bytes, &mut slots);
-    match parsed {
-        Ok(httparse::Status::Complete(length)) => {
-            let code = head.code.unwrap_or(0);
-            if (100..200).contains(&code) && code != 101 {
-                return Verdict::Interim(length);
-            }
-            let framed = head.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("content-length")
-                    || h.name.eq_ignore_ascii_case("transfer-encoding")
-            });
-            let bodiless = code == 204 || code == 304 || code == 101;
-            Verdict::Final {
-                relabel: head.version == Some(1) && !framed && !bodiless,
-            }
+    let parsed = head::parse::<MAX_HEADERS, _>(bytes, |head| {
+        if head.is_interim() {
+            return None;
         }
-        Ok(httparse::Status::Partial) if bytes.len() < MAX_HEAD => Verdict::Incomplete,
+        let framed = head.has("content-length") || head.has("transfer-encoding");
+        let bodiless = matches!(head.status, 204 | 304 | 101);
+        Some(head.version == 1 && !framed && !bodiless)
+    });
+    match parsed {
+        Ok(Parsed::Complete(length, None)) => Verdict::Interim(length),
+        Ok(Parsed::Complete(_, Some(relabel))) => Verdict::Final { relabel },
+        Ok(Parsed::Partial) => Verdict::Incomplete,
         // Too long or not HTTP: awc gives the error.
-        _ => Verdict::Final { relabel: false },
+        Err(_) => Verdict::Final { relabel: false },
     }
 }
 
