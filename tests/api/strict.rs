@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 
 /// A gatehouse in front of one recording origin, with `security` as its `[security]` table.
-fn proxied(security: &str) -> (Proxy, RecordingOrigin) {
-    let origin = RecordingOrigin::start();
-    let toml = format!("{}\n[security]\n{security}\n", one_pool(&[origin.addr], ""));
-    (Proxy::from_toml(&toml), origin)
+fn proxied(security: &str) -> (Proxy, RawOrigin) {
+    let origin = RawOrigin::ok();
+    let toml = one_pool(&[origin.addr], "").add("security", security);
+    (Proxy::from_toml(toml), origin)
 }
 
 /// Sends `request` on a fresh connection; the status gatehouse answered (`None` if it closed
@@ -20,7 +20,7 @@ fn proxied(security: &str) -> (Proxy, RecordingOrigin) {
 fn send_raw(proxy: SocketAddr, request: &[u8]) -> (Option<u16>, bool) {
     let mut conn = Conn::open(proxy);
     // The write may fail once gatehouse has answered and closed mid-request.
-    let _ = conn.stream.write_all(request);
+    let _ = conn.stream().write_all(request);
     let status = conn
         .try_read(request.starts_with(b"HEAD "))
         .ok()
@@ -31,7 +31,7 @@ fn send_raw(proxy: SocketAddr, request: &[u8]) -> (Option<u16>, bool) {
 /// Asserts that gatehouse refused `request` with `status` and closed the connection, and that
 /// the origin received nothing from it: a request sent afterwards is the first and only one
 /// the origin sees.
-fn refused(proxy: &Proxy, origin: &RecordingOrigin, request: &[u8], status: u16) {
+fn refused(proxy: &Proxy, origin: &RawOrigin, request: &[u8], status: u16) {
     let shown = String::from_utf8_lossy(request);
     let seen = origin.heads().len();
     let (answered, closed) = send_raw(proxy.addr, request);
@@ -41,7 +41,7 @@ fn refused(proxy: &Proxy, origin: &RecordingOrigin, request: &[u8], status: u16)
 }
 
 /// Asserts that the origin received no request after its first `seen` but one sent now.
-fn nothing_reached_since(proxy: &Proxy, origin: &RecordingOrigin, seen: usize, what: &str) {
+fn nothing_reached_since(proxy: &Proxy, origin: &RawOrigin, seen: usize, what: &str) {
     assert_eq!(get(proxy.addr, "/after").status, 200);
     let heads = origin.heads();
     assert!(
@@ -214,7 +214,7 @@ fn lines_ending_in_a_bare_lf_are_forwarded_with_crlf() {
 
 /// A chunked POST whose chunk stream is broken after `valid` good chunks; what the origin
 /// received whole is returned.
-fn broken_chunks(valid: &str, broken: &str) -> (Option<u16>, bool, RecordingOrigin) {
+fn broken_chunks(valid: &str, broken: &str) -> (Option<u16>, bool, RawOrigin) {
     let (proxy, origin) = proxied("");
     let request = format!(
         "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{valid}{broken}{SMUGGLED}"
@@ -266,7 +266,7 @@ fn a_chunk_broken_after_the_head_was_forwarded_never_completes_a_request() {
     conn.send(format!("10000\r\n{}\r\n", "b".repeat(0x10000)).as_bytes());
     wait_until("the head reaches the origin", || !origin.heads().is_empty());
     let _ = conn
-        .stream
+        .stream()
         .write_all(format!("zz\r\n0\r\n\r\n{SMUGGLED}").as_bytes());
     // Seen while the body streams, the fault reaches gatehouse, which answers 400 when
     // actix-http lets it before closing.
@@ -291,11 +291,15 @@ fn a_chunk_broken_after_the_head_was_forwarded_never_completes_a_request() {
 
 #[test]
 fn strict_refusals_are_in_the_access_log() {
-    let origin = RecordingOrigin::start();
-    let toml = one_pool(&[origin.addr], "").replace("access = \"off\"", "access = \"combined\"")
-        + "\n[security]\nreject_dot_segments = true\nmax_request_line = \"1KiB\"\n\
-           client_body_timeout = \"300ms\"\n";
-    let process = Process::start(&toml);
+    let origin = RawOrigin::ok();
+    let toml = one_pool(&[origin.addr], "")
+        .change("log.access", "combined")
+        .add(
+            "security",
+            "reject_dot_segments = true\nmax_request_line = \"1KiB\"\n\
+             client_body_timeout = \"300ms\"",
+        );
+    let process = Process::start(toml);
     let long = "l".repeat(2000);
     for request in [
         "GET /a/%2e%2e/b HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
@@ -321,18 +325,17 @@ fn strict_refusals_are_in_the_access_log() {
 }
 
 /// Settings for the slow-client tests: a short `client_header_timeout` and `[security]`.
-fn slow_proxy(origin: &RecordingOrigin, security: &str) -> Proxy {
-    let toml = one_pool(&[origin.addr], "").replace(
-        "workers = 1\n",
-        "workers = 1\nclient_header_timeout = \"1s\"\n",
-    ) + &format!("\n[security]\n{security}\n");
-    Proxy::from_toml(&toml)
+fn slow_proxy(origin: &RawOrigin, security: &str) -> Proxy {
+    let toml = one_pool(&[origin.addr], "")
+        .set("server.client_header_timeout", "1s")
+        .add("security", security);
+    Proxy::from_toml(toml)
 }
 
 #[test]
 fn slowloris_connections_are_closed_and_do_not_delay_other_clients() {
     const SLOW: usize = 200;
-    let origin = RecordingOrigin::start();
+    let origin = RawOrigin::ok();
     let proxy = slow_proxy(&origin, "");
     let head = b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa";
     let opened = Instant::now();
@@ -407,24 +410,24 @@ fn trickle_body(
     let mut conn = Conn::open(proxy);
     conn.send(head.as_bytes());
     let started = Instant::now();
-    conn.stream
+    conn.stream()
         .set_read_timeout(Some(Duration::from_millis(1)))
         .unwrap();
     let mut peek = [0u8; 1];
     for piece in body.chunks(piece) {
         // Stop once gatehouse has answered or closed.
-        match conn.stream.peek(&mut peek) {
+        match conn.stream().peek(&mut peek) {
             Ok(_) => break,
             Err(err)
                 if err.kind() == ErrorKind::WouldBlock || err.kind() == ErrorKind::TimedOut => {}
             Err(_) => break,
         }
-        if conn.stream.write_all(piece).is_err() {
+        if conn.stream().write_all(piece).is_err() {
             break;
         }
         thread::sleep(every);
     }
-    conn.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    conn.stream().set_read_timeout(Some(DEADLINE)).unwrap();
     let status = conn.try_read(false).ok().map(|r| r.status);
     let elapsed = started.elapsed();
     assert!(conn.closed_by_peer());
@@ -433,7 +436,7 @@ fn trickle_body(
 
 #[test]
 fn a_body_pausing_beyond_client_body_timeout_gets_408_and_nothing_reaches_the_origin() {
-    let origin = RecordingOrigin::start();
+    let origin = RawOrigin::ok();
     let proxy = slow_proxy(&origin, "client_body_timeout = \"500ms\"");
     // A small body with a length is read whole before a server is picked.
     let mut conn = Conn::open(proxy.addr);
@@ -452,7 +455,7 @@ fn a_body_pausing_beyond_client_body_timeout_gets_408_and_nothing_reaches_the_or
 
 #[test]
 fn a_streamed_body_below_min_body_rate_gets_408_and_the_origin_gets_no_whole_request() {
-    let origin = RecordingOrigin::start();
+    let origin = RawOrigin::ok();
     let proxy = slow_proxy(
         &origin,
         "client_body_timeout = \"1s\"\nmin_body_rate = \"1KiB\"",
@@ -486,7 +489,7 @@ fn a_streamed_body_below_min_body_rate_gets_408_and_the_origin_gets_no_whole_req
 
 #[test]
 fn a_steady_body_above_min_body_rate_passes() {
-    let origin = RecordingOrigin::start();
+    let origin = RawOrigin::ok();
     let proxy = slow_proxy(
         &origin,
         "client_body_timeout = \"500ms\"\nmin_body_rate = \"100\"",
@@ -509,8 +512,8 @@ fn a_steady_body_above_min_body_rate_passes() {
 #[test]
 fn a_client_that_stops_reading_is_disconnected_after_send_timeout() {
     let origin = Origin::start("app");
-    let toml = with_server(&one_pool(&[origin.addr], ""), "send_timeout = \"1s\"");
-    let proxy = Proxy::from_toml(&toml);
+    let toml = one_pool(&[origin.addr], "").set("server.send_timeout", "1s");
+    let proxy = Proxy::from_toml(toml);
     const TOTAL: usize = 200 * 1024 * 1024;
     let mut stream = TcpStream::connect(proxy.addr).unwrap();
     write!(
