@@ -195,7 +195,7 @@ fn is_chunked(transfer_encoding: Option<&str>) -> bool {
 }
 
 /// A chunked body read as the bytes it carries, strictly framed: every chunk ends in CRLF,
-/// and the body ends after the last chunk and its trailer section.
+/// and the body ends with the last chunk and the CRLF after it (no trailers).
 pub struct Chunked<R> {
     inner: R,
     /// Bytes left in the current chunk.
@@ -219,11 +219,7 @@ impl<R: BufRead> Chunked<R> {
     /// Moves to the next chunk with data; false at the end of the body.
     fn next_chunk(&mut self) -> io::Result<bool> {
         if self.in_chunk {
-            let mut crlf = [0u8; 2];
-            self.inner.read_exact(&mut crlf)?;
-            if &crlf != b"\r\n" {
-                return Err(io::Error::other(format!("chunk ends in {crlf:?}")));
-            }
+            self.crlf()?;
         }
         let mut line = String::new();
         if self.inner.read_line(&mut line)? == 0 {
@@ -234,10 +230,19 @@ impl<R: BufRead> Chunked<R> {
             .map_err(|_| io::Error::other(format!("bad chunk size {line:?}")))?;
         self.in_chunk = self.left > 0;
         if self.left == 0 {
-            // The trailer section, up to its blank line.
-            read_head_bytes(&mut self.inner)?;
+            self.crlf()?;
         }
         Ok(self.left > 0)
+    }
+
+    /// The CRLF that ends a chunk's data, or the body after the last chunk.
+    fn crlf(&mut self) -> io::Result<()> {
+        let mut crlf = [0u8; 2];
+        self.inner.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(io::Error::other(format!("a chunk ends in {crlf:?}")));
+        }
+        Ok(())
     }
 }
 
