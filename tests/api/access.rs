@@ -1,38 +1,34 @@
 //! Who may send requests: per-route allow and deny lists, rate limits, and the client address
 //! believed only from trusted proxies.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::helpers::{connect_from, one_pool, Conn, Proxy, Response};
-use crate::switchable::Switchable;
+use crate::helpers::{connect_from, one_pool, Conn, Proxy, Response, Switchable, Toml};
 
 /// A GET from the loopback address `source`, on a fresh connection.
 fn get_from(proxy: SocketAddr, source: &str, path: &str, extra: &str) -> Response {
     let source: IpAddr = source.parse().unwrap();
     let mut conn = Conn::from_stream(connect_from(source, proxy));
-    conn.stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .unwrap();
+    conn.send(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+    );
     conn.read(false)
 }
 
-fn routes_with_lists(origin: SocketAddr) -> String {
-    format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npath = \"/admin\"\npool = \"web\"\nallow = [\"127.0.0.2\"]\n\
-         [[routes]]\npath = \"/\"\npool = \"web\"\ndeny = [\"127.0.0.0/24\"]\nallow = [\"127.0.0.1\", \"127.0.0.3\"]\n\
-         [pools.web]\nservers = [{{ address = \"{origin}\" }}]\n"
-    )
+fn routes_with_lists(origin: SocketAddr) -> Toml {
+    Toml::base()
+        .route("path = \"/admin\"\npool = \"web\"\nallow = [\"127.0.0.2\"]")
+        .route(
+            "path = \"/\"\npool = \"web\"\ndeny = [\"127.0.0.0/24\"]\n\
+             allow = [\"127.0.0.1\", \"127.0.0.3\"]",
+        )
+        .pool("web", &[origin])
 }
 
 #[test]
 fn route_lists_answer_403_and_the_origin_sees_nothing() {
     let origin = Switchable::start("origin");
-    let proxy = Proxy::from_toml(&routes_with_lists(origin.addr));
+    let proxy = Proxy::from_toml(routes_with_lists(origin.addr));
     assert_eq!(
         get_from(proxy.addr, "127.0.0.2", "/admin/x", "").status,
         200
@@ -50,11 +46,8 @@ fn route_lists_answer_403_and_the_origin_sees_nothing() {
 #[test]
 fn a_rate_limit_admits_the_burst_then_answers_429_with_retry_after() {
     let origin = Switchable::start("origin");
-    let extra = "";
-    let toml = one_pool(&[origin.addr], extra).replace(
-        "[log]",
-        "[[security.rate_limits]]\nrate = \"1/m\"\nburst = 3\n[log]",
-    );
+    let toml =
+        one_pool(&[origin.addr], "").push("security.rate_limits", "rate = \"1/m\"\nburst = 3");
     let proxy = Proxy::from_toml(&toml);
     let statuses: Vec<u16> = (0..6)
         .map(|_| get_from(proxy.addr, "127.0.0.2", "/", "").status)
@@ -71,9 +64,9 @@ fn a_rate_limit_admits_the_burst_then_answers_429_with_retry_after() {
 #[test]
 fn a_header_keyed_limit_counts_per_header_value() {
     let origin = Switchable::start("origin");
-    let toml = one_pool(&[origin.addr], "").replace(
-        "[log]",
-        "[[security.rate_limits]]\nkey = \"header:X-Api-Key\"\nrate = \"1/m\"\n[log]",
+    let toml = one_pool(&[origin.addr], "").push(
+        "security.rate_limits",
+        "key = \"header:X-Api-Key\"\nrate = \"1/m\"",
     );
     let proxy = Proxy::from_toml(&toml);
     let key = |k: &str| format!("X-Api-Key: {k}\r\n");
@@ -94,10 +87,10 @@ fn a_header_keyed_limit_counts_per_header_value() {
 }
 
 fn behind_a_trusted_proxy(origin: SocketAddr) -> Proxy {
-    let toml = one_pool(&[origin], "").replace(
-        "[log]",
-        "[security]\ntrusted_proxies = [\"127.0.0.5\"]\nallow = [\"203.0.113.0/24\", \"127.0.0.0/24\"]\n\
-         deny = [\"127.0.0.9\"]\ndeny_action = \"403\"\n[log]",
+    let toml = one_pool(&[origin], "").add(
+        "security",
+        "trusted_proxies = [\"127.0.0.5\"]\nallow = [\"203.0.113.0/24\", \"127.0.0.0/24\"]\n\
+         deny = [\"127.0.0.9\"]\ndeny_action = \"403\"",
     );
     Proxy::from_toml(&toml)
 }

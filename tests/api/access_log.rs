@@ -9,15 +9,16 @@ use crate::helpers::*;
 
 const HOST: &str = "app.test";
 
-/// Routes only `app.test`: `/down/` to a closed port, everything else to the origin.
-fn logging_settings(format: &str, origin: SocketAddr, down: SocketAddr) -> String {
-    format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"{format}\"\n\
-         [[routes]]\nhost = \"{HOST}\"\npool = \"web\"\n\
-         [[routes]]\nhost = \"{HOST}\"\npath = \"/down/\"\npool = \"down\"\n\
-         [pools.web]\nservers = [{{ address = \"{origin}\" }}]\n\
-         [pools.down]\nservers = [{{ address = \"{down}\" }}]\n"
-    )
+/// Routes only `app.test`: `/down/` to a dead server, everything else to the origin.
+fn logging_settings(format: &str, origin: SocketAddr, down: SocketAddr) -> Toml {
+    Toml::base()
+        .change("log.access", format)
+        .route(&format!("host = \"{HOST}\"\npool = \"web\""))
+        .route(&format!(
+            "host = \"{HOST}\"\npath = \"/down/\"\npool = \"down\""
+        ))
+        .pool("web", &[origin])
+        .pool("down", &[down])
 }
 
 /// One request on a fresh connection, `extra` header lines each ending in \r\n.
@@ -143,8 +144,8 @@ fn ms(line: &Value, field: &str) -> f64 {
 #[test]
 fn json_access_log_has_every_field_with_the_values_of_the_exchange() {
     let origin = Origin::start("app");
-    let down = closed_port();
-    let proxy = Process::start(&logging_settings("json", origin.addr, down));
+    let down = DeadServer::new();
+    let proxy = Process::start(logging_settings("json", origin.addr, down.addr));
     let traffic = send_traffic(proxy.addr);
     let raw_lines = proxy.stdout_lines(REQUESTS);
     assert_eq!(raw_lines.len(), REQUESTS, "{raw_lines:#?}");
@@ -239,7 +240,7 @@ fn json_access_log_has_every_field_with_the_values_of_the_exchange() {
     assert_eq!(failed["bytes_sent"], traffic.down.body.len());
     assert_eq!(failed["route"], format!("{HOST}/down/"));
     assert_eq!(failed["pool"], "down");
-    assert_eq!(failed["upstream"], down.to_string());
+    assert_eq!(failed["upstream"], down.addr.to_string());
     assert!(failed["upstream_status"].is_null(), "{failed}");
     assert!(failed["upstream_time_ms"].is_null(), "{failed}");
 
@@ -308,8 +309,8 @@ fn combined_line<'a>(lines: &'a [Combined], method: &str, target: &str) -> &'a C
 #[test]
 fn combined_access_log_matches_the_nginx_format() {
     let origin = Origin::start("app");
-    let down = closed_port();
-    let proxy = Process::start(&logging_settings("combined", origin.addr, down));
+    let down = DeadServer::new();
+    let proxy = Process::start(logging_settings("combined", origin.addr, down.addr));
     let traffic = send_traffic(proxy.addr);
     let quoted = request(
         proxy.addr,
@@ -371,7 +372,7 @@ fn combined_access_log_matches_the_nginx_format() {
 
 /// Runs the binary with `toml`, calls `traffic` with its address, stops it with SIGTERM,
 /// and returns everything it wrote to stdout until it exited.
-fn stdout_until_exit(toml: &str, traffic: impl FnOnce(SocketAddr)) -> String {
+fn stdout_until_exit(toml: Toml, traffic: impl FnOnce(SocketAddr)) -> String {
     let process = Process::start(toml);
     traffic(process.addr);
     let mut text = process.stdout_until_exit().join("\n");
@@ -384,9 +385,9 @@ fn stdout_until_exit(toml: &str, traffic: impl FnOnce(SocketAddr)) -> String {
 #[test]
 fn access_log_off_writes_nothing_to_stdout() {
     let origin = Origin::start("app");
-    let down = closed_port();
+    let down = DeadServer::new();
     for (format, expected_lines) in [("off", 0), ("combined", REQUESTS)] {
-        let stdout = stdout_until_exit(&logging_settings(format, origin.addr, down), |addr| {
+        let stdout = stdout_until_exit(logging_settings(format, origin.addr, down.addr), |addr| {
             send_traffic(addr);
         });
         assert_eq!(
@@ -400,7 +401,8 @@ fn access_log_off_writes_nothing_to_stdout() {
 #[test]
 fn json_access_log_escapes_hostile_header_values() {
     let origin = Origin::start("app");
-    let proxy = Process::start(&logging_settings("json", origin.addr, closed_port()));
+    let down = DeadServer::new();
+    let proxy = Process::start(logging_settings("json", origin.addr, down.addr));
     let agent = "tab\there \"quoted\" \\ ok";
     let response = request(
         proxy.addr,
@@ -420,7 +422,8 @@ fn json_access_log_escapes_hostile_header_values() {
 #[test]
 fn heads_refused_before_routing_are_logged_with_their_status() {
     let origin = Origin::start("app");
-    let proxy = Process::start(&logging_settings("combined", origin.addr, closed_port()));
+    let down = DeadServer::new();
+    let proxy = Process::start(logging_settings("combined", origin.addr, down.addr));
     // A space before the colon: refused by the HTTP parser, before any route is looked at.
     let malformed = raw(
         proxy.addr,

@@ -23,7 +23,7 @@ fn addresses(pool: &serde_json::Value) -> Vec<String> {
 #[test]
 fn pools_are_listed_with_their_servers_and_counters() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     for _ in 0..3 {
         assert_eq!(get(proxy.addr, "/name").status, 200);
     }
@@ -45,7 +45,7 @@ fn pools_are_listed_with_their_servers_and_counters() {
 #[test]
 fn an_added_server_takes_traffic_and_a_removed_one_gets_none() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let proxy = Proxy::from_toml(&one_pool(&[one.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[one.addr], ""));
     let body = format!("{{\"address\": \"{}\", \"weight\": 1}}", two.addr);
     let added = call(proxy.admin, "POST", "/pools/web/servers", &body, None);
     assert_eq!(added.status, 201, "{}", added.text());
@@ -70,7 +70,7 @@ fn an_added_server_takes_traffic_and_a_removed_one_gets_none() {
 #[test]
 fn bad_admin_calls_say_what_was_wrong() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let cases = [
         (
             "POST",
@@ -134,10 +134,9 @@ fn bad_admin_calls_say_what_was_wrong() {
 #[test]
 fn with_a_token_every_call_needs_it() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], "").replace(
-        "[log]",
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[log]",
-    ));
+    let proxy = Proxy::from_toml(
+        one_pool(&[origin.addr], "").add("admin", "listen = \"127.0.0.1:0\"\ntoken = \"s3cret\""),
+    );
     assert_eq!(call(proxy.admin, "GET", "/pools", "", None).status, 401);
     assert_eq!(
         call(proxy.admin, "GET", "/pools", "", Some("wrong")).status,
@@ -159,7 +158,7 @@ fn with_a_token_every_call_needs_it() {
 #[test]
 fn a_removed_server_finishes_its_requests_in_flight() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let download = {
         let addr = proxy.addr;
         thread::spawn(move || get(addr, "/sleep/1000"))
@@ -179,7 +178,7 @@ fn a_removed_server_finishes_its_requests_in_flight() {
 #[test]
 fn membership_changes_under_load_fail_no_request() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let proxy = Proxy::from_toml(&one_pool(&[one.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[one.addr], ""));
     let load = Load::start(proxy.addr, 4);
     load.wait_for(200);
     let body = format!("{{\"address\": \"{}\"}}", two.addr);
@@ -198,9 +197,9 @@ fn the_state_file_keeps_runtime_membership_across_reload_and_restart() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
     let state = TempDir::new();
     let state_file = state.0.join("state.json");
-    let toml = one_pool(&[one.addr], "").replace(
-        "[log]",
-        &format!("[admin]\nstate_file = \"{}\"\n[log]", state_file.display()),
+    let toml = one_pool(&[one.addr], "").add(
+        "admin",
+        &format!("state_file = \"{}\"", state_file.display()),
     );
     let mut first = Process::start(&toml);
     let body = format!("{{\"address\": \"{}\"}}", two.addr);
@@ -234,7 +233,7 @@ fn the_state_file_keeps_runtime_membership_across_reload_and_restart() {
 #[test]
 fn a_patch_changes_each_field_and_answers_the_server() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let path = format!("/pools/web/servers/{}", origin.addr);
     let listed = admin_server(proxy.admin, "web", origin.addr);
     assert_eq!(listed["state"], "active");
@@ -298,7 +297,7 @@ fn a_patch_changes_each_field_and_answers_the_server() {
 #[test]
 fn bad_patches_say_what_was_wrong_and_change_nothing() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let path = format!("/pools/web/servers/{}", origin.addr);
     let cases = [
         (path.as_str(), "not json", 400, "bad server change"),
@@ -341,10 +340,9 @@ fn bad_patches_say_what_was_wrong_and_change_nothing() {
 #[test]
 fn a_patch_needs_the_token_when_one_is_set() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], "").replace(
-        "[log]",
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[log]",
-    ));
+    let proxy = Proxy::from_toml(
+        one_pool(&[origin.addr], "").add("admin", "listen = \"127.0.0.1:0\"\ntoken = \"s3cret\""),
+    );
     let path = format!("/pools/web/servers/{}", origin.addr);
     let body = "{\"state\": \"down\"}";
     assert_eq!(call(proxy.admin, "PATCH", &path, body, None).status, 401);
@@ -367,7 +365,7 @@ fn a_patch_needs_the_token_when_one_is_set() {
 #[test]
 fn a_drained_server_gets_no_new_requests_while_its_download_finishes() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let proxy = Proxy::from_toml(&one_pool(&[one.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[one.addr], ""));
     let download = {
         let addr = proxy.addr;
         thread::spawn(move || get(addr, "/sleep/1500"))
@@ -417,7 +415,7 @@ fn a_drained_server_gets_no_new_requests_while_its_download_finishes() {
 #[test]
 fn counters_and_requests_in_flight_survive_a_weight_change() {
     let origin = Origin::start("one");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     for _ in 0..3 {
         assert_eq!(get(proxy.addr, "/name").status, 200);
     }
@@ -460,7 +458,7 @@ fn a_server_is_added_with_its_limit_backup_flag_and_state() {
         Origin::start("two"),
         Origin::start("three"),
     );
-    let proxy = Proxy::from_toml(&one_pool(&[one.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[one.addr], ""));
     let body = format!(
         "{{\"address\": \"{}\", \"weight\": 2, \"max_connections\": 5, \"backup\": true}}",
         two.addr
@@ -494,14 +492,14 @@ fn a_server_is_added_with_its_limit_backup_flag_and_state() {
     assert_eq!(three.hits(), 0);
 }
 
-/// Settings for the binary: pools `web` and `api`, `api` on `/api/`, and `extra` at the end.
-fn two_pools(web: SocketAddr, api: SocketAddr, extra: &str) -> String {
-    format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[[routes]]\npath = \"/api/\"\npool = \"api\"\n\
-         [pools.web]\nservers = [{{ address = \"{web}\" }}]\n\
-         [pools.api]\nservers = [{{ address = \"{api}\" }}]\n{extra}"
-    )
+/// Settings for the binary: pools `web` and `api`, `api` on `/api/`, and the sections `extra` adds.
+fn two_pools(web: SocketAddr, api: SocketAddr, extra: &str) -> Toml {
+    Toml::base()
+        .route("pool = \"web\"")
+        .route("path = \"/api/\"\npool = \"api\"")
+        .pool("web", &[web])
+        .pool("api", &[api])
+        .extend(extra)
 }
 
 #[test]
@@ -511,7 +509,7 @@ fn without_a_state_file_a_reload_returns_every_pool_to_its_settings() {
         Origin::start("two"),
         Origin::start("api"),
     );
-    let process = Process::start(&two_pools(one.addr, api.addr, ""));
+    let process = Process::start(two_pools(one.addr, api.addr, ""));
     let body = format!("{{\"address\": \"{}\"}}", two.addr);
     assert_eq!(
         call(process.admin, "POST", "/pools/web/servers", &body, None).status,
@@ -542,7 +540,7 @@ fn the_state_file_keeps_only_the_pools_changed_at_runtime() {
     let state = TempDir::new();
     let state_file = state.0.join("state.json");
     let extra = format!("[admin]\nstate_file = \"{}\"\n", state_file.display());
-    let process = Process::start(&two_pools(one.addr, api.addr, &extra));
+    let process = Process::start(two_pools(one.addr, api.addr, &extra));
     let body = format!("{{\"address\": \"{}\", \"weight\": 3}}", two.addr);
     let added = call(process.admin, "POST", "/pools/web/servers", &body, None);
     assert_eq!(added.status, 201, "{}", added.text());
@@ -553,7 +551,11 @@ fn the_state_file_keeps_only_the_pools_changed_at_runtime() {
     assert_eq!(saved["pools"]["web"][1]["weight"], 3);
 
     // A later edit of the settings for the pool nobody changed at runtime still applies.
-    std::fs::write(&process.config, two_pools(one.addr, api2.addr, &extra)).unwrap();
+    std::fs::write(
+        &process.config,
+        two_pools(one.addr, api2.addr, &extra).to_string(),
+    )
+    .unwrap();
     let reloaded = call(process.admin, "POST", "/reload", "", None);
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     assert_eq!(

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use crate::basket::{Shop, Shopper};
-use crate::helpers::{one_pool, Conn, Process, Proxy};
-use crate::switchable::Switchable;
+use crate::helpers::{admin_call, one_pool, Conn, Process, Proxy, Shop, Shopper, Switchable};
 
 const SECRET: &str = "shop-test-secret-0123456789";
 const SHOPPERS: usize = 100;
@@ -20,7 +18,7 @@ fn shops() -> Vec<Shop> {
 
 fn gatehouse(shops: &[Shop], extra: &str) -> Proxy {
     let addrs: Vec<SocketAddr> = shops.iter().map(|s| s.addr).collect();
-    Proxy::from_toml(&one_pool(&addrs, extra))
+    Proxy::from_toml(one_pool(&addrs, extra))
 }
 
 fn sticky(mode_lines: &str) -> String {
@@ -165,18 +163,9 @@ fn sessions_of_a_stopped_server_move_on_without_a_failed_request_and_stay() {
 }
 
 fn drain(proxy: &Proxy, shop: &Shop) {
-    let mut conn = Conn::open(proxy.admin);
-    let body = r#"{"state":"drain"}"#;
-    conn.send(
-        format!(
-            "PATCH /pools/web/servers/{} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            shop.addr,
-            body.len()
-        )
-        .as_bytes(),
-    );
-    assert_eq!(conn.read(false).status, 200);
+    let path = format!("/pools/web/servers/{}", shop.addr);
+    let response = admin_call(proxy.admin, "PATCH", &path, r#"{"state":"drain"}"#);
+    assert_eq!(response.status, 200);
 }
 
 #[test]
@@ -240,7 +229,7 @@ fn gatehouse_processes_with_the_same_secret_agree_and_others_ignore_the_cookie()
     let a = gatehouse(&shops, &same);
     // The second is another process: nothing is shared but the settings.
     let addrs: Vec<SocketAddr> = shops.iter().map(|s| s.addr).collect();
-    let b = Process::start(&one_pool(&addrs, &same));
+    let b = Process::start(one_pool(&addrs, &same));
     let other = gatehouse(
         &shops,
         &sticky("mode = \"cookie\"\nsecret = \"another-secret-0123456789\""),
@@ -292,9 +281,7 @@ fn a_tampered_cookie_is_ignored_and_replaced() {
 }
 
 fn sticky_table(proxy: &Proxy) -> serde_json::Value {
-    let mut conn = Conn::open(proxy.admin);
-    conn.send(b"GET /pools/web/sticky HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    let response = conn.read(false);
+    let response = admin_call(proxy.admin, "GET", "/pools/web/sticky", "");
     assert_eq!(response.status, 200, "{}", response.text());
     response.json()
 }
@@ -306,7 +293,7 @@ fn the_table_stays_within_max_entries_under_a_flood_of_new_clients() {
         .collect();
     let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
     let extra = sticky("mode = \"header\"\nheader_name = \"X-Client\"\nmax_entries = 500");
-    let proxy = Proxy::from_toml(&one_pool(&addrs, &extra));
+    let proxy = Proxy::from_toml(one_pool(&addrs, &extra));
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let addr = proxy.addr;
@@ -330,9 +317,8 @@ fn the_table_stays_within_max_entries_under_a_flood_of_new_clients() {
     assert!(entries <= 500, "{table}");
     assert!(entries >= 400, "{table}");
     // Flushing through the admin API empties it.
-    let mut conn = Conn::open(proxy.admin);
-    conn.send(b"DELETE /pools/web/sticky HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    assert_eq!(conn.read(false).status, 200);
+    let flushed = admin_call(proxy.admin, "DELETE", "/pools/web/sticky", "");
+    assert_eq!(flushed.status, 200);
     assert_eq!(sticky_table(&proxy)["entries"], 0);
 }
 
@@ -343,7 +329,7 @@ fn unused_bindings_expire_after_ttl() {
         .collect();
     let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
     let extra = sticky("mode = \"header\"\nheader_name = \"X-Client\"\nttl = \"200ms\"");
-    let proxy = Proxy::from_toml(&one_pool(&addrs, &extra));
+    let proxy = Proxy::from_toml(one_pool(&addrs, &extra));
     let mut servers = HashSet::new();
     let mut conn = Conn::open(proxy.addr);
     for _ in 0..5 {

@@ -12,12 +12,11 @@ use crate::helpers::*;
 const SLOW: &str = "/sleep/1500";
 
 /// One pool `web` with `pool` lines (balance, hash_key) and servers written as TOML tables.
-fn pool_toml(pool: &str, servers: &[String]) -> String {
-    format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\n{pool}\nservers = [{}]\n",
+fn pool_toml(pool: &str, servers: &[String]) -> Toml {
+    Toml::base().route("pool = \"web\"").extend(&format!(
+        "[pools.web]\n{pool}\nservers = [{}]",
         servers.join(", ")
-    )
+    ))
 }
 
 /// A server entry for `origin` with extra keys, e.g. `max_connections = 1`.
@@ -54,7 +53,7 @@ fn name(proxy: SocketAddr) -> String {
 /// the other. Returns the proxy and its origins once the slow request has finished.
 fn busy_server_is_avoided(balance: &str) -> (Proxy, Origin, Origin) {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         &format!("balance = \"{balance}\""),
         &[server(&one, ""), server(&two, "")],
     ));
@@ -88,7 +87,7 @@ fn hashing_a_header_keeps_each_key_on_one_server() {
         Origin::start("three"),
     ];
     let servers: Vec<String> = origins.iter().map(|o| server(o, "")).collect();
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         "balance = \"hash\"\nhash_key = \"header:X-User\"",
         &servers,
     ));
@@ -116,7 +115,7 @@ fn hashing_a_header_keeps_each_key_on_one_server() {
 #[test]
 fn a_backup_gets_requests_only_when_the_primary_cannot_take_them() {
     let (primary, backup) = (Origin::start("primary"), Origin::start("backup"));
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         "",
         &[server(&primary, ""), server(&backup, "backup = true")],
     ));
@@ -124,7 +123,7 @@ fn a_backup_gets_requests_only_when_the_primary_cannot_take_them() {
         assert_eq!(name(proxy.addr), "primary");
     }
     drop(proxy);
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         "",
         &[
             server(&primary, "state = \"down\""),
@@ -140,7 +139,7 @@ fn a_backup_gets_requests_only_when_the_primary_cannot_take_them() {
 #[test]
 fn draining_and_down_servers_get_no_new_requests() {
     let [one, two, three] = ["one", "two", "three"].map(Origin::start);
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         "balance = \"least_connections\"",
         &[
             server(&one, "state = \"drain\""),
@@ -157,7 +156,7 @@ fn draining_and_down_servers_get_no_new_requests() {
 #[test]
 fn a_server_at_max_connections_is_skipped() {
     let (limited, other) = (Origin::start("limited"), Origin::start("other"));
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         "",
         &[server(&limited, "max_connections = 1"), server(&other, "")],
     ));
@@ -175,7 +174,7 @@ fn a_server_at_max_connections_is_skipped() {
 #[test]
 fn when_every_server_is_at_its_limit_the_client_gets_503_and_retry_after() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         "balance = \"random\"",
         &[
             server(&one, "max_connections = 1"),
@@ -207,7 +206,7 @@ fn least_time_pools_forward_and_time_requests() {
     // How traffic follows response times is unit-tested with an explicit clock; here the
     // timing hook runs on the real request path.
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let proxy = Proxy::from_toml(&pool_toml(
+    let proxy = Proxy::from_toml(pool_toml(
         "balance = \"least_time\"",
         &[server(&one, ""), server(&two, "")],
     ));
@@ -224,13 +223,12 @@ fn full_pool(
     slow_ms: u64,
 ) -> (Origin, Proxy, std::thread::JoinHandle<Response>) {
     let origin = Origin::start("app");
-    let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\nqueue_timeout = \"{queue_timeout}\"\n\
-         servers = [{{ address = \"{}\", max_connections = 1 }}]\n",
+    let toml = Toml::base().route("pool = \"web\"").extend(&format!(
+        "[pools.web]\nqueue_timeout = \"{queue_timeout}\"\n\
+         servers = [{{ address = \"{}\", max_connections = 1 }}]",
         origin.addr
-    );
-    let proxy = Proxy::from_toml(&toml);
+    ));
+    let proxy = Proxy::from_toml(toml);
     let slow = {
         let addr = proxy.addr;
         std::thread::spawn(move || get(addr, &format!("/sleep/{slow_ms}")))

@@ -3,13 +3,14 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::mpsc;
-use std::thread;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 
-use crate::helpers::{one_pool, raw, Process, Proxy, RawOrigin, Response, DEADLINE};
+use crate::helpers::{
+    one_pool, raw, spawn, Chunked, Conn, Process, Proxy, RawOrigin, Response, Serve, Spawned,
+    DEADLINE,
+};
 
 /// An HTML page of a few KiB, as the origin sends it.
 fn page() -> String {
@@ -29,11 +30,8 @@ fn page_origin(head: &str) -> (RawOrigin, String) {
 const HTML: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nETag: \"v1\"\r\n";
 
 fn compressing(origin: SocketAddr, extra: &str) -> Proxy {
-    let toml = one_pool(&[origin], "").replace(
-        "[log]",
-        &format!("[compression]\nenabled = true\n{extra}[log]"),
-    );
-    Proxy::from_toml(&toml)
+    let toml = one_pool(&[origin], "").add("compression", &format!("enabled = true\n{extra}"));
+    Proxy::from_toml(toml)
 }
 
 fn get(proxy: &Proxy, accept: Option<&str>) -> Response {
@@ -148,102 +146,74 @@ fn responses_that_must_not_be_compressed_are_passed_as_they_are() {
 #[test]
 fn compression_is_off_unless_enabled_and_a_route_can_turn_it_off() {
     let (origin, body) = page_origin(HTML);
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let response = get(&proxy, Some("gzip"));
     assert_eq!(response.header("content-encoding"), None);
     assert_eq!(response.header("vary"), None);
     assert_eq!(response.text(), body);
     let toml = one_pool(&[origin.addr], "")
-        .replace("[log]", "[compression]\nenabled = true\n[log]")
-        .replace(
-            "[[routes]]\npool = \"web\"\n",
-            "[[routes]]\npool = \"web\"\ncompression = { enabled = false }\n",
-        );
+        .add("compression", "enabled = true")
+        .add("routes.0.compression", "enabled = false");
     let proxy = Proxy::from_toml(&toml);
     assert_eq!(get(&proxy, Some("gzip")).header("content-encoding"), None);
 }
 
 /// An origin streaming `/big/N`: N bytes of text, chunked, 64 KiB at a time.
-fn streaming_origin() -> SocketAddr {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let server = HttpServer::new(|| {
-                App::new().route(
-                    "/big/{n}",
-                    web::get().to(|n: web::Path<u64>| async move {
-                        let total = n.into_inner();
-                        let line = Bytes::from(
-                            "0123456789 the same line again and again, compressible\n".repeat(1170),
-                        );
-                        let stream = futures_util::stream::unfold(0u64, move |sent| {
-                            let line = line.clone();
-                            async move {
-                                if sent >= total {
-                                    return None;
-                                }
-                                let n = (total - sent).min(line.len() as u64);
-                                Some((Ok::<_, std::io::Error>(line.slice(..n as usize)), sent + n))
-                            }
-                        });
-                        HttpResponse::Ok()
-                            .content_type("text/plain")
-                            .streaming(stream)
-                    }),
-                )
-            })
-            .workers(1)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .unwrap();
-            tx.send(server.addrs()[0]).unwrap();
-            server.run().await.unwrap();
-        })
-    });
-    rx.recv_timeout(DEADLINE).unwrap()
+fn streaming_origin() -> Spawned {
+    spawn(Serve::app(|config| {
+        config.route(
+            "/big/{n}",
+            web::get().to(|n: web::Path<u64>| async move {
+                let total = n.into_inner();
+                let line = Bytes::from(
+                    "0123456789 the same line again and again, compressible\n".repeat(1170),
+                );
+                let stream = futures_util::stream::unfold(0u64, move |sent| {
+                    let line = line.clone();
+                    async move {
+                        if sent >= total {
+                            return None;
+                        }
+                        let n = (total - sent).min(line.len() as u64);
+                        Some((Ok::<_, std::io::Error>(line.slice(..n as usize)), sent + n))
+                    }
+                });
+                HttpResponse::Ok()
+                    .content_type("text/plain")
+                    .streaming(stream)
+            }),
+        );
+    }))
 }
 
 #[test]
 fn a_large_body_streams_through_the_encoder_with_flat_memory() {
     let origin = streaming_origin();
-    let toml = one_pool(&[origin], "").replace(
-        "[log]",
-        "[compression]\nenabled = true\nalgorithms = [\"gzip\"]\nlevels = { gzip = 1 }\n[log]",
+    let toml = one_pool(&[origin.addr], "").add(
+        "compression",
+        "enabled = true\nalgorithms = [\"gzip\"]\nlevels = { gzip = 1 }",
     );
-    let process = Process::start(&toml);
+    let process = Process::start(toml);
     let before = process.rss_kib();
     const TOTAL: u64 = 256 * 1024 * 1024;
-    let mut stream = std::net::TcpStream::connect(process.addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE * 6)).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
+    let mut conn = Conn::open(process.addr);
+    conn.stream().set_read_timeout(Some(DEADLINE * 6)).unwrap();
+    conn.send(
         format!(
             "GET /big/{TOTAL} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
-    )
-    .unwrap();
-    // Read the raw response (head and chunked framing) and decode the gzip stream as it
-    // comes, counting bytes; the proxy's memory is sampled along the way.
-    let mut reader = std::io::BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
-    assert!(
-        head.to_ascii_lowercase().contains("content-encoding: gzip"),
-        "{head}"
     );
-    let chunked = Dechunk {
-        inner: reader,
-        left: 0,
-        done: false,
-    };
+    // Read the head, then decode the gzip stream out of the chunked body as it comes,
+    // counting bytes; the proxy's memory is sampled along the way.
+    let head = conn.read(true);
+    assert_eq!(head.header("content-encoding"), Some("gzip"), "{head:?}");
+    assert_eq!(
+        head.header("transfer-encoding"),
+        Some("chunked"),
+        "{head:?}"
+    );
+    let chunked = Chunked::new(conn.reader());
     let mut decoder = flate2::read::GzDecoder::new(chunked);
     let mut buf = vec![0u8; 1 << 16];
     let (mut total, mut peak) = (0u64, before);
@@ -263,37 +233,4 @@ fn a_large_body_streams_through_the_encoder_with_flat_memory() {
         grew < 32 * 1024,
         "gatehouse grew by {grew} KiB streaming 256 MiB"
     );
-}
-
-/// Reads the body of a chunked HTTP/1.1 response.
-struct Dechunk<R> {
-    inner: R,
-    left: usize,
-    done: bool,
-}
-
-impl<R: std::io::BufRead> Read for Dechunk<R> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.done {
-            return Ok(0);
-        }
-        if self.left == 0 {
-            let mut line = String::new();
-            self.inner.read_line(&mut line)?;
-            if line == "\r\n" {
-                line.clear();
-                self.inner.read_line(&mut line)?;
-            }
-            self.left = usize::from_str_radix(line.trim(), 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
-            if self.left == 0 {
-                self.done = true;
-                return Ok(0);
-            }
-        }
-        let wanted = out.len().min(self.left);
-        let n = self.inner.read(&mut out[..wanted])?;
-        self.left -= n;
-        Ok(n)
-    }
 }

@@ -17,11 +17,8 @@ fn ip(text: &str) -> IpAddr {
 
 /// One pool `web` of `origin` behind a listener on port 0, with extra `[server]` keys and
 /// extra sections after.
-fn edge_settings(origin: SocketAddr, server: &str, extra: &str) -> String {
-    format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n{server}\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\nservers = [{{ address = \"{origin}\" }}]\n{extra}"
-    )
+fn edge_settings(origin: SocketAddr, server: &str, extra: &str) -> Toml {
+    one_pool(&[origin], "").extend(&format!("[server]\n{server}\n{extra}"))
 }
 
 const ECHO: &str = "GET /echo HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n";
@@ -75,7 +72,7 @@ fn served_connection(source: &str, addr: SocketAddr) -> Conn {
 #[test]
 fn a_proxy_protocol_v1_header_names_the_client_and_the_request_after_it_is_served() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(origin.addr, "proxy_protocol = true", ""));
+    let proxy = Proxy::from_toml(edge_settings(origin.addr, "proxy_protocol = true", ""));
     // Header and request in one write: the bytes after the header must reach HTTP.
     let raw = format!("PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\n{ECHO}");
     let echo = echo_raw(proxy.addr, raw.as_bytes());
@@ -98,7 +95,7 @@ fn a_proxy_protocol_v1_header_names_the_client_and_the_request_after_it_is_serve
 #[test]
 fn a_proxy_protocol_v2_header_names_the_client_even_split_across_packets() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(origin.addr, "proxy_protocol = true", ""));
+    let proxy = Proxy::from_toml(edge_settings(origin.addr, "proxy_protocol = true", ""));
     let mut raw = v2_header(Some(([198, 51, 100, 7], 40000)));
     raw.extend(ECHO.as_bytes());
     let echo = echo_raw(proxy.addr, &raw);
@@ -127,7 +124,7 @@ fn a_proxy_protocol_v2_header_names_the_client_even_split_across_packets() {
 #[test]
 fn a_connection_without_a_proxy_protocol_header_is_closed_without_a_response() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(origin.addr, "proxy_protocol = true", ""));
+    let proxy = Proxy::from_toml(edge_settings(origin.addr, "proxy_protocol = true", ""));
     for bad in [
         ECHO.to_string(),
         format!("PROXY TCP4 not-an-address 127.0.0.1 1 2\r\n{ECHO}"),
@@ -148,7 +145,7 @@ fn a_connection_without_a_proxy_protocol_header_is_closed_without_a_response() {
 #[test]
 fn connection_level_deny_uses_the_address_from_the_proxy_protocol_header() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(
+    let proxy = Proxy::from_toml(edge_settings(
         origin.addr,
         "proxy_protocol = true",
         "[security]\ndeny = [\"203.0.113.0/24\"]\n",
@@ -164,7 +161,7 @@ fn connection_level_deny_uses_the_address_from_the_proxy_protocol_header() {
 #[test]
 fn a_client_over_its_connection_limit_is_closed_and_others_are_unaffected() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(
+    let proxy = Proxy::from_toml(edge_settings(
         origin.addr,
         "",
         "[security]\nmax_connections_per_client = 2\n",
@@ -188,7 +185,7 @@ fn a_client_over_its_connection_limit_is_closed_and_others_are_unaffected() {
 #[test]
 fn a_denied_client_is_closed_at_connection_level() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(
+    let proxy = Proxy::from_toml(edge_settings(
         origin.addr,
         "",
         &format!("[security]\ndeny = [\"{CLIENT_A}\"]\n"),
@@ -206,9 +203,9 @@ fn ipv6_clients_are_allowed_and_denied_at_connection_level() {
         return;
     }
     let origin = Origin::start("web");
-    let both = "listen = [\"127.0.0.1:0\", \"[::1]:0\"]";
+    let both = vec!["127.0.0.1:0", "[::1]:0"];
     let settings = edge_settings(origin.addr, "", "[security]\nallow = [\"::1\"]\n")
-        .replace("listen = [\"127.0.0.1:0\"]", both);
+        .change("server.listen", both.clone());
     let allowed = Proxy::from_toml(&settings);
     let (v4, v6) = (allowed.listeners[0], allowed.listeners[1]);
     assert!(v6.is_ipv6());
@@ -216,7 +213,7 @@ fn ipv6_clients_are_allowed_and_denied_at_connection_level() {
     assert_eq!(status_from("127.0.0.1", v4), None, "only ::1 is allowed");
 
     let settings = edge_settings(origin.addr, "", "[security]\ndeny = [\"::1/128\"]\n")
-        .replace("listen = [\"127.0.0.1:0\"]", both);
+        .change("server.listen", both);
     let denied = Proxy::from_toml(&settings);
     assert_eq!(status_from("::1", denied.listeners[1]), None);
     assert_eq!(status_from("127.0.0.1", denied.listeners[0]), Some(200));
@@ -225,7 +222,7 @@ fn ipv6_clients_are_allowed_and_denied_at_connection_level() {
 #[test]
 fn deny_action_403_answers_denied_clients_with_forbidden() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(
+    let proxy = Proxy::from_toml(edge_settings(
         origin.addr,
         "",
         &format!("[security]\ndeny = [\"{CLIENT_A}\"]\ndeny_action = \"403\"\n"),
@@ -238,7 +235,7 @@ fn deny_action_403_answers_denied_clients_with_forbidden() {
 #[test]
 fn a_runtime_block_closes_new_connections_until_it_expires() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(origin.addr, "", ""));
+    let proxy = Proxy::from_toml(edge_settings(origin.addr, "", ""));
     let mut open = served_connection(CLIENT_A, proxy.addr);
     let response = admin_call(
         proxy.admin,
@@ -275,7 +272,7 @@ fn a_runtime_block_closes_new_connections_until_it_expires() {
 #[test]
 fn delete_lifts_a_runtime_block() {
     let origin = Origin::start("web");
-    let proxy = Proxy::from_toml(&edge_settings(origin.addr, "", ""));
+    let proxy = Proxy::from_toml(edge_settings(origin.addr, "", ""));
     let block = || {
         let response = admin_call(
             proxy.admin,
@@ -319,7 +316,7 @@ fn delete_lifts_a_runtime_block() {
 #[test]
 fn runtime_blocks_survive_a_reload_that_restarts_the_listener() {
     let origin = Origin::start("web");
-    let mut process = Process::start(&edge_settings(origin.addr, "", ""));
+    let mut process = Process::start(edge_settings(origin.addr, "", ""));
     let response = admin_call(
         process.admin,
         "POST",
@@ -331,7 +328,7 @@ fn runtime_blocks_survive_a_reload_that_restarts_the_listener() {
     // A new keep_alive needs a new listener, on the same socket.
     std::fs::write(
         &process.config,
-        edge_settings(origin.addr, "keep_alive = \"30s\"", ""),
+        edge_settings(origin.addr, "keep_alive = \"30s\"", "").to_string(),
     )
     .unwrap();
     let reloaded = admin_call(process.admin, "POST", "/reload", "");

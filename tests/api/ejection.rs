@@ -4,8 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{get, one_pool, Proxy, DEADLINE};
-use crate::switchable::{Mode, Switchable};
+use crate::helpers::{get, one_pool, Mode, Proxy, Switchable, Toml, DEADLINE};
 
 /// Retries off, so the client sees what each server answered.
 const NO_RETRY: &str = "[pools.web.retry]\nattempts = 1\n";
@@ -121,7 +120,7 @@ fn with_passive_detection_off_nothing_is_ejected() {
     let good = Switchable::start("good");
     let bad = Switchable::answering("bad", 502);
     let extra = format!("{NO_RETRY}[pools.web.passive]\nenabled = false\n");
-    let proxy = Proxy::from_toml(&one_pool(&[good.addr, bad.addr], &extra));
+    let proxy = Proxy::from_toml(one_pool(&[good.addr, bad.addr], &extra));
     for _ in 0..20 {
         get(proxy.addr, "/");
     }
@@ -132,15 +131,13 @@ fn with_passive_detection_off_nothing_is_ejected() {
 fn backups_take_over_from_an_ejected_primary_and_hand_back() {
     let primary = Switchable::answering("primary", 502);
     let backup = Switchable::start("backup");
-    let settings = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\nservers = [{{ address = \"{}\" }}, \
-         {{ address = \"{}\", backup = true }}]\n{}",
+    let settings = Toml::base().route("pool = \"web\"").extend(&format!(
+        "[pools.web]\nservers = [{{ address = \"{}\" }}, {{ address = \"{}\", backup = true }}]\n{}",
         primary.addr,
         backup.addr,
         passive(1, "300ms", "")
-    );
-    let proxy = Proxy::from_toml(&settings);
+    ));
+    let proxy = Proxy::from_toml(settings);
     assert_eq!(get(proxy.addr, "/").status, 502);
     assert_eq!(get(proxy.addr, "/").text(), "backup");
     primary.set(Mode::Answer(200));

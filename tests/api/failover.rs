@@ -4,8 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{get, one_pool, Load, Proxy, DEADLINE};
-use crate::switchable::{Mode, Switchable};
+use crate::helpers::{get, one_pool, Load, Mode, Proxy, Switchable, DEADLINE};
 
 const CLIENTS: usize = 16;
 
@@ -35,7 +34,7 @@ fn serves_again(proxy: &Proxy, server: &Switchable, hits: usize) {
 fn a_server_killed_under_load_fails_no_request() {
     let mut servers = origins();
     let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
-    let proxy = Proxy::from_toml(&one_pool(&addrs, SETTINGS));
+    let proxy = Proxy::from_toml(one_pool(&addrs, SETTINGS));
     let load = Load::start(proxy.addr, CLIENTS);
     load.wait_for(300);
     servers[1].close();
@@ -53,7 +52,7 @@ fn a_server_killed_under_load_fails_no_request() {
 fn a_server_that_hangs_under_load_fails_at_most_the_requests_it_held() {
     let servers = origins();
     let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
-    let proxy = Proxy::from_toml(&one_pool(&addrs, SETTINGS));
+    let proxy = Proxy::from_toml(one_pool(&addrs, SETTINGS));
     let load = Load::start(proxy.addr, CLIENTS);
     load.wait_for(300);
     servers[1].set(Mode::Hang);

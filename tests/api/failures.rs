@@ -16,17 +16,17 @@ fn assert_generic(response: &Response, server: std::net::SocketAddr) {
 
 #[test]
 fn a_refused_connection_gets_502_without_backend_details() {
-    let server = closed_port();
-    let proxy = Proxy::from_toml(&one_pool(&[server], ""));
+    let server = DeadServer::new();
+    let proxy = Proxy::from_toml(one_pool(&[server.addr], ""));
     let response = get(proxy.addr, "/");
     assert_eq!(response.status, 502);
-    assert_generic(&response, server);
+    assert_generic(&response, server.addr);
 }
 
 #[test]
 fn no_response_head_within_response_timeout_gets_504() {
     let origin = Origin::start("slow");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], "response_timeout = \"300ms\"\n"));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], "response_timeout = \"300ms\"\n"));
     let response = get(proxy.addr, "/sleep/10000");
     assert_eq!(response.status, 504);
     assert_generic(&response, origin.addr);
@@ -35,7 +35,7 @@ fn no_response_head_within_response_timeout_gets_504() {
 #[test]
 fn an_upload_does_not_count_against_the_response_timeout() {
     let origin = Origin::start("app");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], "response_timeout = \"2s\"\n"));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], "response_timeout = \"2s\"\n"));
     let mut conn = Conn::open(proxy.addr);
     conn.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello");
     // The upload stalls for longer than the response timeout, then completes.
@@ -49,7 +49,7 @@ fn an_upload_does_not_count_against_the_response_timeout() {
 #[test]
 fn a_server_dying_mid_response_aborts_the_client_connection() {
     let origin = Origin::start("app");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let mut conn = Conn::open(proxy.addr);
     conn.send(b"GET /abort HTTP/1.1\r\nHost: a\r\n\r\n");
     // The head promises 1 MiB; the body must end early with the connection closed, never
@@ -68,7 +68,7 @@ fn a_server_dying_mid_chunked_response_aborts_without_the_last_chunk() {
     let origin = RawOrigin::start_then_close(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n",
     );
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let mut conn = Conn::open(proxy.addr);
     conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     assert!(
@@ -80,7 +80,7 @@ fn a_server_dying_mid_chunked_response_aborts_without_the_last_chunk() {
 #[test]
 fn a_timed_out_server_never_leaks_its_late_response_to_the_next_client() {
     let origin = Origin::start("app");
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], "response_timeout = \"300ms\"\n"));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], "response_timeout = \"300ms\"\n"));
     assert_eq!(get(proxy.addr, "/sleep/1000").status, 504);
     std::thread::sleep(std::time::Duration::from_millis(1200));
     for _ in 0..5 {
@@ -96,7 +96,7 @@ fn interim_responses_are_dropped_and_never_reach_another_client() {
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
           HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
     );
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     for _ in 0..3 {
         let response = get(proxy.addr, "/");
         assert_eq!(response.status, 200);
@@ -109,7 +109,7 @@ fn a_close_delimited_response_body_is_read_until_the_server_closes() {
     let origin = RawOrigin::start_then_close(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello until close",
     );
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let response = get(proxy.addr, "/");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "hello until close");
@@ -121,7 +121,7 @@ fn a_chunked_response_that_also_claims_a_length_is_never_cut_to_it() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
           b\r\nhello world\r\n0\r\n\r\n",
     );
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], ""));
+    let proxy = Proxy::from_toml(one_pool(&[origin.addr], ""));
     let response = get(proxy.addr, "/");
     // Either the whole body or a refusal: never the first three bytes passed off as whole.
     if response.status == 200 {

@@ -26,7 +26,7 @@ fn checks(extra: &str) -> String {
 }
 
 fn proxy(servers: &[SocketAddr], extra: &str) -> Proxy {
-    Proxy::from_toml(&one_pool(servers, &checks(extra)))
+    Proxy::from_toml(one_pool(servers, &checks(extra)))
 }
 
 fn server(proxy: &Proxy, origin: &Origin) -> serde_json::Value {
@@ -332,9 +332,9 @@ fn the_admin_api_shows_each_servers_health() {
     assert_eq!(plain["takes_traffic"], true);
 }
 
-fn reload(process: &Process, toml: &str) {
-    std::fs::write(&process.config, toml).unwrap();
-    let response = admin_call(process.admin, "POST", "/reload", "");
+fn reload(process: &Process, toml: Toml) {
+    std::fs::write(&process.config, toml.to_string()).unwrap();
+    let response = admin_reload(process.admin);
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
@@ -346,14 +346,14 @@ fn process_verdict(process: &Process, origin: &Origin) -> serde_json::Value {
 fn a_reload_that_removes_the_checks_brings_probed_down_servers_back() {
     let origin = Origin::start("a");
     origin.health.set_status(500);
-    let process = Process::start(&one_pool(&[origin.addr], &checks("")));
+    let process = Process::start(one_pool(&[origin.addr], &checks("")));
     wait_until("a failed probe", || origin.health.probes() > 0);
     assert_eq!(process_verdict(&process, &origin), "down");
     let response = get(process.addr, "/name");
     assert_eq!(response.status, 503);
     assert!(response.header("retry-after").is_some());
 
-    reload(&process, &one_pool(&[origin.addr], ""));
+    reload(&process, one_pool(&[origin.addr], ""));
     assert_eq!(process_verdict(&process, &origin), "unchecked");
     assert_eq!(get(process.addr, "/name").text(), "a");
     // No probe is sent any more, and no late one takes the server out again.
@@ -367,12 +367,12 @@ fn a_reload_that_removes_the_checks_brings_probed_down_servers_back() {
 fn a_reload_that_changes_the_checks_applies_them_to_running_probes() {
     let origin = Origin::start("a");
     origin.health.set_status(500);
-    let process = Process::start(&one_pool(&[origin.addr], &checks("")));
+    let process = Process::start(one_pool(&[origin.addr], &checks("")));
     wait_until("a failed probe", || origin.health.probes() > 0);
     assert_eq!(process_verdict(&process, &origin), "down");
 
     let accepting = checks("expect_status = [\"200-299\", 500]");
-    reload(&process, &one_pool(&[origin.addr], &accepting));
+    reload(&process, one_pool(&[origin.addr], &accepting));
     wait_until("a up on the new expectations", || {
         process_verdict(&process, &origin) == "up"
     });
@@ -382,6 +382,7 @@ fn a_reload_that_changes_the_checks_applies_them_to_running_probes() {
 #[test]
 fn a_bad_pattern_or_a_header_the_probe_sets_is_refused() {
     let dir = TempDir::new();
+    let dead = DeadServer::new();
     for (extra, key) in [
         (
             "expect_body_regex = \"(unclosed\"",
@@ -392,7 +393,10 @@ fn a_bad_pattern_or_a_header_the_probe_sets_is_refused() {
             "pools.web.health.headers.Host",
         ),
     ] {
-        let config = dir.write("bad.toml", &one_pool(&[closed_port()], &checks(extra)));
+        let config = dir.write(
+            "bad.toml",
+            one_pool(&[dead.addr], &checks(extra)).to_string(),
+        );
         let config = config.to_str().unwrap();
         let (code, _, stderr) = run_binary(&dir.0, &["--check", "--config", config], &[]);
         assert_eq!(code, 1, "{stderr}");

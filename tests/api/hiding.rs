@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use crate::helpers::*;
-use crate::switchable::{Mode, Switchable};
 
 /// The headers `hide_headers` removes by default, as an origin might send them.
 const SOFTWARE_HEADERS: [(&str, &str); 5] = [
@@ -16,8 +15,8 @@ const SOFTWARE_HEADERS: [(&str, &str); 5] = [
 ];
 
 /// An origin answering every request with the software headers and `X-Custom: kept`.
-fn chatty_origin() -> RecordingOrigin {
-    RecordingOrigin::answering(|_| {
+fn chatty_origin() -> RawOrigin {
+    RawOrigin::answering(|_| {
         let mut response = String::from("HTTP/1.1 200 OK\r\n");
         for (name, value) in SOFTWARE_HEADERS {
             response.push_str(&format!("{name}: {value}\r\n"));
@@ -28,9 +27,10 @@ fn chatty_origin() -> RecordingOrigin {
 }
 
 fn proxy_with(origin: SocketAddr, server: &str, security: &str) -> Proxy {
-    let toml = one_pool(&[origin], "").replace("workers = 1\n", &format!("workers = 1\n{server}"))
-        + &format!("\n[security]\n{security}\n");
-    Proxy::from_toml(&toml)
+    let toml = one_pool(&[origin], "")
+        .extend(&format!("[server]\n{server}"))
+        .add("security", security);
+    Proxy::from_toml(toml)
 }
 
 #[test]
@@ -95,8 +95,8 @@ fn the_server_header_is_gatehouse_s_or_hidden_unless_passed() {
 }
 
 /// An origin redirecting with URLs that name its own address, another host, and a path.
-fn redirecting_origin() -> RecordingOrigin {
-    RecordingOrigin::answering(|addr| {
+fn redirecting_origin() -> RawOrigin {
+    RawOrigin::answering(|addr| {
         format!(
             "HTTP/1.1 302 Found\r\n\
              Location: http://{addr}/login?next=%2Fcart#top\r\n\
@@ -148,7 +148,7 @@ fn redirects_to_the_server_point_at_the_client_s_host() {
 
 #[test]
 fn redirects_elsewhere_and_relative_ones_are_left_alone() {
-    let origin = RecordingOrigin::answering(|addr| {
+    let origin = RawOrigin::answering(|addr| {
         let other = format!("{}:{}", addr.ip(), addr.port().wrapping_add(1));
         format!(
             "HTTP/1.1 301 Moved\r\nLocation: http://{other}/x\r\n\
@@ -197,12 +197,15 @@ fn names(response: &Response, server: SocketAddr) -> bool {
 
 #[test]
 fn a_502_does_not_name_the_server() {
-    let server = closed_port();
-    let proxy = Proxy::from_toml(&one_pool(&[server], "[pools.web.retry]\nattempts = 1\n"));
+    let server = DeadServer::new();
+    let proxy = Proxy::from_toml(one_pool(
+        &[server.addr],
+        "[pools.web.retry]\nattempts = 1\n",
+    ));
     let response = get(proxy.addr, "/");
     assert_eq!(response.status, 502);
     assert_eq!(response.text(), "502 Bad Gateway\n");
-    assert!(!names(&response, server), "{response:?}");
+    assert!(!names(&response, server.addr), "{response:?}");
 }
 
 #[test]

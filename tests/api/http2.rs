@@ -3,169 +3,63 @@
 //! server, bodies both ways under flow control, and a server's broken body.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use bytes::Bytes;
-use h2::client::SendRequest;
 use openssl::ssl::{SslConnector, SslMethod};
-use tokio::task::JoinHandle;
 
+use crate::helpers::http2_client::{connect, connect_with, get, runtime, send};
 use crate::helpers::*;
-use crate::tls::Pki;
 
 /// A gatehouse with one TLS listener in front of `servers`, and `[tls]` keys `keys`.
 fn start(servers: &[SocketAddr], keys: &str) -> (Pki, Proxy) {
     let pki = Pki::new();
-    let proxy = Proxy::from_toml(&one_pool(servers, &pki.tls_section_with(keys)));
+    let proxy = Proxy::from_toml(one_pool(servers, &pki.tls_section_with(keys)));
     (pki, proxy)
-}
-
-pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// An HTTP/2 client connection over TLS (ALPN h2, trusting the test CA), and the task that
-/// drives it: it ends when the connection does.
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    pki: &Pki,
-) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
-    connect_with(addr, pki, h2::client::Builder::new()).await
-}
-
-/// [`connect`] with the client's own HTTP/2 settings.
-async fn connect_with(
-    addr: SocketAddr,
-    pki: &Pki,
-    client: h2::client::Builder,
-) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
-    builder.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
-    let ssl = builder
-        .build()
-        .configure()
-        .unwrap()
-        .into_ssl("a.test")
-        .unwrap();
-    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
-    std::pin::Pin::new(&mut tls).connect().await.unwrap();
-    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
-    let (client, connection) = client.handshake(tls).await.unwrap();
-    (client, tokio::spawn(connection))
-}
-
-/// A response read whole: status and body, or the stream error that cut it.
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) body: Result<Vec<u8>, h2::Error>,
-}
-
-/// Sends `request` with `body` (none when empty) and reads the whole answer.
-pub(crate) async fn send(
-    client: &mut SendRequest<Bytes>,
-    request: http::Request<()>,
-    body: Vec<u8>,
-) -> Result<Answer, h2::Error> {
-    let mut client = client.clone().ready().await?;
-    let (response, mut stream) = client.send_request(request, body.is_empty())?;
-    if !body.is_empty() {
-        send_all(&mut stream, Bytes::from(body)).await?;
-    }
-    let response = tokio::time::timeout(DEADLINE, response)
-        .await
-        .expect("a response in time")?;
-    let status = response.status().as_u16();
-    let mut received = response.into_body();
-    let mut bytes = Vec::new();
-    let body = loop {
-        match tokio::time::timeout(DEADLINE, received.data()).await {
-            Err(_) => panic!("the body did not end in time"),
-            Ok(None) => break Ok(bytes),
-            Ok(Some(Err(err))) => break Err(err),
-            Ok(Some(Ok(chunk))) => {
-                let _ = received.flow_control().release_capacity(chunk.len());
-                bytes.extend_from_slice(&chunk);
-            }
-        }
-    };
-    Ok(Answer { status, body })
-}
-
-/// Sends `data` and ends the stream, as the server's window allows.
-async fn send_all(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
-    while !data.is_empty() {
-        stream.reserve_capacity(data.len());
-        let Some(granted) = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await else {
-            // The server ended the stream early (it answered without the rest).
-            return Ok(());
-        };
-        let granted = granted?;
-        let piece = data.split_to(granted.min(data.len()));
-        stream.send_data(piece, data.is_empty())?;
-    }
-    Ok(())
-}
-
-pub(crate) fn get(path: &str) -> http::Request<()> {
-    http::Request::get(format!("https://a.test{path}"))
-        .body(())
-        .unwrap()
 }
 
 /// A server that answers each request after `hold`, and records the most requests it held
 /// at once.
 struct CountingOrigin {
-    addr: SocketAddr,
     most: Arc<AtomicUsize>,
+    server: Spawned,
 }
 
 impl CountingOrigin {
     fn start(hold: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let now = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let (held, record) = (now.clone(), most.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming().take(1000) {
-                let Ok(mut stream) = stream else { return };
-                let (held, record) = (held.clone(), record.clone());
-                thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let at_once = held.fetch_add(1, Ordering::SeqCst) + 1;
-                    record.fetch_max(at_once, Ordering::SeqCst);
-                    thread::sleep(hold);
-                    held.fetch_sub(1, Ordering::SeqCst);
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    );
-                });
+        let record = most.clone();
+        let server = spawn(Serve::connections(move |mut stream| {
+            let mut buf = [0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
             }
-        });
-        Self { addr, most }
+            let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+            record.fetch_max(at_once, Ordering::SeqCst);
+            thread::sleep(hold);
+            now.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }));
+        Self { most, server }
     }
 }
 
 #[test]
 fn streams_beyond_max_concurrent_streams_wait_their_turn() {
     let origin = CountingOrigin::start(Duration::from_millis(150));
-    let (pki, proxy) = start(&[origin.addr], "http2 = { max_concurrent_streams = 3 }\n");
+    let (pki, proxy) = start(
+        &[origin.server.addr],
+        "http2 = { max_concurrent_streams = 3 }\n",
+    );
     let statuses = runtime().block_on(async {
         let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
         // One request first, so the server's SETTINGS have arrived: streams sent before
@@ -256,10 +150,7 @@ fn a_connection_is_sent_goaway_after_max_requests_streams() {
 fn an_idle_connection_is_closed_after_keep_alive() {
     let origin = Origin::start("origin");
     let pki = Pki::new();
-    let toml = with_server(
-        &one_pool(&[origin.addr], &pki.tls_section_with("")),
-        "keep_alive = \"1s\"",
-    );
+    let toml = one_pool(&[origin.addr], &pki.tls_section()).set("server.keep_alive", "1s");
     let proxy = Proxy::from_toml(&toml);
     let ended = runtime().block_on(async {
         let (mut client, connection) = connect(proxy.tls[0], &pki).await;
@@ -277,14 +168,10 @@ fn an_idle_connection_is_closed_after_keep_alive() {
 
 /// A server that takes one request and never answers; it reports when gatehouse closes the
 /// connection, or that it did not within the deadline.
-fn silent_origin() -> (SocketAddr, mpsc::Receiver<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+fn silent_origin() -> (Spawned, mpsc::Receiver<bool>) {
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let Ok((mut stream, _)) = listener.accept() else {
-            return;
-        };
+    let report = Mutex::new(tx);
+    let server = spawn(Serve::connections(move |mut stream| {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut buf = [0u8; 4096];
         let closed = loop {
@@ -294,15 +181,15 @@ fn silent_origin() -> (SocketAddr, mpsc::Receiver<bool>) {
                 Err(_) => break false,
             }
         };
-        let _ = tx.send(closed);
-    });
-    (addr, rx)
+        let _ = report.lock().unwrap().send(closed);
+    }));
+    (server, rx)
 }
 
 #[test]
 fn a_stream_reset_by_the_client_cancels_the_request_to_the_server() {
     let (origin, closed) = silent_origin();
-    let (pki, proxy) = start(&[origin], "");
+    let (pki, proxy) = start(&[origin.addr], "");
     let closed = runtime().block_on(async {
         let (client, _connection) = connect(proxy.tls[0], &pki).await;
         let mut ready = client.ready().await.unwrap();
@@ -372,45 +259,38 @@ fn a_body_the_server_breaks_off_resets_the_stream() {
 }
 
 /// A keep-alive server answering every GET with a 1 KiB body; counts its connections.
-fn keep_alive_origin() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+fn keep_alive_origin() -> (Spawned, Arc<AtomicUsize>) {
     let connections = Arc::new(AtomicUsize::new(0));
     let counted = connections.clone();
-    thread::spawn(move || {
-        for stream in listener.incoming().take(100) {
-            let Ok(mut stream) = stream else { return };
-            counted.fetch_add(1, Ordering::SeqCst);
-            thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let body = vec![b'k'; 1024];
-                let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n".to_vec();
-                answer.extend_from_slice(&body);
-                // At most 1,000 requests per connection.
-                for _ in 0..1000 {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                    buf.drain(..end + 4);
-                    if stream.write_all(&answer).is_err() {
-                        return;
-                    }
+    let server = spawn(Serve::connections(move |mut stream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let body = vec![b'k'; 1024];
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n".to_vec();
+        answer.extend_from_slice(&body);
+        // At most 1,000 requests per connection.
+        for _ in 0..1000 {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-            });
+            }
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            buf.drain(..end + 4);
+            if stream.write_all(&answer).is_err() {
+                return;
+            }
         }
-    });
-    (addr, connections)
+    }));
+    (server, connections)
 }
 
 #[test]
 fn sequential_streams_reuse_one_connection_to_the_server() {
     let (origin, connections) = keep_alive_origin();
-    let (pki, proxy) = start(&[origin], "");
+    let (pki, proxy) = start(&[origin.addr], "");
     let bodies = runtime().block_on(async {
         let (mut client, _connection) = connect(proxy.tls[0], &pki).await;
         let mut bodies = Vec::new();
@@ -435,7 +315,7 @@ fn with_http2_off_tls_clients_get_http1() {
     let (pki, proxy) = start(&[origin.addr], "http2 = { enabled = false }\n");
     let tcp = std::net::TcpStream::connect(proxy.tls[0]).unwrap();
     let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
+    builder.cert_store_mut().add_cert(pki.ca().clone()).unwrap();
     builder.set_alpn_protos(b"\x02h2\x08http/1.1").unwrap();
     let tls = builder.build().connect("a.test", tcp).unwrap();
     assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -446,10 +326,7 @@ fn sigterm_answers_open_streams_then_closes_the_connection() {
     let origin = Origin::start("app");
     let pki = Pki::new();
     // Far beyond the deadline: an exit within it means nobody waited for this timeout.
-    let toml = with_server(
-        &one_pool(&[origin.addr], &pki.tls_section_with("")),
-        "shutdown_timeout = \"1h\"",
-    );
+    let toml = one_pool(&[origin.addr], &pki.tls_section()).set("server.shutdown_timeout", "1h");
     let mut proxy = Process::start(&toml);
     let tls = proxy.tls.expect("a TLS listener");
     let (answer, ended) = runtime().block_on(async {
@@ -559,10 +436,7 @@ fn streams_past_max_requests_are_refused_unprocessed() {
 fn a_stream_whose_client_grants_no_window_is_reset_after_send_timeout() {
     let origin = Origin::start("app");
     let pki = Pki::new();
-    let toml = with_server(
-        &one_pool(&[origin.addr], &pki.tls_section_with("")),
-        "send_timeout = \"1s\"",
-    );
+    let toml = one_pool(&[origin.addr], &pki.tls_section()).set("server.send_timeout", "1s");
     let proxy = Proxy::from_toml(&toml);
     let (received, ended) = runtime().block_on(async {
         // The client reads the socket but grants no window past the first 1 KiB.
@@ -624,17 +498,14 @@ fn head_answers_carry_the_length_and_split_cookies_reach_the_server_as_one() {
 fn a_client_that_never_acknowledges_goaway_is_dropped() {
     let origin = Origin::start("app");
     let pki = Pki::new();
-    let toml = with_server(
-        &one_pool(&[origin.addr], &pki.tls_section_with("")),
-        "keep_alive = \"1s\"",
-    );
+    let toml = one_pool(&[origin.addr], &pki.tls_section()).set("server.keep_alive", "1s");
     let proxy = Proxy::from_toml(&toml);
     // A client that sends the preface and its SETTINGS, then only reads: it answers neither
     // the SETTINGS nor the GOAWAY's PING.
     let tcp = std::net::TcpStream::connect(proxy.tls[0]).unwrap();
     tcp.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
+    builder.cert_store_mut().add_cert(pki.ca().clone()).unwrap();
     builder.set_alpn_protos(b"\x02h2").unwrap();
     let mut tls = builder.build().connect("a.test", tcp).unwrap();
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")

@@ -8,12 +8,8 @@ use crate::helpers::*;
 #[test]
 fn a_request_head_over_the_limit_gets_431() {
     let origin = Origin::start("app");
-    let mut toml = one_pool(&[origin.addr], "");
-    toml = toml.replace(
-        "workers = 1\n",
-        "workers = 1\nmax_request_header_size = \"2KiB\"\n",
-    );
-    let proxy = Proxy::from_toml(&toml);
+    let toml = one_pool(&[origin.addr], "").set("server.max_request_header_size", "2KiB");
+    let proxy = Proxy::from_toml(toml);
     let big = "x".repeat(3000);
     let response = raw(
         proxy.addr,
@@ -25,11 +21,8 @@ fn a_request_head_over_the_limit_gets_431() {
 }
 
 fn limited_proxy(origin: &Origin) -> Proxy {
-    let toml = one_pool(&[origin.addr], "").replace(
-        "pool = \"web\"\n",
-        "pool = \"web\"\nmax_body_size = \"1KiB\"\n",
-    );
-    Proxy::from_toml(&toml)
+    let toml = one_pool(&[origin.addr], "").set("routes.0.max_body_size", "1KiB");
+    Proxy::from_toml(toml)
 }
 
 #[test]
@@ -52,11 +45,11 @@ fn a_chunked_body_over_the_limit_gets_413_while_streaming() {
     conn.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
     let chunk = format!("400\r\n{}\r\n", "y".repeat(1024));
     for _ in 0..3 {
-        if conn.stream.write_all(chunk.as_bytes()).is_err() {
+        if conn.stream().write_all(chunk.as_bytes()).is_err() {
             break;
         }
     }
-    let _ = conn.stream.write_all(b"0\r\n\r\n");
+    let _ = conn.stream().write_all(b"0\r\n\r\n");
     let response = conn.read(false);
     assert_eq!(response.status, 413);
 }
@@ -77,11 +70,8 @@ fn a_body_within_the_limit_passes() {
 #[test]
 fn a_request_head_that_arrives_too_slowly_gets_408_and_close() {
     let origin = Origin::start("app");
-    let toml = one_pool(&[origin.addr], "").replace(
-        "workers = 1\n",
-        "workers = 1\nclient_header_timeout = \"500ms\"\n",
-    );
-    let proxy = Proxy::from_toml(&toml);
+    let toml = one_pool(&[origin.addr], "").set("server.client_header_timeout", "500ms");
+    let proxy = Proxy::from_toml(toml);
     let mut conn = Conn::open(proxy.addr);
     conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\n");
     let response = conn.read(false);
@@ -93,8 +83,8 @@ fn a_request_head_that_arrives_too_slowly_gets_408_and_close() {
 #[test]
 fn idle_keep_alive_connections_are_closed_after_keep_alive() {
     let origin = Origin::start("app");
-    let toml = with_server(&one_pool(&[origin.addr], ""), "keep_alive = \"500ms\"");
-    let proxy = Proxy::from_toml(&toml);
+    let toml = one_pool(&[origin.addr], "").set("server.keep_alive", "500ms");
+    let proxy = Proxy::from_toml(toml);
     let mut conn = Conn::open(proxy.addr);
     conn.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(conn.read(false).text(), "app");
@@ -107,8 +97,8 @@ fn idle_keep_alive_connections_are_closed_after_keep_alive() {
 #[test]
 fn connections_beyond_max_connections_wait_until_one_closes() {
     let origin = Origin::start("app");
-    let toml = with_server(&one_pool(&[origin.addr], ""), "max_connections = 2");
-    let proxy = Proxy::from_toml(&toml);
+    let toml = one_pool(&[origin.addr], "").set("server.max_connections", 2);
+    let proxy = Proxy::from_toml(toml);
     let mut first = Conn::open(proxy.addr);
     let mut second = Conn::open(proxy.addr);
     for conn in [&mut first, &mut second] {
@@ -117,7 +107,7 @@ fn connections_beyond_max_connections_wait_until_one_closes() {
     }
     let mut third = Conn::open(proxy.addr);
     third
-        .stream
+        .stream()
         .set_read_timeout(Some(Duration::from_millis(1000)))
         .unwrap();
     third.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -126,6 +116,6 @@ fn connections_beyond_max_connections_wait_until_one_closes() {
         "a third connection was served at the limit"
     );
     drop(first);
-    third.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    third.stream().set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(third.read(false).text(), "app");
 }

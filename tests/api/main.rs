@@ -1,14 +1,12 @@
 //! Integration tests: the real proxy and real origins on loopback ephemeral ports.
 
 mod helpers;
-mod switchable;
 
 mod access;
 mod access_log;
 mod admin;
 mod affinity;
 mod balancing;
-mod basket;
 mod compression;
 mod edge;
 mod ejection;

@@ -9,29 +9,23 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 
 /// Settings for the binary: pool `web` with `web`, and optionally pool `api` on `/api/`.
-fn settings_for(web: &[SocketAddr], api: Option<SocketAddr>) -> String {
-    let servers: Vec<String> = web
-        .iter()
-        .map(|s| format!("{{ address = \"{s}\" }}"))
-        .collect();
-    let mut toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\npool = \"web\"\n[pools.web]\nservers = [{}]\n",
-        servers.join(", ")
-    );
-    if let Some(api) = api {
-        toml.push_str(&format!(
-            "[[routes]]\npath = \"/api/\"\npool = \"api\"\n[pools.api]\nservers = [{{ address = \"{api}\" }}]\n"
-        ));
+fn settings_for(web: &[SocketAddr], api: Option<SocketAddr>) -> Toml {
+    let toml = one_pool(web, "");
+    match api {
+        Some(api) => toml
+            .route("path = \"/api/\"\npool = \"api\"")
+            .pool("api", &[api]),
+        None => toml,
     }
-    toml
+}
+
+/// Rewrites the settings file the process runs with.
+fn rewrite(process: &Process, toml: &Toml) {
+    std::fs::write(&process.config, toml.to_string()).unwrap();
 }
 
 fn reload(process: &Process) -> Response {
-    raw(
-        process.admin,
-        "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
+    admin_reload(process.admin)
 }
 
 /// Waits (up to the deadline) until `path` is answered by the origin named `name`.
@@ -54,11 +48,11 @@ fn sighup_applies_new_servers_routes_and_pools() {
         Origin::start("two"),
         Origin::start("api"),
     );
-    let process = Process::start(&settings_for(&[one.addr], None));
+    let process = Process::start(settings_for(&[one.addr], None));
     assert_eq!(get(process.addr, "/echo").json()["origin"], "one");
     assert_eq!(get(process.addr, "/api/echo").json()["origin"], "one");
 
-    std::fs::write(&process.config, settings_for(&[two.addr], Some(api.addr))).unwrap();
+    rewrite(&process, &settings_for(&[two.addr], Some(api.addr)));
     process.signal(libc::SIGHUP);
     wait_for_origin(process.addr, "/echo", "two");
     assert_eq!(get(process.addr, "/api/echo").json()["origin"], "api");
@@ -72,10 +66,9 @@ fn sighup_applies_new_servers_routes_and_pools() {
 #[test]
 fn post_reload_reports_what_changed() {
     let (one, api) = (Origin::start("one"), Origin::start("api"));
-    let process = Process::start(&settings_for(&[one.addr], None));
-    let mut changed = settings_for(&[one.addr], Some(api.addr));
-    changed = changed.replace("workers = 1", "workers = 2");
-    std::fs::write(&process.config, changed).unwrap();
+    let process = Process::start(settings_for(&[one.addr], None));
+    let changed = settings_for(&[one.addr], Some(api.addr)).change("server.workers", 2);
+    rewrite(&process, &changed);
     let response = reload(&process);
     assert_eq!(response.status, 200, "{}", response.text());
     let report = response.json();
@@ -89,9 +82,9 @@ fn post_reload_reports_what_changed() {
 #[test]
 fn invalid_settings_at_reload_keep_the_running_ones() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let process = Process::start(&settings_for(&[one.addr], None));
-    let broken = settings_for(&[two.addr], None).replace("access = \"off\"", "access = \"xml\"");
-    std::fs::write(&process.config, broken).unwrap();
+    let process = Process::start(settings_for(&[one.addr], None));
+    let broken = settings_for(&[two.addr], None).change("log.access", "xml");
+    rewrite(&process, &broken);
     let response = reload(&process);
     assert_eq!(response.status, 400);
     let error = response.json()["error"].as_str().unwrap().to_string();
@@ -111,11 +104,11 @@ fn invalid_settings_at_reload_keep_the_running_ones() {
 #[test]
 fn unchanged_servers_keep_their_counters_across_a_reload() {
     let (one, api) = (Origin::start("one"), Origin::start("api"));
-    let process = Process::start(&settings_for(&[one.addr], None));
+    let process = Process::start(settings_for(&[one.addr], None));
     for _ in 0..4 {
         assert_eq!(get(process.addr, "/name").status, 200);
     }
-    std::fs::write(&process.config, settings_for(&[one.addr], Some(api.addr))).unwrap();
+    rewrite(&process, &settings_for(&[one.addr], Some(api.addr)));
     assert_eq!(reload(&process).status, 200);
     let pools = raw(
         process.admin,
@@ -127,11 +120,11 @@ fn unchanged_servers_keep_their_counters_across_a_reload() {
 #[test]
 fn reloads_under_load_fail_no_request() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let process = Process::start(&settings_for(&[one.addr], None));
+    let process = Process::start(settings_for(&[one.addr], None));
     let load = Load::start(process.addr, 4);
     let layouts = [vec![one.addr, two.addr], vec![two.addr], vec![one.addr]];
     for layout in layouts.iter().cycle().take(6) {
-        std::fs::write(&process.config, settings_for(layout, None)).unwrap();
+        rewrite(&process, &settings_for(layout, None));
         assert_eq!(reload(&process).status, 200);
         load.wait_for(100);
     }
@@ -142,11 +135,11 @@ fn reloads_under_load_fail_no_request() {
 #[test]
 fn listener_changes_restart_the_listeners_without_refusing_a_request() {
     let origin = Origin::start("one");
-    let process = Process::start(&settings_for(&[origin.addr], None));
+    let process = Process::start(settings_for(&[origin.addr], None));
     // Keep the address the first listener got, so the new settings name it explicitly.
     let pinned =
-        settings_for(&[origin.addr], None).replace("127.0.0.1:0", &process.addr.to_string());
-    std::fs::write(&process.config, &pinned).unwrap();
+        settings_for(&[origin.addr], None).change("server.listen", vec![process.addr.to_string()]);
+    rewrite(&process, &pinned);
     assert_eq!(reload(&process).status, 200);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,8 +163,7 @@ fn listener_changes_restart_the_listeners_without_refusing_a_request() {
         })
         .collect();
     for workers in [2, 1, 2] {
-        let changed = pinned.replace("workers = 1", &format!("workers = {workers}"));
-        std::fs::write(&process.config, changed).unwrap();
+        rewrite(&process, &pinned.clone().change("server.workers", workers));
         let response = reload(&process);
         assert_eq!(response.status, 200, "{}", response.text());
         assert_eq!(response.json()["listeners_restarted"], true);
@@ -187,16 +179,14 @@ fn listener_changes_restart_the_listeners_without_refusing_a_request() {
 #[test]
 fn a_listener_that_cannot_bind_keeps_everything_as_it_was() {
     let (one, two) = (Origin::start("one"), Origin::start("two"));
-    let process = Process::start(&settings_for(&[one.addr], None));
+    let process = Process::start(settings_for(&[one.addr], None));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let changed = settings_for(&[two.addr], None).replace(
-        "listen = [\"127.0.0.1:0\"]",
-        &format!(
-            "listen = [\"127.0.0.1:0\", \"{}\"]",
-            taken.local_addr().unwrap()
-        ),
-    );
-    std::fs::write(&process.config, changed).unwrap();
+    let listen = vec![
+        "127.0.0.1:0".to_string(),
+        taken.local_addr().unwrap().to_string(),
+    ];
+    let changed = settings_for(&[two.addr], None).change("server.listen", listen);
+    rewrite(&process, &changed);
     let response = reload(&process);
     assert_eq!(response.status, 500, "{}", response.text());
     assert!(response.json()["error"]

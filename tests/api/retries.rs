@@ -3,8 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::helpers::{closed_port, get, one_pool, raw, Proxy, Response};
-use crate::switchable::{Mode, Switchable};
+use crate::helpers::{get, one_pool, raw, DeadServer, Mode, Proxy, Response, Switchable};
 
 /// Passive ejection off, so every request meets the failing server its turn brings.
 const NO_EJECTION: &str = "[pools.web.passive]\nenabled = false\n";
@@ -22,7 +21,8 @@ fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Response {
 #[test]
 fn a_request_that_cannot_connect_is_sent_to_another_server() {
     let good = Switchable::start("good");
-    let proxy = Proxy::from_toml(&one_pool(&[closed_port(), good.addr], NO_EJECTION));
+    let dead = DeadServer::new();
+    let proxy = Proxy::from_toml(one_pool(&[dead.addr, good.addr], NO_EJECTION));
     for _ in 0..6 {
         let response = send(proxy.addr, "POST", "/", "order=1");
         assert_eq!(response.status, 200, "{}", response.text());
@@ -39,7 +39,8 @@ fn a_request_that_cannot_connect_is_sent_to_another_server() {
 fn without_retries_the_client_sees_the_failure() {
     let good = Switchable::start("good");
     let extra = format!("{NO_EJECTION}[pools.web.retry]\nattempts = 1\n");
-    let proxy = Proxy::from_toml(&one_pool(&[closed_port(), good.addr], &extra));
+    let dead = DeadServer::new();
+    let proxy = Proxy::from_toml(one_pool(&[dead.addr, good.addr], &extra));
     let statuses: Vec<u16> = (0..4).map(|_| get(proxy.addr, "/").status).collect();
     assert_eq!(
         statuses.iter().filter(|&&s| s == 502).count(),
@@ -53,7 +54,7 @@ fn a_listed_status_is_retried_for_idempotent_methods_only() {
     let failing = Switchable::answering("failing", 503);
     let good = Switchable::start("good");
     let extra = format!("{NO_EJECTION}[pools.web.retry]\non = [\"status:503\"]\n");
-    let proxy = Proxy::from_toml(&one_pool(&[failing.addr, good.addr], &extra));
+    let proxy = Proxy::from_toml(one_pool(&[failing.addr, good.addr], &extra));
     for method in ["GET", "PUT", "DELETE"] {
         for _ in 0..2 {
             let response = send(proxy.addr, method, "/", "x");
@@ -82,7 +83,7 @@ fn a_status_not_listed_is_passed_on() {
     let failing = Switchable::answering("failing", 503);
     let good = Switchable::start("good");
     // The default conditions do not include statuses.
-    let proxy = Proxy::from_toml(&one_pool(&[failing.addr, good.addr], NO_EJECTION));
+    let proxy = Proxy::from_toml(one_pool(&[failing.addr, good.addr], NO_EJECTION));
     let statuses: Vec<u16> = (0..4).map(|_| get(proxy.addr, "/").status).collect();
     assert_eq!(
         statuses.iter().filter(|&&s| s == 503).count(),
@@ -101,7 +102,7 @@ fn a_hung_try_times_out_and_the_next_server_answers() {
     let extra = format!(
         "response_timeout = \"300s\"\n{NO_EJECTION}[pools.web.retry]\nper_try_timeout = \"200ms\"\n"
     );
-    let proxy = Proxy::from_toml(&one_pool(&[hung.addr, good.addr], &extra));
+    let proxy = Proxy::from_toml(one_pool(&[hung.addr, good.addr], &extra));
     for _ in 0..2 {
         let response = send(proxy.addr, "PUT", "/item", "kept body");
         assert_eq!(response.status, 200);
@@ -120,7 +121,7 @@ fn bodies_beyond_the_retry_limit_or_streamed_are_not_sent_twice() {
     let extra = format!(
         "{NO_EJECTION}[pools.web.retry]\nper_try_timeout = \"200ms\"\nretry_body_limit = \"16\"\n"
     );
-    let proxy = Proxy::from_toml(&one_pool(&[hung.addr, good.addr], &extra));
+    let proxy = Proxy::from_toml(one_pool(&[hung.addr, good.addr], &extra));
     let large = || send(proxy.addr, "PUT", "/", "more than sixteen bytes");
     assert_eq!(status_at_the_hung_server(&hung, large), 504);
     let small = || send(proxy.addr, "PUT", "/", "small");
@@ -159,14 +160,15 @@ fn each_try_goes_to_a_server_not_tried_before() {
     let good = Switchable::start("good");
     // Twelve retries in a moment: beyond the default floor of ten a second.
     let extra = format!("{NO_EJECTION}[pools.web.retry]\nattempts = 3\nbudget_floor = 100\n");
-    let servers = [closed_port(), closed_port(), good.addr];
-    let proxy = Proxy::from_toml(&one_pool(&servers, &extra));
+    let dead = [DeadServer::new(), DeadServer::new()];
+    let servers = [dead[0].addr, dead[1].addr, good.addr];
+    let proxy = Proxy::from_toml(one_pool(&servers, &extra));
     for _ in 0..6 {
         assert_eq!(get(proxy.addr, "/").status, 200);
     }
     // Two tries are not enough when two servers are dead.
     let extra = format!("{NO_EJECTION}[pools.web.retry]\nattempts = 2\n");
-    let proxy = Proxy::from_toml(&one_pool(&servers, &extra));
+    let proxy = Proxy::from_toml(one_pool(&servers, &extra));
     let statuses: Vec<u16> = (0..6).map(|_| get(proxy.addr, "/").status).collect();
     assert!(statuses.contains(&502), "{statuses:?}");
     assert!(statuses.contains(&200), "{statuses:?}");
@@ -179,7 +181,7 @@ fn the_budget_caps_retries() {
     let extra = format!(
         "{NO_EJECTION}[pools.web.retry]\non = [\"status:503\"]\nbudget_percent = 0\nbudget_floor = 2\n"
     );
-    let proxy = Proxy::from_toml(&one_pool(&[failing.addr, good.addr], &extra));
+    let proxy = Proxy::from_toml(one_pool(&[failing.addr, good.addr], &extra));
     let started = Instant::now();
     let statuses: Vec<u16> = (0..40).map(|_| get(proxy.addr, "/").status).collect();
     let windows = started.elapsed().as_secs() as usize + 1;

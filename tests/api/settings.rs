@@ -571,7 +571,7 @@ fn bad_settings_never_start_a_proxy() {
     ];
     for (bad, key) in cases {
         let dir = TempDir::new();
-        let config = dir.write("bad.toml", &format!("{bad}{POOL}"));
+        let config = dir.write("bad.toml", format!("{bad}{POOL}"));
         let (code, stderr) = run_to_exit(&dir.0, &config);
         assert_eq!(
             code,

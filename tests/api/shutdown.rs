@@ -1,6 +1,6 @@
 //! Graceful shutdown of the binary on SIGTERM and SIGINT.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,40 +12,28 @@ const DOWNLOAD: usize = 64 * 1024 * 1024;
 
 /// A download on its own connection, read only as far as the test asks.
 struct Download {
-    reader: BufReader<TcpStream>,
+    conn: Conn,
     length: usize,
     received: usize,
 }
 
 impl Download {
     fn start(addr: SocketAddr, size: usize) -> Self {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(
-            stream,
-            "GET /bytes/{size}?sized=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut length = None;
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("response head");
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("response head");
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = Some(value.trim().parse().unwrap());
-                }
-            }
-        }
+        let mut conn = Conn::open(addr);
+        conn.send(
+            format!("GET /bytes/{size}?sized=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        let head = conn.read(true);
+        assert_eq!(head.status, 200, "{head:?}");
+        let length = head
+            .header("content-length")
+            .expect("a sized response")
+            .parse()
+            .unwrap();
         Self {
-            reader,
-            length: length.expect("a sized response"),
+            conn,
+            length,
             received: 0,
         }
     }
@@ -57,7 +45,7 @@ impl Download {
         let mut read = 0;
         while read < n {
             let want = piece.len().min(n - read);
-            let got = self.reader.read(&mut piece[..want])?;
+            let got = self.conn.reader().read(&mut piece[..want])?;
             if got == 0 {
                 break;
             }
@@ -74,7 +62,8 @@ impl Download {
         let read = self.read(rest).expect("the rest of the body");
         assert_eq!(read, rest, "the body was cut short");
         let mut after = Vec::new();
-        self.reader
+        self.conn
+            .reader()
             .read_to_end(&mut after)
             .expect("the connection closes cleanly");
         assert!(after.is_empty(), "bytes after the body");
@@ -107,7 +96,7 @@ fn still_running(proxy: &mut Process) -> bool {
 /// completes in full, and only then does the process exit with 0.
 fn in_flight_download_finishes_after(signal: i32) {
     let origin = Origin::start("app");
-    let mut proxy = Process::start(&one_pool(&[origin.addr], ""));
+    let mut proxy = Process::start(one_pool(&[origin.addr], ""));
     let mut download = Download::start(proxy.addr, DOWNLOAD);
     assert_eq!(download.length, DOWNLOAD);
     assert_eq!(download.read(256 * 1024).unwrap(), 256 * 1024);
@@ -138,7 +127,7 @@ fn sigint_lets_an_in_flight_download_finish_and_exits_zero() {
 #[test]
 fn a_request_waiting_for_its_response_head_is_answered_after_sigterm() {
     let origin = Origin::start("app");
-    let mut proxy = Process::start(&one_pool(&[origin.addr], ""));
+    let mut proxy = Process::start(one_pool(&[origin.addr], ""));
     let addr = proxy.addr;
     let waiting = thread::spawn(move || get(addr, "/sleep/1500"));
     let started = Instant::now();
@@ -161,8 +150,8 @@ fn a_request_waiting_for_its_response_head_is_answered_after_sigterm() {
 fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
     let origin = Origin::start("app");
     // Far beyond the deadline: an exit within it means nobody waited for this timeout.
-    let toml = with_server(&one_pool(&[origin.addr], ""), "shutdown_timeout = \"1h\"");
-    let mut proxy = Process::start(&toml);
+    let toml = one_pool(&[origin.addr], "").set("server.shutdown_timeout", "1h");
+    let mut proxy = Process::start(toml);
     let mut idle = Conn::open(proxy.addr);
     idle.send(b"GET /name HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(idle.read(false).text(), "app");
@@ -175,8 +164,8 @@ fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
 #[test]
 fn shutdown_timeout_ends_a_download_that_never_finishes() {
     let origin = Origin::start("app");
-    let toml = with_server(&one_pool(&[origin.addr], ""), "shutdown_timeout = \"1s\"");
-    let mut proxy = Process::start(&toml);
+    let toml = one_pool(&[origin.addr], "").set("server.shutdown_timeout", "1s");
+    let mut proxy = Process::start(toml);
     let mut stalled = Download::start(proxy.addr, DOWNLOAD);
     assert_eq!(stalled.read(64 * 1024).unwrap(), 64 * 1024);
 

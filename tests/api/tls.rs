@@ -2,123 +2,20 @@
 //! headers and redirects of TLS, and certificate reloads. Certificates are made here, signed
 //! by a test CA that the client trusts.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use openssl::asn1::{Asn1Integer, Asn1Time};
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
     SslConnector, SslMethod, SslOptions, SslSession, SslSessionCacheMode, SslStream, SslVersion,
 };
-use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-use openssl::x509::{X509Builder, X509NameBuilder, X509};
+use openssl::x509::X509;
 
 use crate::helpers::*;
 
-fn new_key() -> PKey<Private> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-}
-
-/// A certificate for `names` with serial `serial`, signed by `issuer` (self-signed CA when
-/// `None`).
-fn certificate(
-    names: &[&str],
-    serial: u32,
-    key: &PKey<Private>,
-    issuer: Option<(&X509, &PKey<Private>)>,
-) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    let common = names.first().copied().unwrap_or("gatehouse test CA");
-    name.append_entry_by_nid(Nid::COMMONNAME, common).unwrap();
-    let name = name.build();
-    let mut builder = X509Builder::new().unwrap();
-    builder.set_version(2).unwrap();
-    let serial = Asn1Integer::from_bn(&BigNum::from_u32(serial).unwrap()).unwrap();
-    builder.set_serial_number(&serial).unwrap();
-    builder.set_subject_name(&name).unwrap();
-    builder.set_pubkey(key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    match issuer {
-        None => {
-            builder.set_issuer_name(&name).unwrap();
-            let ca = BasicConstraints::new().critical().ca().build().unwrap();
-            builder.append_extension(ca).unwrap();
-            builder.sign(key, MessageDigest::sha256()).unwrap();
-        }
-        Some((ca, ca_key)) => {
-            builder.set_issuer_name(ca.subject_name()).unwrap();
-            let mut san = SubjectAlternativeName::new();
-            for name in names {
-                san.dns(name);
-            }
-            let san = san.build(&builder.x509v3_context(Some(ca), None)).unwrap();
-            builder.append_extension(san).unwrap();
-            builder.sign(ca_key, MessageDigest::sha256()).unwrap();
-        }
-    }
-    builder.build()
-}
-
-/// A test CA and the files of the certificates it signs.
-pub(crate) struct Pki {
-    pub(crate) ca: X509,
-    ca_key: PKey<Private>,
-    dir: TempDir,
-}
-
-impl Pki {
-    pub(crate) fn new() -> Self {
-        let ca_key = new_key();
-        let ca = certificate(&[], 1, &ca_key, None);
-        Self {
-            ca,
-            ca_key,
-            dir: TempDir::new(),
-        }
-    }
-
-    /// Writes `FILE.crt` and `FILE.key` for `names`; returns their paths.
-    fn issue(&self, file: &str, names: &[&str], serial: u32) -> (PathBuf, PathBuf) {
-        let key = new_key();
-        let cert = certificate(names, serial, &key, Some((&self.ca, &self.ca_key)));
-        let mut chain = cert.to_pem().unwrap();
-        chain.extend(self.ca.to_pem().unwrap());
-        let pem = String::from_utf8(chain).unwrap();
-        let key = String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-        (
-            self.dir.write(&format!("{file}.crt"), &pem),
-            self.dir.write(&format!("{file}.key"), &key),
-        )
-    }
-
-    /// `[tls]` on port 0 with `a.test` (the default) and `*.b.test`.
-    fn tls_section(&self) -> String {
-        self.tls_section_with("")
-    }
-
-    /// [`Self::tls_section`] with more `[tls]` keys.
-    pub(crate) fn tls_section_with(&self, keys: &str) -> String {
-        let (a_cert, a_key) = self.issue("a", &["a.test"], 10);
-        let (b_cert, b_key) = self.issue("b", &["*.b.test"], 20);
-        format!(
-            "[tls]\nlisten = [\"127.0.0.1:0\"]\n{keys}\
-             [[tls.certificates]]\ncert = {a_cert:?}\nkey = {a_key:?}\n\
-             [[tls.certificates]]\ncert = {b_cert:?}\nkey = {b_key:?}\n"
-        )
-    }
-}
+/// A client connection over TLS, ready for HTTP/1.1 requests.
+type TlsConn = Conn<SslStream<TcpStream>>;
 
 /// A TLS client connection trusting only `ca`, with SNI `sni`, offering `alpn`, and at most
 /// TLS version `max` (older versions allowed by the client, so the server decides).
@@ -166,41 +63,10 @@ fn served(stream: &SslStream<TcpStream>) -> (Vec<String>, u32) {
     (names, serial.parse().unwrap())
 }
 
-/// One HTTP/1.1 request on a TLS connection; reads one response framed by Content-Length.
-fn request(stream: &mut SslStream<TcpStream>, raw: &str) -> Response {
-    stream.write_all(raw.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let mut slots = [httparse::EMPTY_HEADER; 64];
-            let mut parsed = httparse::Response::new(&mut slots);
-            parsed.parse(&buf[..end + 4]).unwrap();
-            let headers: Vec<(String, String)> = parsed
-                .headers
-                .iter()
-                .map(|h| {
-                    let value = String::from_utf8_lossy(h.value).into_owned();
-                    (h.name.to_string(), value)
-                })
-                .collect();
-            let response = Response {
-                status: parsed.code.unwrap(),
-                headers,
-                body: Vec::new(),
-            };
-            let length: usize = response
-                .header("content-length")
-                .map_or(0, |n| n.parse().unwrap());
-            if buf.len() >= end + 4 + length {
-                let body = buf[end + 4..end + 4 + length].to_vec();
-                return Response { body, ..response };
-            }
-        }
-        let n = stream.read(&mut chunk).expect("read response");
-        assert!(n > 0, "connection closed before a whole response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+/// One HTTP/1.1 request on a TLS connection, and its response.
+fn request(conn: &mut TlsConn, raw: &str) -> Response {
+    conn.send(raw.as_bytes());
+    conn.read(false)
 }
 
 fn get_echo(host: &str) -> String {
@@ -219,7 +85,7 @@ fn start(tls_keys: &str) -> (Origin, Pki, Proxy) {
 fn sni_chooses_the_certificate_and_the_first_is_the_default() {
     let (_origin, pki, proxy) = start("");
     let tls = proxy.tls[0];
-    let names = |sni| served(&connect_tls(tls, &pki.ca, sni, b"", None).unwrap()).0;
+    let names = |sni| served(&connect_tls(tls, pki.ca(), sni, b"", None).unwrap()).0;
     assert_eq!(names(Some("a.test")), ["a.test"]);
     assert_eq!(names(Some("A.TEST")), ["a.test"]);
     assert_eq!(names(Some("www.b.test")), ["*.b.test"]);
@@ -233,15 +99,16 @@ fn sni_chooses_the_certificate_and_the_first_is_the_default() {
 #[test]
 fn requests_over_tls_reach_the_origin_marked_https() {
     let (origin, pki, proxy) = start("");
-    let mut stream = connect_tls(proxy.tls[0], &pki.ca, Some("a.test"), b"", None).unwrap();
-    assert_eq!(stream.ssl().version_str(), "TLSv1.3");
-    let response = request(&mut stream, &get_echo("a.test"));
+    let mut conn =
+        Conn::over(connect_tls(proxy.tls[0], pki.ca(), Some("a.test"), b"", None).unwrap());
+    assert_eq!(conn.stream().ssl().version_str(), "TLSv1.3");
+    let response = request(&mut conn, &get_echo("a.test"));
     assert_eq!(response.status, 200, "{}", response.text());
     let echo = Echo(response.json());
     assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
     assert_eq!(echo.header("via").as_deref(), Some("1.1 gatehouse"));
     // The same connection keeps serving.
-    let again = request(&mut stream, &get_echo("a.test"));
+    let again = request(&mut conn, &get_echo("a.test"));
     assert_eq!(again.status, 200);
     assert_eq!(origin.hits(), 2);
     // Plain HTTP stays `http`.
@@ -258,12 +125,12 @@ fn tls_1_1_and_older_are_refused_and_1_2_is_accepted() {
     let (_origin, pki, proxy) = start("");
     let tls = proxy.tls[0];
     for old in [SslVersion::TLS1_1, SslVersion::TLS1] {
-        let err = connect_tls(tls, &pki.ca, Some("a.test"), b"", Some(old))
+        let err = connect_tls(tls, pki.ca(), Some("a.test"), b"", Some(old))
             .expect_err("handshake refused");
         // Refused by the server (an alert), not by the client's own configuration.
         assert!(err.contains("alert protocol version"), "{err}");
     }
-    let stream = connect_tls(tls, &pki.ca, Some("a.test"), b"", Some(SslVersion::TLS1_2))
+    let stream = connect_tls(tls, pki.ca(), Some("a.test"), b"", Some(SslVersion::TLS1_2))
         .expect("TLS 1.2 accepted");
     assert_eq!(stream.ssl().version_str(), "TLSv1.2");
 }
@@ -272,23 +139,22 @@ fn tls_1_1_and_older_are_refused_and_1_2_is_accepted() {
 fn min_version_1_3_refuses_1_2() {
     let (_origin, pki, proxy) = start("min_version = \"1.3\"\n");
     let tls = proxy.tls[0];
-    let err = connect_tls(tls, &pki.ca, Some("a.test"), b"", Some(SslVersion::TLS1_2))
+    let err = connect_tls(tls, pki.ca(), Some("a.test"), b"", Some(SslVersion::TLS1_2))
         .expect_err("TLS 1.2 refused");
     assert!(err.contains("alert protocol version"), "{err}");
-    assert!(connect_tls(tls, &pki.ca, Some("a.test"), b"", None).is_ok());
+    assert!(connect_tls(tls, pki.ca(), Some("a.test"), b"", None).is_ok());
 }
 
 #[test]
 fn alpn_chooses_http2_or_http1() {
     let (origin, pki, proxy) = start("");
     let tls = proxy.tls[0];
-    let h1 = connect_tls(tls, &pki.ca, Some("a.test"), b"\x08http/1.1", None).unwrap();
+    let h1 = connect_tls(tls, pki.ca(), Some("a.test"), b"\x08http/1.1", None).unwrap();
     assert_eq!(h1.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
 
-    let answer = crate::http2::runtime().block_on(async {
-        let (mut client, _connection) = crate::http2::connect(tls, &pki).await;
-        let get = crate::http2::get("/echo");
-        crate::http2::send(&mut client, get, Vec::new())
+    let answer = http2_client::runtime().block_on(async {
+        let (mut client, _connection) = http2_client::connect(tls, &pki).await;
+        http2_client::send(&mut client, http2_client::get("/echo"), Vec::new())
             .await
             .unwrap()
     });
@@ -305,16 +171,15 @@ fn alpn_chooses_http2_or_http1() {
 fn redirect_https_sends_plain_requests_to_the_tls_port_and_hsts_goes_over_tls_only() {
     let origin = Origin::start("origin");
     let pki = Pki::new();
-    let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess = \"off\"\n\
-         [[routes]]\nhost = \"a.test\"\npool = \"web\"\nredirect_https = true\n\
-         hsts = \"max-age=31536000; includeSubDomains\"\n\
-         [[routes]]\npool = \"web\"\n\
-         [pools.web]\nservers = [{{ address = \"{}\" }}]\n{}",
-        origin.addr,
-        pki.tls_section()
-    );
-    let proxy = Proxy::from_toml(&toml);
+    let toml = Toml::base()
+        .route(
+            "host = \"a.test\"\npool = \"web\"\nredirect_https = true\n\
+             hsts = \"max-age=31536000; includeSubDomains\"",
+        )
+        .route("pool = \"web\"")
+        .pool("web", &[origin.addr])
+        .extend(&pki.tls_section());
+    let proxy = Proxy::from_toml(toml);
     let tls_port = proxy.tls[0].port();
     let plain_port = proxy.addr.port();
     let redirected = raw(
@@ -335,8 +200,9 @@ fn redirect_https_sends_plain_requests_to_the_tls_port_and_hsts_goes_over_tls_on
     let (plain, _) = echo(proxy.addr, "");
     assert!(plain.header("strict-transport-security").is_none());
 
-    let mut stream = connect_tls(proxy.tls[0], &pki.ca, Some("a.test"), b"", None).unwrap();
-    let response = request(&mut stream, &get_echo("a.test"));
+    let mut conn =
+        Conn::over(connect_tls(proxy.tls[0], pki.ca(), Some("a.test"), b"", None).unwrap());
+    let response = request(&mut conn, &get_echo("a.test"));
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(
         response.header("strict-transport-security"),
@@ -345,24 +211,20 @@ fn redirect_https_sends_plain_requests_to_the_tls_port_and_hsts_goes_over_tls_on
     assert_eq!(origin.hits(), 2);
 }
 
-fn reload(process: &Process) -> Response {
-    admin_call(process.admin, "POST", "/reload", "")
-}
-
 #[test]
 fn reload_serves_a_replaced_certificate_to_new_connections_and_keeps_old_ones() {
     let origin = Origin::start("origin");
     let pki = Pki::new();
-    let process = Process::start(&one_pool(&[origin.addr], &pki.tls_section()));
+    let process = Process::start(one_pool(&[origin.addr], &pki.tls_section()));
     let tls = process.tls.expect("a TLS listener");
-    let mut old = connect_tls(tls, &pki.ca, Some("a.test"), b"", None).unwrap();
-    assert_eq!(served(&old), (vec!["a.test".to_string()], 10));
+    let mut old = Conn::over(connect_tls(tls, pki.ca(), Some("a.test"), b"", None).unwrap());
+    assert_eq!(served(old.stream()), (vec!["a.test".to_string()], 10));
     assert_eq!(request(&mut old, &get_echo("a.test")).status, 200);
 
     pki.issue("a", &["a.test"], 11);
-    let response = reload(&process);
+    let response = admin_reload(process.admin);
     assert_eq!(response.status, 200, "{}", response.text());
-    let fresh = connect_tls(tls, &pki.ca, Some("a.test"), b"", None).unwrap();
+    let fresh = connect_tls(tls, pki.ca(), Some("a.test"), b"", None).unwrap();
     assert_eq!(
         served(&fresh).1,
         11,
@@ -370,43 +232,28 @@ fn reload_serves_a_replaced_certificate_to_new_connections_and_keeps_old_ones() 
     );
     // The connection opened before the reload keeps working with its certificate.
     assert_eq!(request(&mut old, &get_echo("a.test")).status, 200);
-    assert_eq!(served(&old).1, 10);
+    assert_eq!(served(old.stream()).1, 10);
 }
 
 #[test]
 fn a_bad_key_at_reload_keeps_the_running_certificate_and_says_why() {
     let origin = Origin::start("origin");
     let pki = Pki::new();
-    let process = Process::start(&one_pool(&[origin.addr], &pki.tls_section()));
+    let process = Process::start(one_pool(&[origin.addr], &pki.tls_section()));
     let tls = process.tls.expect("a TLS listener");
     // A new certificate whose key file holds another key.
     let (_, key) = pki.issue("a", &["a.test"], 12);
-    let other = new_key().private_key_to_pem_pkcs8().unwrap();
+    let other = pki.authority.named(&["a.test"], 13).key_pem;
     std::fs::write(&key, other).unwrap();
-    let response = reload(&process);
+    let response = admin_reload(process.admin);
     assert_ne!(response.status, 200);
     let text = response.text();
     assert!(text.contains("tls.certificates[0].key"), "{text}");
     assert!(text.contains(key.to_str().unwrap()), "{text}");
     assert!(text.contains("does not match"), "{text}");
-    let mut stream = connect_tls(tls, &pki.ca, Some("a.test"), b"", None).unwrap();
-    assert_eq!(served(&stream).1, 10, "the running certificate stays");
-    assert_eq!(request(&mut stream, &get_echo("a.test")).status, 200);
-}
-
-/// The error `settings::load` gives for `[tls]` settings.
-fn settings_error(toml: &str) -> String {
-    let dir = TempDir::new();
-    let file = dir.write("test.toml", toml);
-    let sources = gatehouse::settings::Sources {
-        settings_dir: Some(dir.0.join("none")),
-        config: Some(file),
-        env: Some(Default::default()),
-    };
-    match gatehouse::supervisor::load(&sources) {
-        Ok(_) => panic!("settings accepted:\n{toml}"),
-        Err(err) => err.to_string(),
-    }
+    let mut conn = Conn::over(connect_tls(tls, pki.ca(), Some("a.test"), b"", None).unwrap());
+    assert_eq!(served(conn.stream()).1, 10, "the running certificate stays");
+    assert_eq!(request(&mut conn, &get_echo("a.test")).status, 200);
 }
 
 #[test]
@@ -426,35 +273,35 @@ fn bad_tls_settings_name_the_key_and_the_file() {
         toml
     };
     let missing = pki.dir.0.join("missing.crt");
-    let err = settings_error(&tls(&[(&missing, &a_key)], ""));
+    let err = settings_error(tls(&[(&missing, &a_key)], ""));
     assert!(err.contains("tls.certificates[0].cert"), "{err}");
     assert!(err.contains("missing.crt"), "{err}");
 
     let garbage = pki.dir.write("garbage.crt", "not PEM");
-    let err = settings_error(&tls(&[(&garbage, &a_key)], ""));
+    let err = settings_error(tls(&[(&garbage, &a_key)], ""));
     assert!(
         err.contains("tls.certificates[0].cert") && err.contains("garbage.crt"),
         "{err}"
     );
 
-    let err = settings_error(&tls(&[(&a_cert, &b_key)], ""));
+    let err = settings_error(tls(&[(&a_cert, &b_key)], ""));
     assert!(err.contains("tls.certificates[0].key"), "{err}");
     assert!(
         err.contains("b.key") && err.contains("does not match"),
         "{err}"
     );
 
-    let err = settings_error(&tls(&[(&a_cert, &a_key), (&b_cert, &b_key)], ""));
+    let err = settings_error(tls(&[(&a_cert, &a_key), (&b_cert, &b_key)], ""));
     assert!(err.contains("tls.certificates[1].names"), "{err}");
     assert!(err.contains("a.test"), "{err}");
 
-    let err = settings_error(&tls(&[], ""));
+    let err = settings_error(tls(&[], ""));
     assert!(err.contains("tls.certificates"), "{err}");
 
-    let err = settings_error(&tls(&[(&a_cert, &a_key)], "min_version = \"1.1\"\n"));
+    let err = settings_error(tls(&[(&a_cert, &a_key)], "min_version = \"1.1\"\n"));
     assert!(err.contains("tls.min_version"), "{err}");
 
-    let err = settings_error(&format!(
+    let err = settings_error(format!(
         "{}redirect_https = true\n[pools.web]\nservers = []\n",
         "[[routes]]\npool = \"web\"\n"
     ));
@@ -490,29 +337,22 @@ fn an_ocsp_response_is_stapled_for_its_certificate_only() {
     let ocsp = pki.dir.0.join("a.ocsp");
     std::fs::write(&ocsp, &der).unwrap();
     // In the first certificate's table (a.test), not the second's (*.b.test).
-    let base = pki.tls_section();
-    let second = base.match_indices("[[tls.certificates]]").nth(1).unwrap().0;
-    let section = format!(
-        "{}ocsp_file = {ocsp:?}\n{}",
-        &base[..second],
-        &base[second..]
-    );
-    let proxy = Proxy::from_toml(&one_pool(&[origin.addr], &section));
-    assert_eq!(stapled(proxy.tls[0], &pki.ca, "a.test"), Some(der));
-    assert_eq!(stapled(proxy.tls[0], &pki.ca, "www.b.test"), None);
+    let toml = one_pool(&[origin.addr], &pki.tls_section())
+        .set("tls.certificates.0.ocsp_file", ocsp.to_str().unwrap());
+    let proxy = Proxy::from_toml(toml);
+    assert_eq!(stapled(proxy.tls[0], pki.ca(), "a.test"), Some(der));
+    assert_eq!(stapled(proxy.tls[0], pki.ca(), "www.b.test"), None);
 }
 
 #[test]
 fn a_broken_ocsp_file_is_a_settings_error_naming_it() {
     let pki = Pki::new();
     let junk = pki.dir.write("junk.ocsp", "not DER");
-    let section = pki.tls_section().replacen(
-        "\n[[tls.certificates]]",
-        &format!("\n[[tls.certificates]]\nocsp_file = {junk:?}"),
-        1,
-    );
+    let dead = DeadServer::new();
+    let toml = one_pool(&[dead.addr], &pki.tls_section())
+        .set("tls.certificates.0.ocsp_file", junk.to_str().unwrap());
     let dir = TempDir::new();
-    let config = dir.write("g.toml", &one_pool(&[closed_port()], &section));
+    let config = dir.write("g.toml", toml.to_string());
     let (code, _, stderr) = run_binary(
         &dir.0,
         &["--check", "--config", config.to_str().unwrap()],
@@ -567,11 +407,11 @@ impl SessionClient {
         }
         let tcp = TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut stream = config.connect(sni, tcp).expect("handshake");
-        let response = request(&mut stream, &get_echo(sni));
+        let mut conn = Conn::over(config.connect(sni, tcp).expect("handshake"));
+        let response = request(&mut conn, &get_echo(sni));
         assert_eq!(response.status, 200, "{}", response.text());
-        let reused = stream.ssl().session_reused();
-        let _ = stream.shutdown();
+        let reused = conn.stream().ssl().session_reused();
+        let _ = conn.stream().shutdown();
         reused
     }
 
@@ -589,7 +429,7 @@ impl SessionClient {
 /// connection that offers none is a full handshake.
 fn assert_resumes(proxy: &Proxy, pki: &Pki, version: SslVersion, sni: &str) {
     let tls = proxy.tls[0];
-    let client = SessionClient::new(&pki.ca, version);
+    let client = SessionClient::new(pki.ca(), version);
     assert!(!client.visit(tls, sni, None), "{sni}: nothing to resume");
     let session = client.session();
     assert!(
@@ -600,7 +440,7 @@ fn assert_resumes(proxy: &Proxy, pki: &Pki, version: SslVersion, sni: &str) {
         !client.visit(tls, sni, None),
         "{sni}: resumed without a session"
     );
-    let other = SessionClient::new(&pki.ca, version);
+    let other = SessionClient::new(pki.ca(), version);
     assert!(
         !other.visit(tls, sni, None),
         "{sni}: another client resumed"
@@ -627,12 +467,8 @@ fn tls_1_3_sessions_resume_from_tickets() {
 fn a_proxy_protocol_header_before_the_handshake_names_the_client_of_a_tls_connection() {
     let origin = Origin::start("origin");
     let pki = Pki::new();
-    let toml = one_pool(&[origin.addr], &pki.tls_section()).replacen(
-        "[server]\n",
-        "[server]\nproxy_protocol = true\n",
-        1,
-    );
-    let proxy = Proxy::from_toml(&toml);
+    let toml = one_pool(&[origin.addr], &pki.tls_section()).set("server.proxy_protocol", true);
+    let proxy = Proxy::from_toml(toml);
     let tls = proxy.tls[0];
 
     let mut tcp = TcpStream::connect(tls).unwrap();
@@ -640,9 +476,9 @@ fn a_proxy_protocol_header_before_the_handshake_names_the_client_of_a_tls_connec
     tcp.write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 443\r\n")
         .unwrap();
     let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    builder.cert_store_mut().add_cert(pki.ca.clone()).unwrap();
-    let mut stream = builder.build().connect("a.test", tcp).expect("handshake");
-    let response = request(&mut stream, &get_echo("a.test"));
+    builder.cert_store_mut().add_cert(pki.ca().clone()).unwrap();
+    let mut conn = Conn::over(builder.build().connect("a.test", tcp).expect("handshake"));
+    let response = request(&mut conn, &get_echo("a.test"));
     assert_eq!(response.status, 200, "{}", response.text());
     let echo = Echo(response.json());
     assert_eq!(
@@ -651,13 +487,13 @@ fn a_proxy_protocol_header_before_the_handshake_names_the_client_of_a_tls_connec
     );
     assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
     // The same connection keeps the header's client for its next request.
-    let again = Echo(request(&mut stream, &get_echo("a.test")).json());
+    let again = Echo(request(&mut conn, &get_echo("a.test")).json());
     assert_eq!(
         again.header("x-forwarded-for").as_deref(),
         Some("203.0.113.9")
     );
 
     // A handshake without the header first is closed: the listener wants the header.
-    assert!(connect_tls(tls, &pki.ca, Some("a.test"), b"", None).is_err());
+    assert!(connect_tls(tls, pki.ca(), Some("a.test"), b"", None).is_err());
     assert_eq!(origin.hits(), 2);
 }

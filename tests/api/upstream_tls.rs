@@ -3,9 +3,7 @@
 //! WebSocket relays.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
 
-use openssl::ssl::NameType;
 use tungstenite::{HandshakeError, WebSocket};
 
 use crate::helpers::*;
@@ -31,7 +29,7 @@ impl Setup {
     }
 
     /// [`tls_pool`] verifying `servers` against the test CA, with `extra` sections.
-    fn verified_pool(&self, servers: &[String], extra: &str) -> String {
+    fn verified_pool(&self, servers: &[String], extra: &str) -> Toml {
         tls_pool(servers, &self.trust(), extra)
     }
 }
@@ -43,8 +41,8 @@ fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
 }
 
 /// Pool `web` of `servers` (addresses as written) over TLS with `tls` keys.
-fn tls_pool(servers: &[String], tls: &str, extra: &str) -> String {
-    pool_of(servers, &format!("{extra}\n[pools.web.tls]\n{tls}\n"))
+fn tls_pool(servers: &[String], tls: &str, extra: &str) -> Toml {
+    one_pool(servers, &format!("{extra}\n[pools.web.tls]\n{tls}\n"))
 }
 
 fn ip(addr: SocketAddr) -> String {
@@ -87,11 +85,11 @@ fn a_server_named_by_host_gets_that_name_as_sni_and_sni_overrides_it() {
     let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
     let by_name = format!("localhost:{}", origin.addr.port());
     let ca = setup.trust();
-    let proxy = Proxy::from_toml(&tls_pool(&[by_name], &ca, ""));
+    let proxy = Proxy::from_toml(tls_pool(&[by_name], &ca, ""));
     assert_eq!(get(proxy.addr, "/name").text(), "secure");
     drop(proxy);
     let sni = format!("{ca}\nsni = \"localhost\"");
-    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], &sni, ""));
+    let proxy = Proxy::from_toml(tls_pool(&[ip(origin.addr)], &sni, ""));
     assert_eq!(get(proxy.addr, "/name").text(), "secure");
     assert_eq!(
         origin.server_names(),
@@ -104,7 +102,7 @@ fn a_server_name_that_the_certificate_does_not_match_fails() {
     let setup = Setup::new();
     let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
     let tls = format!("ca_file = {:?}\nsni = \"other.example\"", setup.ca_file);
-    let proxy = Proxy::from_toml(&tls_pool(
+    let proxy = Proxy::from_toml(tls_pool(
         &[ip(origin.addr)],
         &tls,
         "[pools.web.retry]\nattempts = 1\n",
@@ -171,7 +169,7 @@ fn an_untrusted_certificate_answers_a_502_that_names_nothing() {
 fn without_verification_an_untrusted_server_is_reached() {
     let stranger = Authority::new("someone else's CA");
     let origin = TlsOrigin::start("untrusted", &stranger.server(), None);
-    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], "verify = false", ""));
+    let proxy = Proxy::from_toml(tls_pool(&[ip(origin.addr)], "verify = false", ""));
     let response = get(proxy.addr, "/name");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "untrusted");
@@ -188,13 +186,13 @@ fn a_server_requiring_a_client_certificate_accepts_gatehouses_and_refuses_none()
     let ca = setup.trust();
 
     let with = format!("{ca}\ncert = {cert:?}\nkey = {key:?}");
-    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], &with, ""));
+    let proxy = Proxy::from_toml(tls_pool(&[ip(origin.addr)], &with, ""));
     let response = get(proxy.addr, "/name");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "mutual");
     drop(proxy);
 
-    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin.addr)], &ca, ""));
+    let proxy = Proxy::from_toml(tls_pool(&[ip(origin.addr)], &ca, ""));
     assert_generic_502(&get(proxy.addr, "/name"), origin.addr);
     assert_eq!(origin.hits(), 1);
 }
@@ -244,24 +242,18 @@ fn a_reload_that_changes_the_tls_settings_rebuilds_the_pools_connections() {
     let origin = TlsOrigin::start("secure", &setup.ca.server(), None);
     let servers = [ip(origin.addr)];
     let retry = "[pools.web.retry]\nattempts = 1\n[pools.web.passive]\nenabled = false\n";
-    let mut process = Process::start(&tls_pool(
+    let mut process = Process::start(tls_pool(
         &servers,
         &format!("ca_file = {wrong_ca:?}"),
         retry,
     ));
     assert_eq!(get(process.addr, "/name").status, 502);
 
-    let reload = |process: &Process| {
-        raw(
-            process.admin,
-            "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )
-    };
     // A CA file that cannot be read is refused, and the running settings stay.
     let missing = setup.dir.0.join("missing.pem");
     let toml = tls_pool(&servers, &format!("ca_file = {missing:?}"), retry);
-    std::fs::write(&process.config, toml).unwrap();
-    let refused = reload(&process);
+    std::fs::write(&process.config, toml.to_string()).unwrap();
+    let refused = admin_reload(process.admin);
     assert_ne!(refused.status, 200);
     assert!(
         refused.text().contains("pools.web.tls.ca_file"),
@@ -271,8 +263,8 @@ fn a_reload_that_changes_the_tls_settings_rebuilds_the_pools_connections() {
     assert_eq!(get(process.addr, "/name").status, 502);
 
     let toml = setup.verified_pool(&servers, retry);
-    std::fs::write(&process.config, toml).unwrap();
-    assert_eq!(reload(&process).status, 200);
+    std::fs::write(&process.config, toml.to_string()).unwrap();
+    assert_eq!(admin_reload(process.admin).status, 200);
     let response = get(process.addr, "/name");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "secure");
@@ -280,34 +272,20 @@ fn a_reload_that_changes_the_tls_settings_rebuilds_the_pools_connections() {
     process.wait();
 }
 
-/// Loads `toml` as the binary would; the error's text.
-fn refused(toml: &str) -> String {
-    let dir = TempDir::new();
-    let file = dir.write("bad.toml", toml);
-    let sources = gatehouse::settings::Sources {
-        settings_dir: Some(dir.0.join("none")),
-        config: Some(file),
-        env: Some(Default::default()),
-    };
-    match gatehouse::supervisor::load(&sources) {
-        Ok(_) => panic!("accepted: {toml}"),
-        Err(err) => err.to_string(),
-    }
-}
-
 #[test]
 fn bad_tls_files_are_settings_errors_naming_key_value_and_file() {
     let setup = Setup::new();
-    let servers = ["127.0.0.1:9".to_string()];
+    let dead = DeadServer::new();
+    let servers = [dead.addr.to_string()];
     let missing = setup.dir.0.join("missing.pem");
     let missing = missing.to_str().unwrap();
-    let error = refused(&tls_pool(&servers, &format!("ca_file = {missing:?}"), ""));
+    let error = settings_error(tls_pool(&servers, &format!("ca_file = {missing:?}"), ""));
     for part in ["pools.web.tls.ca_file", missing, "bad.toml", "cannot read"] {
         assert!(error.contains(part), "{part:?} missing from: {error}");
     }
 
     let junk = write(&setup.dir, "junk.pem", b"not a certificate");
-    let error = refused(&tls_pool(&servers, &format!("ca_file = {junk:?}"), ""));
+    let error = settings_error(tls_pool(&servers, &format!("ca_file = {junk:?}"), ""));
     assert!(error.contains("pools.web.tls.ca_file"), "{error}");
     assert!(error.contains("no certificate"), "{error}");
 
@@ -315,7 +293,7 @@ fn bad_tls_files_are_settings_errors_naming_key_value_and_file() {
     let other = setup.ca.client();
     let cert = write(&setup.dir, "client.pem", &client.cert_pem);
     let key = write(&setup.dir, "other.key", &other.key_pem);
-    let error = refused(&tls_pool(
+    let error = settings_error(tls_pool(
         &servers,
         &format!("cert = {cert:?}\nkey = {key:?}"),
         "",
@@ -323,34 +301,11 @@ fn bad_tls_files_are_settings_errors_naming_key_value_and_file() {
     assert!(error.contains("pools.web.tls.key"), "{error}");
     assert!(error.contains("does not belong"), "{error}");
 
-    let error = refused(&tls_pool(&servers, &format!("cert = {cert:?}"), ""));
+    let error = settings_error(tls_pool(&servers, &format!("cert = {cert:?}"), ""));
     assert!(error.contains("pools.web.tls.key"), "{error}");
 
-    let error = refused(&tls_pool(&servers, "min_version = \"1.1\"", ""));
+    let error = settings_error(tls_pool(&servers, "min_version = \"1.1\"", ""));
     assert!(error.contains("min_version"), "{error}");
-}
-
-/// A WebSocket echo server over TLS with `identity` (see `websocket::echo_server_over`);
-/// with `client_ca`, a client certificate from that CA is required. Keeps the SNI name of
-/// each handshake that completed.
-fn tls_echo_server(
-    identity: &Issued,
-    client_ca: Option<&Authority>,
-) -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
-    let acceptor = tls_acceptor(identity, client_ca);
-    let names: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
-    let seen = names.clone();
-    let addr = crate::websocket::echo_server_over(move |tcp| {
-        tcp.set_read_timeout(Some(DEADLINE)).ok()?;
-        let tls = acceptor.accept(tcp).ok()?;
-        let sni = tls
-            .ssl()
-            .servername(NameType::HOST_NAME)
-            .map(str::to_string);
-        seen.lock().unwrap().push(sni);
-        Some(tls)
-    });
-    (addr, names)
 }
 
 /// Opens a WebSocket through gatehouse; its status and, on 101, the socket.
@@ -381,7 +336,7 @@ fn close(mut socket: WebSocket<TcpStream>) {
 fn websocket_messages_reach_a_verified_tls_server_with_sni_and_a_client_certificate() {
     let setup = Setup::new();
     let clients = Authority::new("client CA");
-    let (origin, names) = tls_echo_server(&setup.ca.server(), Some(&clients));
+    let origin = WebSocketOrigin::over_tls(&setup.ca.server(), Some(&clients));
     let client = clients.client();
     let cert = write(&setup.dir, "client.pem", &client.cert_pem);
     let key = write(&setup.dir, "client.key", &client.key_pem);
@@ -389,16 +344,16 @@ fn websocket_messages_reach_a_verified_tls_server_with_sni_and_a_client_certific
         "ca_file = {:?}\nsni = \"localhost\"\ncert = {cert:?}\nkey = {key:?}",
         setup.ca_file
     );
-    let proxy = Proxy::from_toml(&tls_pool(&[ip(origin)], &tls, ""));
+    let proxy = Proxy::from_toml(tls_pool(&[ip(origin.addr)], &tls, ""));
 
     let (status, socket) = websocket(proxy.addr);
     assert_eq!(status, 101);
     let mut socket = socket.unwrap();
-    crate::websocket::echoes(&mut socket);
+    echoes(&mut socket);
     close(socket);
-    assert_eq!(*names.lock().unwrap(), vec![Some("localhost".to_string())]);
+    assert_eq!(origin.server_names(), vec![Some("localhost".to_string())]);
     wait_until("the relay frees its server", || {
-        admin_server(proxy.admin, "web", origin)["in_flight"] == 0
+        admin_server(proxy.admin, "web", origin.addr)["in_flight"] == 0
     });
 }
 
@@ -406,27 +361,27 @@ fn websocket_messages_reach_a_verified_tls_server_with_sni_and_a_client_certific
 fn a_websocket_to_an_untrusted_tls_server_answers_a_502_that_names_nothing() {
     let setup = Setup::new();
     let stranger = Authority::new("someone else's CA");
-    let (origin, names) = tls_echo_server(&stranger.server(), None);
-    let toml = setup.verified_pool(&[ip(origin)], "");
+    let origin = WebSocketOrigin::over_tls(&stranger.server(), None);
+    let toml = setup.verified_pool(&[ip(origin.addr)], "");
     let proxy = Proxy::from_toml(&toml);
     let response = raw(
         proxy.addr,
         "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     );
-    assert_generic_502(&response, origin);
-    assert!(names.lock().unwrap().is_empty(), "a handshake completed");
-    assert_eq!(admin_server(proxy.admin, "web", origin)["failures"], 1);
+    assert_generic_502(&response, origin.addr);
+    assert!(origin.server_names().is_empty(), "a handshake completed");
+    assert_eq!(admin_server(proxy.admin, "web", origin.addr)["failures"], 1);
 }
 
 #[test]
 fn a_tls_websocket_server_that_fails_verification_is_ejected_like_any_other() {
     let setup = Setup::new();
     let stranger = Authority::new("someone else's CA");
-    let (good, _) = tls_echo_server(&setup.ca.server(), None);
-    let (bad, _) = tls_echo_server(&stranger.server(), None);
+    let good = WebSocketOrigin::over_tls(&setup.ca.server(), None);
+    let bad = WebSocketOrigin::over_tls(&stranger.server(), None);
     let toml = setup.verified_pool(
-        &[ip(good), ip(bad)],
+        &[ip(good.addr), ip(bad.addr)],
         "[pools.web.passive]\nmax_fails = 1\nejection_time = \"60s\"\n",
     );
     let proxy = Proxy::from_toml(&toml);
@@ -445,6 +400,6 @@ fn a_tls_websocket_server_that_fails_verification_is_ejected_like_any_other() {
         "{statuses:?}"
     );
     assert!(statuses[2..].iter().all(|&s| s == 101), "{statuses:?}");
-    let server = admin_server(proxy.admin, "web", bad);
+    let server = admin_server(proxy.admin, "web", bad.addr);
     assert_eq!(server["health"]["passive"], "ejected", "{server}");
 }

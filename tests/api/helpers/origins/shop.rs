@@ -1,107 +1,68 @@
 //! A shop's application server that keeps baskets in its own memory, keyed by its own session
 //! cookie, as many applications do: a request that reaches another server finds no basket.
-//! And shoppers that fill baskets through gatehouse.
-
-#![allow(dead_code)]
+//! And the shoppers that fill baskets through gatehouse, as browsers would.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::helpers::{connect_from, Conn, Response, DEADLINE};
+use super::{spawn, Serve, Spawned};
+use crate::helpers::{connect_from, Conn, Response};
 
 /// One application server: `POST /basket/add?item=N` and `GET /basket`, a session cookie
 /// `SID` set on the first request of a session it does not know.
 pub struct Shop {
     pub addr: SocketAddr,
-    pub name: String,
-    pub hits: Arc<AtomicUsize>,
     baskets: Arc<Mutex<HashMap<String, Vec<u32>>>>,
-    handle: Option<actix_web::dev::ServerHandle>,
-    thread: Option<thread::JoinHandle<()>>,
+    /// The number of the next session it opens.
+    next: Arc<AtomicUsize>,
+    server: Spawned,
 }
 
 #[derive(Clone)]
 struct ShopState {
     name: String,
-    hits: Arc<AtomicUsize>,
     baskets: Arc<Mutex<HashMap<String, Vec<u32>>>>,
     next: Arc<AtomicUsize>,
 }
 
 impl Shop {
+    /// A shop called `name`, its baskets empty.
     pub fn start(name: &str) -> Self {
-        let mut shop = Self {
-            addr: "127.0.0.1:0".parse().unwrap(),
+        let baskets: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+        let next: Arc<AtomicUsize> = Arc::default();
+        let state = ShopState {
             name: name.to_string(),
-            hits: Arc::default(),
-            baskets: Arc::default(),
-            handle: None,
-            thread: None,
+            baskets: baskets.clone(),
+            next: next.clone(),
         };
-        shop.open();
-        shop
+        let server = spawn(Serve::app(move |config| {
+            config
+                .app_data(web::Data::new(state.clone()))
+                .route("/basket/add", web::post().to(add))
+                .route("/basket", web::get().to(show));
+        }));
+        Self {
+            addr: server.addr,
+            baskets,
+            next,
+            server,
+        }
     }
 
-    /// Starts serving (again) on its address: a restarted process, its memory empty.
+    /// Starts serving again on its address: a restarted process, its memory empty.
     pub fn open(&mut self) {
         self.baskets.lock().unwrap().clear();
-        let state = ShopState {
-            name: self.name.clone(),
-            hits: self.hits.clone(),
-            baskets: self.baskets.clone(),
-            next: Arc::default(),
-        };
-        let addr = self.addr;
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(web::Data::new(state.clone()))
-                        .route("/basket/add", web::post().to(add))
-                        .route("/basket", web::get().to(show))
-                })
-                .workers(1)
-                .disable_signals()
-                .bind(addr)
-                .unwrap();
-                let addr = server.addrs()[0];
-                let server = server.run();
-                tx.send((addr, server.handle())).unwrap();
-                server.await.unwrap();
-            })
-        });
-        let (addr, handle) = rx.recv_timeout(DEADLINE).expect("shop started");
-        self.addr = addr;
-        self.handle = Some(handle);
-        self.thread = Some(thread);
+        self.next.store(0, Ordering::SeqCst);
+        self.server.reopen();
     }
 
-    /// Stops the process: port closed, baskets gone.
+    /// Stops the process: its address refuses connections.
     pub fn close(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ =
-                thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false))).join();
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        self.close();
+        self.server.close();
     }
 }
 
@@ -136,7 +97,6 @@ fn reply(state: &ShopState, id: &str, new: bool) -> HttpResponse {
 }
 
 async fn add(req: HttpRequest, state: web::Data<ShopState>) -> HttpResponse {
-    state.hits.fetch_add(1, Ordering::SeqCst);
     let item: u32 = req
         .query_string()
         .strip_prefix("item=")
@@ -154,7 +114,6 @@ async fn add(req: HttpRequest, state: web::Data<ShopState>) -> HttpResponse {
 }
 
 async fn show(req: HttpRequest, state: web::Data<ShopState>) -> HttpResponse {
-    state.hits.fetch_add(1, Ordering::SeqCst);
     let (id, new) = session(&req, &state);
     reply(&state, &id, new)
 }
@@ -171,6 +130,7 @@ pub struct Shopper {
 }
 
 impl Shopper {
+    /// A shopper with no cookies yet, connecting from 127.0.0.1.
     pub fn new() -> Self {
         Self {
             cookies: HashMap::new(),
@@ -209,7 +169,7 @@ impl Shopper {
             head.push_str("Content-Length: 0\r\n");
         }
         head.push_str("\r\n");
-        conn.stream.write_all(head.as_bytes()).unwrap();
+        conn.send(head.as_bytes());
         let response = conn.read(false);
         for set in response.all("set-cookie") {
             self.set_cookies.push(set.to_string());
