@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use crate::health::{HealthError, HealthHandle};
 use crate::listener::{listener_changed, Rebind, Rebinder};
-use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
+use crate::pool::{PoolError, PoolHandle, Server};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
-use crate::settings::{self, ServerEntry, Settings, SettingsError, Sources};
+use crate::settings::{self, ServerEntry, ServerState, Settings, SettingsError, Sources};
 use crate::state_file::{self, StateFileError};
 use crate::tls::{CertificateError, Certificates, TlsStore};
 
@@ -292,6 +292,34 @@ pub enum ServerChange {
     Remove(String),
 }
 
+/// What `PATCH /pools/NAME/servers/ADDRESS` may change; absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerChanges {
+    pub weight: Option<u32>,
+    pub state: Option<ServerState>,
+    pub max_connections: Option<u32>,
+    pub backup: Option<bool>,
+}
+
+impl ServerChanges {
+    /// Writes the changes into `entry`.
+    pub fn apply_to(&self, entry: &mut ServerEntry) {
+        if let Some(weight) = self.weight {
+            entry.weight = weight;
+        }
+        if let Some(state) = self.state {
+            entry.state = state;
+        }
+        if let Some(max_connections) = self.max_connections {
+            entry.max_connections = max_connections;
+        }
+        if let Some(backup) = self.backup {
+            entry.backup = backup;
+        }
+    }
+}
+
 /// The outcome of a [`ChangeServers`].
 #[derive(Debug)]
 pub struct Changed {
@@ -329,7 +357,12 @@ impl Handler<ChangeServers> for Supervisor {
                     pool.server(&entry.address)
                 }
                 ServerChange::Update(address, changes) => {
-                    Some(pool.update_server(&address, changes).await?)
+                    let server = pool
+                        .server(&address)
+                        .ok_or_else(|| PoolError::Unknown(address.clone()))?;
+                    let mut entry = server.entry();
+                    changes.apply_to(&mut entry);
+                    Some(pool.update_server(&entry).await?)
                 }
                 ServerChange::Remove(address) => {
                     pool.remove_server(&address).await?;

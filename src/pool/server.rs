@@ -9,7 +9,7 @@ use actix_web::http::uri::Authority;
 
 use super::condition::Condition;
 use super::latency::{self, PeakEwma};
-use super::Watch;
+use super::snapshot::Watch;
 use crate::settings::{ServerEntry, ServerState};
 
 /// One upstream server. Immutable but for its counters, its response-time average and the

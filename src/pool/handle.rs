@@ -1,0 +1,134 @@
+//! The typed handle on a running pool: commands go to its actor, with a dead mailbox turned
+//! into one error here; reads come from the snapshot it publishes.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+
+use super::actor::{AddServer, Pool, PoolError, Reconfigure, RemoveServer, UpdateServer};
+use super::budget::RetryBudget;
+use super::server::Server;
+use super::snapshot::PoolSnapshot;
+use crate::affinity::Affinity;
+use crate::settings::{PoolSettings, ServerEntry, StickySettings};
+
+/// A pool's session persistence with the settings it was built from.
+type RunningAffinity = (StickySettings, Arc<Affinity>);
+
+/// A typed handle on a running pool: commands go to the actor, reads come from its snapshot.
+#[derive(Clone)]
+pub struct PoolHandle {
+    addr: Addr<Pool>,
+    published: Arc<ArcSwap<PoolSnapshot>>,
+    /// Shared by every worker and kept across reloads, as the pool is.
+    budget: Arc<RetryBudget>,
+    /// The pool's session persistence and the settings it was built from: kept across
+    /// reloads that leave `[pools.NAME.sticky]` as it was, so sessions stay bound.
+    affinity: Arc<std::sync::Mutex<Option<RunningAffinity>>>,
+}
+
+impl PoolHandle {
+    /// Starts an empty pool actor on the current arbiter, with `settings`' algorithm and
+    /// health settings (not its servers).
+    pub fn start(name: &str, settings: &PoolSettings) -> Self {
+        let name: Arc<str> = name.into();
+        let empty = PoolSnapshot::new(
+            name.clone(),
+            settings.balance,
+            settings.hash_key.as_ref(),
+            Vec::new(),
+        );
+        let published = Arc::new(ArcSwap::from_pointee(empty));
+        let pool = Pool::new(name, settings, published.clone());
+        Self {
+            addr: pool.start(),
+            published,
+            budget: Arc::default(),
+            affinity: Arc::default(),
+        }
+    }
+
+    /// The pool's session persistence for `sticky`: the running one if its settings are
+    /// the same, else a new one (with empty tables).
+    pub fn affinity(&self, sticky: Option<&StickySettings>) -> Option<Arc<Affinity>> {
+        let mut current = self.affinity.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sticky) = sticky else {
+            *current = None;
+            return None;
+        };
+        match &*current {
+            Some((settings, affinity)) if settings == sticky => Some(affinity.clone()),
+            _ => {
+                let affinity = Arc::new(Affinity::new(sticky));
+                *current = Some((sticky.clone(), affinity.clone()));
+                Some(affinity)
+            }
+        }
+    }
+
+    /// The pool's retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// Starts a pool and adds its servers from settings, as the admin API would.
+    pub async fn from_settings(name: &str, settings: &PoolSettings) -> Result<Self, PoolError> {
+        let pool = Self::start(name, settings);
+        for server in &settings.servers {
+            pool.add_entry(server).await?;
+        }
+        Ok(pool)
+    }
+
+    /// Adds a server as a settings entry describes it (limit, backup, state included).
+    pub async fn add_entry(&self, entry: &ServerEntry) -> Result<(), PoolError> {
+        let msg = AddServer {
+            entry: entry.clone(),
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+    }
+
+    /// Applies a pool's new settings in one step (see [`Reconfigure`]).
+    pub async fn reconfigure(&self, settings: &PoolSettings) -> Result<(), PoolError> {
+        let msg = Reconfigure {
+            settings: settings.clone(),
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+    }
+
+    /// Gives one server a new entry (see [`UpdateServer`]).
+    pub async fn update_server(&self, entry: &ServerEntry) -> Result<Arc<Server>, PoolError> {
+        let msg = UpdateServer {
+            entry: entry.clone(),
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+    }
+
+    /// Removes a server; its requests in flight finish.
+    pub async fn remove_server(&self, address: &str) -> Result<(), PoolError> {
+        let msg = RemoveServer {
+            address: address.into(),
+        };
+        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+    }
+
+    /// The server at `address`, as the pool publishes it now.
+    pub fn server(&self, address: &str) -> Option<Arc<Server>> {
+        self.snapshot()
+            .servers
+            .iter()
+            .find(|s| &*s.address == address)
+            .cloned()
+    }
+
+    /// Every server's settings entry, in order: the pool's running membership.
+    pub fn entries(&self) -> Vec<ServerEntry> {
+        self.snapshot().servers.iter().map(|s| s.entry()).collect()
+    }
+
+    /// The pool as it is now; cheap enough to call per request.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<PoolSnapshot>> {
+        self.published.load()
+    }
+}
