@@ -8,11 +8,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::affinity::Affinity;
 use crate::health::{HealthError, HealthHandle};
 use crate::listener::{listener_changed, Rebind, Rebinder};
 use crate::pool::{PoolError, PoolHandle, Server};
 use crate::proxy::{PoolTarget, Proxy, SharedProxy};
-use crate::settings::{self, ServerEntry, ServerState, Settings, SettingsError, Sources};
+use crate::settings::{
+    self, ServerEntry, ServerState, Settings, SettingsError, Sources, StickySettings,
+};
 use crate::state_file::{self, StateFileError};
 use crate::tls::{CertificateError, Certificates, TlsStore};
 
@@ -55,7 +58,25 @@ struct Running {
     pools: BTreeMap<String, PoolTarget>,
     /// The health checks of the pools that have them.
     health: BTreeMap<String, HealthHandle>,
+    /// The session persistence of the pools that have it: kept across reloads that leave
+    /// `[pools.NAME.sticky]` as it was, so sessions stay bound.
+    affinities: BTreeMap<String, Arc<Affinity>>,
     next_index: usize,
+}
+
+/// Pool `name`'s session persistence for `sticky`: the running one if its settings are the
+/// same, else a new one (with empty tables).
+fn affinity(
+    running: Option<&Running>,
+    name: &str,
+    sticky: Option<&StickySettings>,
+) -> Option<Arc<Affinity>> {
+    let sticky = sticky?;
+    let current = running.and_then(|r| r.affinities.get(name));
+    match current {
+        Some(affinity) if affinity.settings() == sticky => Some(affinity.clone()),
+        _ => Some(Arc::new(Affinity::new(sticky))),
+    }
 }
 
 /// Loads the certificates again (files replaced on disk are read anew), publishes them for
@@ -99,6 +120,7 @@ async fn apply_settings(
     }
     let mut pools = BTreeMap::new();
     let mut health = BTreeMap::new();
+    let mut affinities = BTreeMap::new();
     let mut next_index = running.map_or(0, |r| r.next_index);
     for (name, wanted) in &new.pools {
         let failed = |source| ReloadError::Pool {
@@ -134,6 +156,7 @@ async fn apply_settings(
                     name,
                     current.handle.clone(),
                     Arc::new(wanted.clone()),
+                    affinity(running, name, wanted.sticky.as_ref()),
                 )
             }
             None => {
@@ -144,7 +167,14 @@ async fn apply_settings(
                 if running.is_some() {
                     report.pools_added.push(name.clone());
                 }
-                PoolTarget::new(next_index - 1, name, handle, Arc::new(wanted.clone()))
+                let affinity = affinity(running, name, wanted.sticky.as_ref());
+                PoolTarget::new(
+                    next_index - 1,
+                    name,
+                    handle,
+                    Arc::new(wanted.clone()),
+                    affinity,
+                )
             }
         };
         if let Some(settings) = &wanted.health {
@@ -160,6 +190,9 @@ async fn apply_settings(
                     .map_err(health_failed)?,
             };
             health.insert(name.clone(), checks);
+        }
+        if let Some(affinity) = &target.affinity {
+            affinities.insert(name.clone(), affinity.clone());
         }
         pools.insert(name.clone(), target);
     }
@@ -185,6 +218,7 @@ async fn apply_settings(
         settings: new,
         pools,
         health,
+        affinities,
         next_index,
     };
     Ok((running, report))

@@ -5,9 +5,13 @@
 //! fed by ([`Expectations`]), a probe ([`Probe`], HTTP today), and the [`Checker`] actor that
 //! schedules probes, one per pool with checks. Verdicts are written to each server's
 //! condition, which the request path reads on every pick.
+//!
+//! Beside them, [`passive`]: what live traffic's failures decide (passive ejection), called
+//! by the request path after each try.
 
 mod checker;
 mod expect;
+pub mod passive;
 mod probe;
 mod rise_fall;
 mod roster;

@@ -10,11 +10,7 @@ use super::actor::{AddServer, Pool, PoolError, Reconfigure, RemoveServer, Update
 use super::budget::RetryBudget;
 use super::server::Server;
 use super::snapshot::PoolSnapshot;
-use crate::affinity::Affinity;
-use crate::settings::{PoolSettings, ServerEntry, StickySettings};
-
-/// A pool's session persistence with the settings it was built from.
-type RunningAffinity = (StickySettings, Arc<Affinity>);
+use crate::settings::{PoolSettings, ServerEntry};
 
 /// A typed handle on a running pool: commands go to the actor, reads come from its snapshot.
 #[derive(Clone)]
@@ -23,9 +19,6 @@ pub struct PoolHandle {
     published: Arc<ArcSwap<PoolSnapshot>>,
     /// Shared by every worker and kept across reloads, as the pool is.
     budget: Arc<RetryBudget>,
-    /// The pool's session persistence and the settings it was built from: kept across
-    /// reloads that leave `[pools.NAME.sticky]` as it was, so sessions stay bound.
-    affinity: Arc<std::sync::Mutex<Option<RunningAffinity>>>,
 }
 
 impl PoolHandle {
@@ -45,25 +38,6 @@ impl PoolHandle {
             addr: pool.start(),
             published,
             budget: Arc::default(),
-            affinity: Arc::default(),
-        }
-    }
-
-    /// The pool's session persistence for `sticky`: the running one if its settings are
-    /// the same, else a new one (with empty tables).
-    pub fn affinity(&self, sticky: Option<&StickySettings>) -> Option<Arc<Affinity>> {
-        let mut current = self.affinity.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sticky) = sticky else {
-            *current = None;
-            return None;
-        };
-        match &*current {
-            Some((settings, affinity)) if settings == sticky => Some(affinity.clone()),
-            _ => {
-                let affinity = Arc::new(Affinity::new(sticky));
-                *current = Some((sticky.clone(), affinity.clone()));
-                Some(affinity)
-            }
         }
     }
 

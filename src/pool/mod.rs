@@ -4,7 +4,7 @@
 //! through a [`PoolHandle`] (`handle.rs`). It publishes an immutable [`PoolSnapshot`]
 //! (`snapshot.rs`) that request handlers read without a message round trip; per-request
 //! counters (in flight, requests, failures) and the condition health checks and live traffic
-//! write are atomics on each [`Server`], and each algorithm of `balance/` keeps its
+//! write (as data: what it means is `health`'s to decide) are atomics on each [`Server`], and each algorithm of `balance/` keeps its
 //! selection state in the snapshot behind atomics or a short mutex.
 
 mod actor;
@@ -19,7 +19,7 @@ mod snapshot;
 pub use actor::{AddServer, Pool, PoolError, Reconfigure, RemoveServer, UpdateServer};
 pub use balance::{balancer, Balancer, KeySource, PickRequest};
 pub use budget::RetryBudget;
-pub use condition::{ejection_allowance, Condition, PassiveVerdict, ProbeReport, ProbeVerdict};
+pub use condition::{Condition, FailureWindow, PassiveVerdict, ProbeReport, ProbeVerdict};
 pub use handle::PoolHandle;
 pub use latency::{now as clock, PeakEwma};
 pub use server::{parse_address, InFlight, Server, ServerOptions, ServerStats};

@@ -9,10 +9,9 @@ use std::time::Duration;
 use actix_web::HttpRequest;
 
 use super::balance::{self, balancer, Balancer, KeySource, PickRequest};
-use super::condition::{ejection_allowance, PassiveVerdict};
 use super::latency;
 use super::server::{InFlight, Server};
-use crate::settings::{Balance, HashKey, PassiveSettings};
+use crate::settings::{Balance, HashKey};
 
 /// How often a pick retries when the server it chose filled up before it could be claimed.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -185,24 +184,6 @@ impl PoolSnapshot {
     pub fn server(&self, address: &str) -> Option<&Arc<Server>> {
         let &(tier, index) = self.places.get(address)?;
         Some(&self.tiers[tier].servers[index])
-    }
-
-    /// A request to `server` failed for `reason`: passive detection counts it, and ejects
-    /// the server if it has failed too often and the pool can spare it
-    /// (`max_ejected_percent`).
-    pub fn report_failure(&self, server: &Server, reason: &str, settings: &PassiveSettings) {
-        if !settings.enabled {
-            return;
-        }
-        let ejected = self
-            .servers
-            .iter()
-            .filter(|s| s.condition().passive() == PassiveVerdict::Ejected)
-            .count();
-        let allowance = ejection_allowance(self.servers.len(), settings.max_ejected_percent);
-        server
-            .condition()
-            .failed(&server.address, reason, settings, ejected < allowance);
     }
 
     /// Whether a server still ramping up after its return sits this pick out: it takes a

@@ -22,6 +22,7 @@ use std::net::IpAddr;
 
 use crate::affinity::Session;
 use crate::compression::{self, Compress, Compression, Encoder};
+use crate::health::passive;
 use crate::pool::{self, InFlight, PickError, Server};
 use crate::security::{AccessList, RateLimit};
 use crate::settings::{PoolSettings, RetryOn, RetrySettings, StatusRange};
@@ -244,9 +245,7 @@ impl Tries<'_> {
     fn observe(&self, claim: &InFlight, outcome: &Outcome) {
         let server = claim.server();
         match outcome {
-            Outcome::Answered { failure: None, .. } => {
-                server.condition().succeeded(&server.address)
-            }
+            Outcome::Answered { failure: None, .. } => passive::report_success(server),
             Outcome::Answered {
                 failure: Some(reason),
                 ..
@@ -265,11 +264,8 @@ impl Tries<'_> {
                     server.address,
                     self.pool.name
                 );
-                self.pool.handle.snapshot().report_failure(
-                    server,
-                    reason,
-                    &self.pool.settings.passive,
-                );
+                let snapshot = self.pool.handle.snapshot();
+                passive::report_failure(&snapshot, server, reason, &self.pool.settings.passive);
             }
             Outcome::ClientFault => {}
         }

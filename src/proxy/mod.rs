@@ -64,12 +64,17 @@ pub struct PoolTarget {
 }
 
 impl PoolTarget {
-    pub fn new(index: usize, name: &str, handle: PoolHandle, settings: Arc<PoolSettings>) -> Self {
+    pub fn new(
+        index: usize,
+        name: &str,
+        handle: PoolHandle,
+        settings: Arc<PoolSettings>,
+        affinity: Option<Arc<Affinity>>,
+    ) -> Self {
         let host_header = settings
             .host_header
             .as_deref()
             .and_then(|host| HeaderValue::from_str(host).ok());
-        let affinity = handle.affinity(settings.sticky.as_ref());
         Self {
             handle,
             index,

@@ -24,6 +24,7 @@ use super::connector::{self, tls_context, UpstreamTls};
 use super::headers;
 use super::{Exchange, PoolTarget, ProxyError, Upstreams};
 use crate::access_log::AccessLog;
+use crate::health::passive::{report_failure, report_success};
 use crate::pool::{InFlight, Server};
 
 /// The largest response head accepted from a server during a handshake.
@@ -293,9 +294,7 @@ fn failed(claim: &InFlight, pool: &PoolTarget, err: ProxyError) -> ProxyError {
         pool.name
     );
     let passive = &pool.settings.passive;
-    pool.handle
-        .snapshot()
-        .report_failure(server, &reason, passive);
+    report_failure(&pool.handle.snapshot(), server, &reason, passive);
     err
 }
 
@@ -317,11 +316,9 @@ fn answered(claim: &InFlight, pool: &PoolTarget, status: StatusCode) {
             server.address,
             pool.name
         );
-        pool.handle
-            .snapshot()
-            .report_failure(server, &reason, passive);
+        report_failure(&pool.handle.snapshot(), server, &reason, passive);
     } else {
-        server.condition().succeeded(&server.address);
+        report_success(server);
     }
 }
 
