@@ -1,6 +1,6 @@
 //! The Pool actor, the only writer of one pool's membership, and the messages it is told:
-//! add, update and remove a server, take new settings. After each change it publishes a new
-//! [`PoolSnapshot`] for the request path.
+//! commands to add, update and remove a server or take new settings, applied in batches.
+//! After each change it publishes a new [`PoolSnapshot`] for the request path.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use actix::prelude::*;
 use arc_swap::ArcSwap;
 
 use super::condition::ProbeVerdict;
-use super::server::Server;
+use super::server::{parse_address, Server};
 use super::snapshot::PoolSnapshot;
 use crate::settings::{Balance, HashKey, InitialState, PoolSettings, ServerEntry, ServerState};
 
@@ -108,72 +108,141 @@ impl Pool {
         self.published.store(Arc::new(snapshot));
     }
 
-    fn add(&mut self, entry: &ServerEntry) -> Result<(), PoolError> {
-        if self.servers.iter().any(|s| *s.address == *entry.address) {
-            return Err(PoolError::Duplicate(entry.address.clone()));
+    /// Applies `commands` as one change: all of them or, if one is refused, none. Servers'
+    /// new states take effect at once; a new snapshot is published once, at the end, if the
+    /// servers or the balancing changed.
+    fn apply(&mut self, commands: &[PoolCommand]) -> Result<(), PoolError> {
+        self.check(commands)?;
+        let before: Vec<Arc<str>> = self.servers.iter().map(|s| s.address.clone()).collect();
+        let mut republish = false;
+        for command in commands {
+            republish |= self.run(command, &before);
         }
-        let server = Server::from_entry(entry).map_err(|reason| PoolError::Address {
-            address: entry.address.clone(),
-            reason,
-        })?;
-        self.rules.apply(&server, true);
-        self.servers.push(Arc::new(server));
-        self.publish();
+        if republish {
+            self.publish();
+        }
         Ok(())
     }
 
-    /// Takes a pool's settings as a whole (a reload): servers whose entry did not change keep
-    /// their object, changed ones are succeeded by a new object with the same counters,
-    /// missing ones leave. One publish.
-    fn reconfigure(&mut self, settings: &PoolSettings) -> Result<(), PoolError> {
-        let servers = merge(&self.servers, &settings.servers)?;
-        self.rules = ConditionRules::of(settings);
-        for server in &servers {
-            let joining = !self.servers.iter().any(|s| s.address == server.address);
-            self.rules.apply(server, joining);
+    /// Refuses a batch of which a command could not be applied: a server added twice, an
+    /// unknown one changed or removed, an address that does not parse. Checked against the
+    /// membership each command would find, before anything changes.
+    fn check(&self, commands: &[PoolCommand]) -> Result<(), PoolError> {
+        let mut members: Vec<&str> = self.servers.iter().map(|s| &*s.address).collect();
+        let known = |members: &[&str], address: &str| members.iter().position(|m| *m == address);
+        let parses = |address: &str| {
+            parse_address(address).map_err(|reason| PoolError::Address {
+                address: address.into(),
+                reason,
+            })
+        };
+        for command in commands {
+            match command {
+                PoolCommand::AddServer(entry) => {
+                    if known(&members, &entry.address).is_some() {
+                        return Err(PoolError::Duplicate(entry.address.clone()));
+                    }
+                    parses(&entry.address)?;
+                    members.push(&entry.address);
+                }
+                PoolCommand::UpdateServer(entry) => {
+                    known(&members, &entry.address)
+                        .ok_or_else(|| PoolError::Unknown(entry.address.clone()))?;
+                    parses(&entry.address)?;
+                }
+                PoolCommand::RemoveServer(address) => {
+                    let index = known(&members, address)
+                        .ok_or_else(|| PoolError::Unknown(address.clone()))?;
+                    members.remove(index);
+                }
+                PoolCommand::Reconfigure(_) => {}
+            }
         }
-        self.servers = servers;
-        self.balance = settings.balance;
-        self.hash_key = settings.hash_key.clone();
-        self.publish();
         Ok(())
+    }
+
+    /// Runs one command that [`Pool::check`] let through; true if the snapshot must be
+    /// published again. `before` is the membership before the batch: servers not in it are
+    /// joining.
+    fn run(&mut self, command: &PoolCommand, before: &[Arc<str>]) -> bool {
+        match command {
+            PoolCommand::AddServer(entry) => self.add(entry),
+            PoolCommand::UpdateServer(entry) => self.update(entry),
+            PoolCommand::RemoveServer(address) => {
+                self.servers.retain(|s| *s.address != **address);
+                true
+            }
+            PoolCommand::Reconfigure(settings) => {
+                self.reconfigure(settings, before);
+                true
+            }
+        }
+    }
+
+    fn add(&mut self, entry: &ServerEntry) -> bool {
+        match Server::from_entry(entry) {
+            Ok(server) => {
+                self.rules.apply(&server, true);
+                self.servers.push(Arc::new(server));
+                true
+            }
+            // Checked before: the address parses.
+            Err(reason) => {
+                log::error!("pool {}: server {}: {reason}", self.name, entry.address);
+                false
+            }
+        }
     }
 
     /// Gives a server its new settings entry. A state change is a store on the running
-    /// server; other changes put a successor in its place that keeps its counters, and
-    /// publish.
-    fn update(&mut self, entry: &ServerEntry) -> Result<Arc<Server>, PoolError> {
-        let address = &entry.address;
-        let index = self
+    /// server; other changes put a successor in its place that keeps its counters.
+    fn update(&mut self, entry: &ServerEntry) -> bool {
+        let Some(index) = self
             .servers
             .iter()
-            .position(|s| *s.address == **address)
-            .ok_or_else(|| PoolError::Unknown(address.clone()))?;
+            .position(|s| *s.address == *entry.address)
+        else {
+            return false;
+        };
         let current = self.servers[index].clone();
         if current.state() != ServerState::Active && entry.state == ServerState::Active {
             current.condition().came_back();
         }
         current.set_state(entry.state);
-        if !current.matches(entry) {
-            let successor =
-                Server::succeeding(&current, entry).map_err(|reason| PoolError::Address {
-                    address: address.clone(),
-                    reason,
-                })?;
-            self.servers[index] = Arc::new(successor);
-            self.publish();
+        if current.matches(entry) {
+            return false;
         }
-        Ok(self.servers[index].clone())
+        match Server::succeeding(&current, entry) {
+            Ok(successor) => {
+                self.servers[index] = Arc::new(successor);
+                true
+            }
+            // Checked before: the address parses.
+            Err(reason) => {
+                log::error!("pool {}: server {}: {reason}", self.name, entry.address);
+                false
+            }
+        }
     }
 
-    fn remove(&mut self, address: &str) -> Result<(), PoolError> {
-        let before = self.servers.len();
-        self.servers.retain(|s| &*s.address != address);
-        if self.servers.len() == before {
-            return Err(PoolError::Unknown(address.into()));
+    /// Takes a pool's settings: its algorithm, what its health settings mean for each
+    /// server's condition, and the servers' order as the settings list them.
+    fn reconfigure(&mut self, settings: &PoolSettings, before: &[Arc<str>]) {
+        self.rules = ConditionRules::of(settings);
+        for server in &self.servers {
+            let joining = !before.contains(&server.address);
+            self.rules.apply(server, joining);
         }
-        self.publish();
-        Ok(())
+        let place = |server: &Arc<Server>| {
+            let listed = settings.servers.iter();
+            listed
+                .map(|entry| &*entry.address)
+                .position(|address| address == &*server.address)
+                .unwrap_or(usize::MAX)
+        };
+        self.servers.sort_by_key(place);
+        self.balance = settings.balance;
+        self.hash_key = settings.hash_key.clone();
     }
 
     /// Starts watching servers that have just entered `drain`.
@@ -234,45 +303,10 @@ impl Pool {
             .map(|s| (s.address.clone(), s.state()))
             .collect()
     }
-
-    /// Runs one change, then watches the servers it sent into `drain`.
-    fn change<T>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        change: impl FnOnce(&mut Self) -> Result<T, PoolError>,
-    ) -> Result<T, PoolError> {
-        let before = self.states();
-        let outcome = change(self)?;
-        let entered = self.newly_draining(&before);
-        self.watch_drains(entered, ctx);
-        Ok(outcome)
-    }
 }
 
 impl Actor for Pool {
     type Context = Context<Self>;
-}
-
-/// The servers a pool should have: kept from `current` where the entry is unchanged, with
-/// `current`'s counters where only the entry changed.
-fn merge(current: &[Arc<Server>], wanted: &[ServerEntry]) -> Result<Vec<Arc<Server>>, PoolError> {
-    wanted
-        .iter()
-        .map(|entry| {
-            let previous = current
-                .iter()
-                .find(|server| *server.address == *entry.address);
-            let server = match previous {
-                Some(server) if server.matches(entry) => return Ok(server.clone()),
-                Some(server) => Server::succeeding(server, entry),
-                None => Server::from_entry(entry),
-            };
-            server.map(Arc::new).map_err(|reason| PoolError::Address {
-                address: entry.address.clone(),
-                reason,
-            })
-        })
-        .collect()
 }
 
 /// Why a membership change was refused.
@@ -290,64 +324,37 @@ pub enum PoolError {
     Stopped,
 }
 
-/// Adds a server, as its settings entry describes it (limit, backup, state included).
+/// One change to a pool: what start-up, reloads and the admin API tell it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolCommand {
+    /// Adds a server as its settings entry describes it (limit, backup, state included).
+    AddServer(ServerEntry),
+    /// Gives a server a new entry: a new state applies to the running server at once; a new
+    /// weight, limit or backup flag puts a successor in its place with its counters.
+    UpdateServer(ServerEntry),
+    /// Removes the server at this address; requests already on it finish.
+    RemoveServer(String),
+    /// Takes new settings: algorithm, hash key, health and passive rules, slow start, and
+    /// the servers' order (the settings' own; their servers are changed by the commands
+    /// above).
+    Reconfigure(Arc<PoolSettings>),
+}
+
+/// Applies commands in order as one change, published once: all of them, or none if one is
+/// refused.
 #[derive(Message)]
 #[rtype(result = "Result<(), PoolError>")]
-pub struct AddServer {
-    pub entry: ServerEntry,
-}
+pub struct Apply(pub Vec<PoolCommand>);
 
-impl Handler<AddServer> for Pool {
+impl Handler<Apply> for Pool {
     type Result = Result<(), PoolError>;
 
-    fn handle(&mut self, msg: AddServer, ctx: &mut Context<Self>) -> Self::Result {
-        self.change(ctx, |pool| pool.add(&msg.entry))
-    }
-}
-
-/// Gives a server a new entry (weight, limit, backup flag or state); answers the server as
-/// it is now.
-#[derive(Message)]
-#[rtype(result = "Result<Arc<Server>, PoolError>")]
-pub struct UpdateServer {
-    pub entry: ServerEntry,
-}
-
-impl Handler<UpdateServer> for Pool {
-    type Result = Result<Arc<Server>, PoolError>;
-
-    fn handle(&mut self, msg: UpdateServer, ctx: &mut Context<Self>) -> Self::Result {
-        self.change(ctx, |pool| pool.update(&msg.entry))
-    }
-}
-
-/// Removes a server; requests already on it finish.
-#[derive(Message)]
-#[rtype(result = "Result<(), PoolError>")]
-pub struct RemoveServer {
-    pub address: String,
-}
-
-impl Handler<RemoveServer> for Pool {
-    type Result = Result<(), PoolError>;
-
-    fn handle(&mut self, msg: RemoveServer, _: &mut Context<Self>) -> Self::Result {
-        self.remove(&msg.address)
-    }
-}
-
-/// Replaces the pool's algorithm, health settings and servers with those of new settings.
-#[derive(Message)]
-#[rtype(result = "Result<(), PoolError>")]
-pub struct Reconfigure {
-    pub settings: PoolSettings,
-}
-
-impl Handler<Reconfigure> for Pool {
-    type Result = Result<(), PoolError>;
-
-    fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) -> Self::Result {
-        self.change(ctx, |pool| pool.reconfigure(&msg.settings))
+    fn handle(&mut self, msg: Apply, ctx: &mut Context<Self>) -> Self::Result {
+        let before = self.states();
+        self.apply(&msg.0)?;
+        let entered = self.newly_draining(&before);
+        self.watch_drains(entered, ctx);
+        Ok(())
     }
 }
 
@@ -369,35 +376,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn merge_keeps_unchanged_servers_and_their_counters() {
-        let a = Arc::new(Server::new("127.0.0.1:1", 1).unwrap());
-        let b = Arc::new(Server::new("127.0.0.1:2", 1).unwrap());
-        a.stats
-            .requests
-            .store(7, std::sync::atomic::Ordering::Relaxed);
-        let wanted = [
-            entry("127.0.0.1:1", 1),
-            entry("127.0.0.1:2", 3),
-            entry("127.0.0.1:3", 1),
-        ];
-        let merged = merge(&[a.clone(), b.clone()], &wanted).unwrap();
-        assert!(Arc::ptr_eq(&merged[0], &a), "unchanged server kept");
-        assert!(!Arc::ptr_eq(&merged[1], &b), "reweighted server replaced");
-        assert!(Arc::ptr_eq(&merged[1].stats, &b.stats), "its counters kept");
-        assert_eq!(merged[1].weight, 3);
-        assert_eq!(&*merged[2].address, "127.0.0.1:3");
-        assert_eq!(merge(&merged, &[entry("127.0.0.1:3", 1)]).unwrap().len(), 1);
-        assert!(merge(&[], &[entry("nope", 1)]).is_err());
+    /// A pool with `entries`, outside any actor system.
+    fn pool(entries: &[ServerEntry]) -> Pool {
+        let settings = PoolSettings::default();
+        let empty = PoolSnapshot::new("web".into(), settings.balance, None, Vec::new());
+        let published = Arc::new(ArcSwap::from_pointee(empty));
+        let mut pool = Pool::new("web".into(), &settings, published);
+        let adds: Vec<PoolCommand> = entries
+            .iter()
+            .map(|entry| PoolCommand::AddServer(entry.clone()))
+            .collect();
+        pool.apply(&adds).unwrap();
+        pool
+    }
+
+    fn published(pool: &Pool) -> Vec<Arc<Server>> {
+        pool.published.load().servers.clone()
     }
 
     #[test]
-    fn merge_succeeds_a_server_whose_limit_backup_or_state_changed() {
-        let kept = Arc::new(Server::from_entry(&limited("127.0.0.1:1", 5)).unwrap());
-        assert!(Arc::ptr_eq(
-            &merge(std::slice::from_ref(&kept), &[limited("127.0.0.1:1", 5)]).unwrap()[0],
-            &kept
-        ));
+    fn commands_keep_unchanged_servers_and_their_counters() {
+        let mut pool = pool(&[entry("127.0.0.1:1", 1), entry("127.0.0.1:2", 1)]);
+        let [a, b] = [pool.servers[0].clone(), pool.servers[1].clone()];
+        a.stats
+            .requests
+            .store(7, std::sync::atomic::Ordering::Relaxed);
+        let commands = [
+            PoolCommand::UpdateServer(entry("127.0.0.1:2", 3)),
+            PoolCommand::AddServer(entry("127.0.0.1:3", 1)),
+        ];
+        pool.apply(&commands).unwrap();
+        let servers = published(&pool);
+        assert!(Arc::ptr_eq(&servers[0], &a), "unchanged server kept");
+        assert!(!Arc::ptr_eq(&servers[1], &b), "reweighted server replaced");
+        assert!(
+            Arc::ptr_eq(&servers[1].stats, &b.stats),
+            "its counters kept"
+        );
+        assert_eq!(servers[1].weight, 3);
+        assert_eq!(&*servers[2].address, "127.0.0.1:3");
+        let commands = [
+            PoolCommand::RemoveServer("127.0.0.1:1".into()),
+            PoolCommand::RemoveServer("127.0.0.1:2".into()),
+        ];
+        pool.apply(&commands).unwrap();
+        assert_eq!(published(&pool).len(), 1);
+        let nope = PoolCommand::AddServer(entry("nope", 1));
+        assert!(pool.apply(&[nope]).is_err());
+    }
+
+    #[test]
+    fn a_server_whose_limit_or_backup_changed_is_succeeded_and_a_state_change_is_in_place() {
         for changed in [
             limited("127.0.0.1:1", 6),
             ServerEntry {
@@ -411,11 +440,67 @@ mod tests {
                 ..ServerEntry::new("127.0.0.1:1")
             },
         ] {
-            let merged =
-                merge(std::slice::from_ref(&kept), std::slice::from_ref(&changed)).unwrap();
-            assert!(!Arc::ptr_eq(&merged[0], &kept), "{changed:?}");
-            assert!(Arc::ptr_eq(&merged[0].stats, &kept.stats), "{changed:?}");
-            assert_eq!(merged[0].entry(), changed);
+            let mut pool = pool(&[limited("127.0.0.1:1", 5)]);
+            let kept = pool.servers[0].clone();
+            pool.apply(&[PoolCommand::UpdateServer(limited("127.0.0.1:1", 5))])
+                .unwrap();
+            assert!(Arc::ptr_eq(&published(&pool)[0], &kept));
+            pool.apply(&[PoolCommand::UpdateServer(changed.clone())])
+                .unwrap();
+            let server = &published(&pool)[0];
+            let state_only = changed.state != ServerState::Active;
+            assert_eq!(!Arc::ptr_eq(server, &kept), !state_only, "{changed:?}");
+            assert!(Arc::ptr_eq(&server.stats, &kept.stats), "{changed:?}");
+            assert_eq!(server.entry(), changed);
         }
+    }
+
+    #[test]
+    fn a_batch_with_a_refused_command_changes_nothing() {
+        let mut pool = pool(&[entry("127.0.0.1:1", 1)]);
+        let before = pool.published.load_full();
+        let refused = [
+            vec![
+                PoolCommand::AddServer(entry("127.0.0.1:2", 1)),
+                PoolCommand::RemoveServer("127.0.0.1:9".into()),
+            ],
+            vec![
+                PoolCommand::UpdateServer(ServerEntry {
+                    state: ServerState::Down,
+                    ..entry("127.0.0.1:1", 1)
+                }),
+                PoolCommand::AddServer(entry("127.0.0.1:1", 1)),
+            ],
+            vec![PoolCommand::UpdateServer(entry("127.0.0.1:9", 1))],
+        ];
+        for batch in refused {
+            assert!(pool.apply(&batch).is_err(), "{batch:?}");
+            assert!(Arc::ptr_eq(&pool.published.load_full(), &before));
+            assert_eq!(pool.servers.len(), 1);
+            assert_eq!(pool.servers[0].state(), ServerState::Active);
+        }
+    }
+
+    #[test]
+    fn reconfiguring_puts_the_servers_in_the_settings_order() {
+        let mut pool = pool(&[entry("127.0.0.1:1", 1), entry("127.0.0.1:3", 1)]);
+        let settings = PoolSettings {
+            balance: Balance::LeastConnections,
+            servers: ["127.0.0.1:3", "127.0.0.1:2", "127.0.0.1:1"]
+                .map(ServerEntry::new)
+                .to_vec(),
+            ..PoolSettings::default()
+        };
+        let commands = [
+            PoolCommand::AddServer(ServerEntry::new("127.0.0.1:2")),
+            PoolCommand::Reconfigure(Arc::new(settings)),
+        ];
+        pool.apply(&commands).unwrap();
+        let order: Vec<String> = published(&pool)
+            .iter()
+            .map(|s| s.address.to_string())
+            .collect();
+        assert_eq!(order, ["127.0.0.1:3", "127.0.0.1:2", "127.0.0.1:1"]);
+        assert_eq!(pool.balance, Balance::LeastConnections);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use super::actor::{AddServer, Pool, PoolError, Reconfigure, RemoveServer, UpdateServer};
+use super::actor::{Apply, Pool, PoolCommand, PoolError};
 use super::budget::RetryBudget;
 use super::server::Server;
 use super::snapshot::PoolSnapshot;
@@ -49,42 +49,29 @@ impl PoolHandle {
     /// Starts a pool and adds its servers from settings, as the admin API would.
     pub async fn from_settings(name: &str, settings: &PoolSettings) -> Result<Self, PoolError> {
         let pool = Self::start(name, settings);
-        for server in &settings.servers {
-            pool.add_entry(server).await?;
-        }
+        let adds = settings.servers.iter().cloned().map(PoolCommand::AddServer);
+        pool.apply(adds.collect()).await?;
         Ok(pool)
+    }
+
+    /// Applies `commands` as one change (see [`Apply`]).
+    pub async fn apply(&self, commands: Vec<PoolCommand>) -> Result<(), PoolError> {
+        self.addr
+            .send(Apply(commands))
+            .await
+            .map_err(|_| PoolError::Stopped)?
     }
 
     /// Adds a server as a settings entry describes it (limit, backup, state included).
     pub async fn add_entry(&self, entry: &ServerEntry) -> Result<(), PoolError> {
-        let msg = AddServer {
-            entry: entry.clone(),
-        };
-        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
-    }
-
-    /// Applies a pool's new settings in one step (see [`Reconfigure`]).
-    pub async fn reconfigure(&self, settings: &PoolSettings) -> Result<(), PoolError> {
-        let msg = Reconfigure {
-            settings: settings.clone(),
-        };
-        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
-    }
-
-    /// Gives one server a new entry (see [`UpdateServer`]).
-    pub async fn update_server(&self, entry: &ServerEntry) -> Result<Arc<Server>, PoolError> {
-        let msg = UpdateServer {
-            entry: entry.clone(),
-        };
-        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+        self.apply(vec![PoolCommand::AddServer(entry.clone())])
+            .await
     }
 
     /// Removes a server; its requests in flight finish.
     pub async fn remove_server(&self, address: &str) -> Result<(), PoolError> {
-        let msg = RemoveServer {
-            address: address.into(),
-        };
-        self.addr.send(msg).await.map_err(|_| PoolError::Stopped)?
+        self.apply(vec![PoolCommand::RemoveServer(address.into())])
+            .await
     }
 
     /// The server at `address`, as the pool publishes it now.
