@@ -1,11 +1,13 @@
 //! The Pool actor, the only writer of one pool's membership, and the messages it is told:
-//! commands to add, update and remove a server or take new settings, applied in batches.
-//! After each change it publishes a new [`PoolSnapshot`] for the request path.
+//! commands to add, update and remove a server or take new settings, applied in batches;
+//! and followers to tell of membership changes. After each change it publishes a new
+//! [`PoolSnapshot`] for the request path.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use arc_swap::ArcSwap;
 
 use super::condition::ProbeVerdict;
@@ -29,6 +31,8 @@ pub struct Pool {
     /// The timer that looks at `draining`, while it is not empty.
     drain_check: Option<SpawnHandle>,
     rules: ConditionRules,
+    /// Who is told of membership changes: the pool's health checks.
+    followers: Vec<WeakRecipient<MembershipChanged>>,
 }
 
 /// What a pool's health settings mean for its servers' conditions.
@@ -91,6 +95,7 @@ impl Pool {
             draining: Vec::new(),
             drain_check: None,
             rules: ConditionRules::of(settings),
+            followers: Vec::new(),
         }
     }
 
@@ -110,7 +115,7 @@ impl Pool {
 
     /// Applies `commands` as one change: all of them or, if one is refused, none. Servers'
     /// new states take effect at once; a new snapshot is published once, at the end, if the
-    /// servers or the balancing changed.
+    /// servers or the balancing changed, and the pool's followers are told.
     fn apply(&mut self, commands: &[PoolCommand]) -> Result<(), PoolError> {
         self.check(commands)?;
         let before: Vec<Arc<str>> = self.servers.iter().map(|s| s.address.clone()).collect();
@@ -120,6 +125,7 @@ impl Pool {
         }
         if republish {
             self.publish();
+            self.tell_followers();
         }
         Ok(())
     }
@@ -245,6 +251,20 @@ impl Pool {
         self.hash_key = settings.hash_key.clone();
     }
 
+    /// Sends the membership to every follower still running; forgets the others.
+    fn tell_followers(&mut self) {
+        let servers = &self.servers;
+        self.followers.retain(|follower| match follower.upgrade() {
+            Some(recipient) if recipient.connected() => {
+                recipient.do_send(MembershipChanged {
+                    servers: servers.clone(),
+                });
+                true
+            }
+            _ => false,
+        });
+    }
+
     /// Starts watching servers that have just entered `drain`.
     fn watch_drains(&mut self, entered: Vec<Arc<str>>, ctx: &mut Context<Self>) {
         for address in entered {
@@ -355,6 +375,32 @@ impl Handler<Apply> for Pool {
         let entered = self.newly_draining(&before);
         self.watch_drains(entered, ctx);
         Ok(())
+    }
+}
+
+/// The pool's servers after a change of its membership, as a follower hears of it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MembershipChanged {
+    pub servers: Vec<Arc<Server>>,
+}
+
+/// Asks to be told of every change of the pool's membership, starting with the servers it
+/// has now. The pool holds the follower weakly: a follower that stops is forgotten.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Follow(pub WeakRecipient<MembershipChanged>);
+
+impl Handler<Follow> for Pool {
+    type Result = ();
+
+    fn handle(&mut self, msg: Follow, _: &mut Context<Self>) {
+        if let Some(recipient) = msg.0.upgrade() {
+            recipient.do_send(MembershipChanged {
+                servers: self.servers.clone(),
+            });
+        }
+        self.followers.push(msg.0);
     }
 }
 

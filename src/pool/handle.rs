@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use arc_swap::ArcSwap;
 
-use super::actor::{Apply, Pool, PoolCommand, PoolError};
+use super::actor::{Apply, Follow, MembershipChanged, Pool, PoolCommand, PoolError};
 use super::budget::RetryBudget;
 use super::server::Server;
 use super::snapshot::PoolSnapshot;
@@ -72,6 +73,12 @@ impl PoolHandle {
     pub async fn remove_server(&self, address: &str) -> Result<(), PoolError> {
         self.apply(vec![PoolCommand::RemoveServer(address.into())])
             .await
+    }
+
+    /// Tells `follower` of the pool's servers now and after every change of its membership,
+    /// for as long as the follower runs.
+    pub fn follow(&self, follower: WeakRecipient<MembershipChanged>) {
+        self.addr.do_send(Follow(follower));
     }
 
     /// The server at `address`, as the pool publishes it now.

@@ -16,7 +16,7 @@ mod latency;
 mod server;
 mod snapshot;
 
-pub use actor::{Apply, Pool, PoolCommand, PoolError};
+pub use actor::{Apply, Follow, MembershipChanged, Pool, PoolCommand, PoolError};
 pub use balance::{balancer, Balancer, KeySource, PickRequest};
 pub use budget::RetryBudget;
 pub use condition::{Condition, FailureWindow, PassiveVerdict, ProbeReport, ProbeVerdict};

@@ -293,7 +293,91 @@ impl SupervisorHandle {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+    use crate::settings::{HealthSettings, PoolSettings};
+
+    /// A server on loopback, a task of the test's own runtime, that answers every request
+    /// with `200 OK`.
+    async fn healthy() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        actix_rt::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let _ = stream.write_all(answer).await;
+            }
+        });
+        address
+    }
+
+    /// Runs the actors until `done`, moving the paused clock a millisecond (the timers'
+    /// resolution) at a time; returns how far it moved.
+    async fn until(done: impl Fn() -> bool) -> std::time::Duration {
+        let start = tokio::time::Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "never done"
+            );
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        }
+        start.elapsed()
+    }
+
+    #[actix_rt::test]
+    async fn a_server_added_through_the_admin_api_is_probed_without_a_poll() {
+        tokio::time::pause();
+        let (first, added) = (healthy().await, healthy().await);
+        let health = HealthSettings {
+            interval: settings::Duration::from_secs(3600),
+            jitter: settings::Duration::from_millis(0),
+            ..HealthSettings::default()
+        };
+        let web = PoolSettings {
+            servers: vec![ServerEntry::new(&first.to_string())],
+            health: Some(health),
+            ..PoolSettings::default()
+        };
+        let mut settings = Settings::default();
+        settings.pools.insert("web".into(), web);
+        let (rebinder, _rebinds) = tokio::sync::mpsc::unbounded_channel();
+        let certificates = Arc::new(TlsStore::default());
+        let (supervisor, _, pools) =
+            SupervisorHandle::start(Sources::default(), settings, rebinder, certificates)
+                .await
+                .unwrap();
+        let pool = pools[0].1.clone();
+        let probed = |address: SocketAddr| {
+            let server = pool.server(&address.to_string());
+            move || {
+                server
+                    .as_ref()
+                    .is_some_and(|s| s.condition().last_probe().is_some())
+            }
+        };
+        until(probed(first)).await;
+        let entry = ServerEntry::new(&added.to_string());
+        let change = ServerChange::Add(entry);
+        supervisor.change_servers("web", change).await.unwrap();
+        let server = pool.server(&added.to_string()).unwrap();
+        // The checker polled the pool every 250 ms; now the pool tells it at once, and the
+        // probe starts within the jitter (none here), on the next tick of the timers.
+        let waited = until(|| server.condition().last_probe().is_some()).await;
+        assert!(server.condition().last_probe().unwrap().passed);
+        assert!(waited < std::time::Duration::from_millis(50), "{waited:?}");
+    }
 
     #[test]
     fn only_admin_changes_need_a_restart() {
