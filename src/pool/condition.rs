@@ -185,7 +185,7 @@ impl Condition {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the server out until `until` (on the [`latency`] clock); its slow start, if it
+    /// Takes the server out until `until` (on the pool clock, [`crate::pool::clock`]); its slow start, if it
     /// was ramping, is over.
     pub fn eject(&self, until: u64) {
         self.ejected_until.store(until, Ordering::Relaxed);
@@ -247,7 +247,7 @@ fn ramp_share(elapsed: u64, ramp: Duration) -> f64 {
 }
 
 /// Passive detection's memory of one server: its recent failures and how many times in a
-/// row it has been ejected. Times are nanoseconds on the [`latency`] clock. Plain data: what
+/// row it has been ejected. Times are nanoseconds on the pool clock ([`crate::pool::clock`]). Plain data: what
 /// the failures mean is decided in `health/passive.rs`.
 #[derive(Debug, Default)]
 pub struct FailureWindow {

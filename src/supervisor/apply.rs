@@ -117,8 +117,13 @@ fn prepare(
                 })?;
             }
             Command::StartChecker { pool } | Command::RetuneChecker { pool } => {
-                let settings = &new.pools[pool];
-                let health = settings.health.as_ref().expect("checks only with [health]");
+                // The difference asks for checks only of a pool with `[health]`.
+                let Some(settings) = new.pools.get(pool) else {
+                    continue;
+                };
+                let Some(health) = &settings.health else {
+                    continue;
+                };
                 let prepared =
                     PreparedChecks::new(health, settings.tls.as_ref()).map_err(|source| {
                         ReloadError::Health {
@@ -129,9 +134,10 @@ fn prepare(
                 checks.insert(pool.clone(), prepared);
             }
             Command::NewAffinity { pool } => {
-                let sticky = new.pools[pool].sticky.as_ref();
-                let sticky = sticky.expect("a new affinity only with [sticky]");
-                affinities.insert(pool.clone(), Arc::new(Affinity::new(sticky)));
+                let sticky = new.pools.get(pool).and_then(|p| p.sticky.as_ref());
+                if let Some(sticky) = sticky {
+                    affinities.insert(pool.clone(), Arc::new(Affinity::new(sticky)));
+                }
             }
             Command::DropAffinity { pool } | Command::RemovePool { pool } => {
                 affinities.remove(pool);
@@ -248,13 +254,19 @@ fn report(running: Option<&Running>, new: &Settings, commands: &[Command]) -> Re
     }
 }
 
-/// Applies prepared commands in their order. The listeners' restart is the one that can
-/// still fail, and it comes first (after the certificate swap, which is undone then): the
-/// run loop in `server.rs` starts the new HTTP server on the kept sockets and only retires
-/// the old one when that worked, so a restart cannot be prepared apart from being done. Once
-/// it is done, nothing is left that can be refused: addresses were parsed, probes built,
-/// routes resolved. A pool or checker actor that has stopped, which only a bug can cause, is
-/// logged; the reload goes on.
+/// Applies prepared commands in their order.
+///
+/// The listeners' restart is the one command that can still fail, and the difference puts
+/// it first, so its failure leaves everything as it was. It is not prepared apart from being
+/// done: the run loop in `server.rs` starts the new HTTP server on the kept sockets and
+/// retires the old one only once that worked, so asking for it is already the commit, and
+/// splitting it would mean holding a second server ready while the rest is applied. Only the
+/// certificate swap comes before it, so that a TLS listener the restart adds has the new
+/// certificates from its first handshake; it is undone when the restart fails.
+///
+/// Once the listeners run, nothing is left that can be refused: addresses were parsed,
+/// probes built, routes resolved. A pool or checker actor that has stopped, which only a bug
+/// can cause, is logged; the reload goes on.
 async fn commit(
     running: Option<&Running>,
     mut prepared: Prepared,
@@ -286,26 +298,30 @@ async fn commit(
             | Command::UpdateServer { pool, .. }
             | Command::RemoveServer { pool, .. }
             | Command::ReconfigurePool { pool } => {
-                let Some(batch) = prepared.batches.remove(pool) else {
-                    continue;
-                };
-                let handle = &prepared.pools[pool].handle;
-                if let Err(err) = handle.apply(batch).await {
-                    log::error!("pool {pool}: {err}");
+                // A pool's commands go to its actor together, with the first of them.
+                let batch = prepared.batches.remove(pool);
+                let target = prepared.pools.get(pool);
+                if let (Some(batch), Some(target)) = (batch, target) {
+                    if let Err(err) = target.handle.apply(batch).await {
+                        log::error!("pool {pool}: {err}");
+                    }
                 }
             }
             Command::StartChecker { pool } => {
-                let checks = prepared.checks.remove(pool).expect("prepared");
-                let handle = prepared.pools[pool].handle.clone();
-                checkers.insert(pool.clone(), HealthHandle::start(handle, checks));
+                let checks = prepared.checks.remove(pool);
+                let target = prepared.pools.get(pool);
+                if let (Some(checks), Some(target)) = (checks, target) {
+                    let handle = HealthHandle::start(target.handle.clone(), checks);
+                    checkers.insert(pool.clone(), handle);
+                }
             }
             Command::RetuneChecker { pool } => {
-                let checks = prepared.checks.remove(pool).expect("prepared");
-                let retuned = match checkers.get(pool) {
-                    Some(running) => running.retune(checks).await,
-                    None => Err(crate::health::HealthError::Stopped),
+                let (Some(checks), Some(running)) =
+                    (prepared.checks.remove(pool), checkers.get(pool))
+                else {
+                    continue;
                 };
-                if let Err(err) = retuned {
+                if let Err(err) = running.retune(checks).await {
                     log::error!("pool {pool}: health checks: {err}");
                 }
             }

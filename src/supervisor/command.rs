@@ -1,10 +1,10 @@
 //! The commands a reload, start-up and the admin API give: the vocabulary of changes to what
-//! runs, as data that [`super::diff`] computes and the supervisor applies.
+//! runs, as data that `diff.rs` computes and the supervisor applies.
 
 use crate::settings::{ServerEntry, ServerState};
 
 /// One change to what runs. A reload's list comes in the order it is applied (see
-/// [`super::diff::diff`]).
+/// `diff.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Reads `[tls]`'s certificates again (renewed files included) and serves them to new
