@@ -16,10 +16,10 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::json;
 
 use crate::affinity::Affinity;
-use crate::pool::{Condition, PoolError, PoolHandle, ProbeVerdict, Server, ServerChanges};
+use crate::pool::{Condition, PoolError, PoolHandle, ProbeVerdict, Server};
 use crate::proxy::SharedProxy;
 use crate::settings::{Balance, Cidr, Duration, ServerEntry, ServerState, Settings};
-use crate::supervisor::{Changed, ReloadError, ServerChange, SupervisorHandle};
+use crate::supervisor::{Changed, ReloadError, ServerChange, ServerChanges, SupervisorHandle};
 
 /// What the admin handlers read: the running pools (from the request path's published state),
 /// the settings supervisor, which applies every change, and the token callers must present.

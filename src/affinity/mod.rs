@@ -3,9 +3,9 @@
 //!
 //! Two ways to remember the binding:
 //! - **in the client**: `mode = "cookie"` sets a signed cookie naming the server
-//!   ([`cookie`]); nothing is stored, and every gatehouse with the same secret reads it;
+//!   (`cookie.rs`); nothing is stored, and every gatehouse with the same secret reads it;
 //! - **in a table**: `learn` (the application's session cookie), `client_ip` and `header`
-//!   bind a key to a server in a bounded table ([`table`]), least recently used first out and
+//!   bind a key to a server in a bounded table (`table.rs`), least recently used first out and
 //!   forgotten after `ttl` unused.
 //!
 //! The request path asks [`Affinity::lookup`] before the pick and calls [`Affinity::bind`]

@@ -1,6 +1,7 @@
 //! The actor that schedules one pool's probes: a timer per server, at most one probe in
 //! flight per server, probes of different servers running side by side on the actor's
-//! arbiter. What a probe's outcome means is [`Roster`]'s business.
+//! arbiter. It follows the pool's membership: the pool tells it of every change (start-up,
+//! reloads, the admin API). What a probe's outcome means is [`Roster`]'s business.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +10,8 @@ use actix::prelude::*;
 
 use super::probe::Probe;
 use super::roster::{first_delay, next_delay, Key, Roster};
-use crate::pool::PoolHandle;
+use crate::pool::{MembershipChanged, PoolHandle, Server};
 use crate::settings::HealthSettings;
-
-/// How often the checker looks for servers that joined or left the pool (admin API,
-/// reloads): soon enough that a new server is probed within a blink, and one snapshot load
-/// and a scan of the addresses costs nothing.
-const MEMBERSHIP_CHECK: Duration = Duration::from_millis(250);
 
 /// Probes every server of one pool, for as long as the pool has health checks.
 pub struct Checker<P: Probe> {
@@ -36,9 +32,8 @@ impl<P: Probe> Checker<P> {
     }
 
     /// Starts probing servers that joined; forgets those that left.
-    fn sync(&mut self, ctx: &mut Context<Self>) {
-        let snapshot = self.pool.snapshot();
-        let sync = self.roster.sync(&snapshot.servers);
+    fn sync(&mut self, servers: &[Arc<Server>], ctx: &mut Context<Self>) {
+        let sync = self.roster.sync(servers);
         for timer in sync.cancel {
             ctx.cancel_future(timer);
         }
@@ -71,9 +66,17 @@ impl<P: Probe> Checker<P> {
 impl<P: Probe> Actor for Checker<P> {
     type Context = Context<Self>;
 
+    /// Follows the pool, which answers with its servers at once.
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.sync(ctx);
-        ctx.run_interval(MEMBERSHIP_CHECK, |checker, ctx| checker.sync(ctx));
+        self.pool.follow(ctx.address().downgrade().recipient());
+    }
+}
+
+impl<P: Probe> Handler<MembershipChanged> for Checker<P> {
+    type Result = ();
+
+    fn handle(&mut self, msg: MembershipChanged, ctx: &mut Context<Self>) {
+        self.sync(&msg.servers, ctx);
     }
 }
 
@@ -285,6 +288,28 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(starts(&probe, "127.0.0.1:1").len(), before);
         assert!(starts(&probe, "127.0.0.1:2").len() >= 5);
+    }
+
+    #[actix_rt::test]
+    async fn a_server_that_joins_is_probed_at_once_without_a_poll() {
+        tokio::time::pause();
+        let pool = pool(&["127.0.0.1:1"]).await;
+        let probe = Scripted::default();
+        let _checker = Checker::new(pool.clone(), Arc::new(health()), probe.clone()).start();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let joined = tokio::time::Instant::now();
+        pool.add_entry(&ServerEntry::new("127.0.0.1:2"))
+            .await
+            .unwrap();
+        // The pool tells the checker before it answers; the probe starts within the jitter
+        // (none here), on the next tick of the timers, a millisecond later, where the
+        // checker used to look every 250 ms.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(starts(&probe, "127.0.0.1:2").len(), 1);
+        let at = probe.started.lock().unwrap().last().unwrap().1;
+        assert!(at - joined < Duration::from_millis(2), "{:?}", at - joined);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(verdict(&pool, "127.0.0.1:2"), ProbeVerdict::Up);
     }
 
     #[actix_rt::test]

@@ -5,9 +5,13 @@
 //! fed by ([`Expectations`]), a probe ([`Probe`], HTTP today), and the [`Checker`] actor that
 //! schedules probes, one per pool with checks. Verdicts are written to each server's
 //! condition, which the request path reads on every pick.
+//!
+//! Beside them, [`passive`]: what live traffic's failures decide (passive ejection), called
+//! by the request path after each try.
 
 mod checker;
 mod expect;
+pub mod passive;
 mod probe;
 mod rise_fall;
 mod roster;
@@ -36,13 +40,10 @@ pub enum HealthError {
     Stopped,
 }
 
-/// A typed handle on one pool's running health checks, with the settings they run on.
+/// A typed handle on one pool's running health checks.
 #[derive(Clone)]
 pub struct HealthHandle {
     addr: Addr<Checker<HttpProbe>>,
-    settings: Arc<HealthSettings>,
-    /// The pool's `[pools.NAME.tls]`, which probes use too.
-    tls: Option<UpstreamTlsSettings>,
 }
 
 /// The probe for a pool's settings, over TLS when the pool has it.
@@ -54,49 +55,40 @@ fn probe(
     Ok(HttpProbe::new(settings)?.with_tls(tls))
 }
 
-impl HealthHandle {
-    /// Starts probing `pool`'s servers on the current arbiter.
-    pub fn start(
-        pool: PoolHandle,
+/// A pool's health checks ready to start, or to retune the running ones with: the probe is
+/// built (expectations compiled, TLS context loaded), so nothing can fail after this.
+pub struct PreparedChecks {
+    settings: Arc<HealthSettings>,
+    probe: HttpProbe,
+}
+
+impl PreparedChecks {
+    /// Builds the probe for `settings`, over the pool's `tls`; fails as starting would.
+    pub fn new(
         settings: &HealthSettings,
         tls: Option<&UpstreamTlsSettings>,
     ) -> Result<Self, HealthError> {
-        let probe = probe(settings, tls)?;
-        let settings = Arc::new(settings.clone());
-        let addr = Checker::new(pool, settings.clone(), probe).start();
         Ok(Self {
-            addr,
-            settings,
-            tls: tls.cloned(),
+            probe: probe(settings, tls)?,
+            settings: Arc::new(settings.clone()),
         })
     }
+}
 
-    /// Whether the checks run on these settings already.
-    pub fn runs_on(&self, settings: &HealthSettings, tls: Option<&UpstreamTlsSettings>) -> bool {
-        *self.settings == *settings && self.tls.as_ref() == tls
+impl HealthHandle {
+    /// Starts probing `pool`'s servers on the current arbiter.
+    pub fn start(pool: PoolHandle, checks: PreparedChecks) -> Self {
+        let addr = Checker::new(pool, checks.settings, checks.probe).start();
+        Self { addr }
     }
 
     /// Gives the running checks new settings; counters and verdicts are kept.
-    pub async fn retune(
-        &self,
-        settings: &HealthSettings,
-        tls: Option<&UpstreamTlsSettings>,
-    ) -> Result<Self, HealthError> {
-        let probe = probe(settings, tls)?;
-        let settings = Arc::new(settings.clone());
+    pub async fn retune(&self, checks: PreparedChecks) -> Result<(), HealthError> {
         let msg = Retune {
-            settings: settings.clone(),
-            probe,
+            settings: checks.settings,
+            probe: checks.probe,
         };
-        self.addr
-            .send(msg)
-            .await
-            .map_err(|_| HealthError::Stopped)?;
-        Ok(Self {
-            addr: self.addr.clone(),
-            settings,
-            tls: tls.cloned(),
-        })
+        self.addr.send(msg).await.map_err(|_| HealthError::Stopped)
     }
 
     /// Stops the checks; once this returns, they write no more verdicts.

@@ -7,11 +7,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::latency;
-use crate::settings::PassiveSettings;
 
 /// What active health checks say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -69,7 +68,7 @@ pub struct Condition {
     ejected_until: AtomicU64,
     /// When the server last came back, on the [`latency`] clock; 0 when it is not ramping up.
     returned_at: AtomicU64,
-    ejection: Mutex<Ejection>,
+    window: Mutex<FailureWindow>,
     last_probe: Mutex<Option<ProbeReport>>,
 }
 
@@ -180,75 +179,39 @@ impl Condition {
         self.passive.load(Ordering::Relaxed) == PassiveVerdict::Trial as u8
     }
 
-    /// A request to the server succeeded: a trial ends with the server back.
-    pub fn succeeded(&self, address: &str) {
-        if !self.on_trial() {
-            return;
-        }
-        let mut ejection = self.ejection.lock().unwrap_or_else(|e| e.into_inner());
-        let back = self
-            .passive
+    /// The failures passive detection remembers, locked: taken only on failures and during
+    /// a trial.
+    pub fn window(&self) -> MutexGuard<'_, FailureWindow> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the server out until `until` (on the pool clock, [`crate::pool::clock`]); its slow start, if it
+    /// was ramping, is over.
+    pub fn eject(&self, until: u64) {
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.passive
+            .store(PassiveVerdict::Ejected as u8, Ordering::Relaxed);
+        self.returned_at.store(0, Ordering::Relaxed);
+    }
+
+    /// Ends a trial with the server back; false if it was not on trial (another request
+    /// ended it first).
+    pub fn end_trial(&self) -> bool {
+        self.passive
             .compare_exchange(
                 PassiveVerdict::Trial as u8,
                 PassiveVerdict::Healthy as u8,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             )
-            .is_ok();
-        if back {
-            ejection.returned(latency::now());
-            self.came_back();
-            log::info!(
-                "server {address} in pool {}: trial passed, taking traffic again",
-                self.pool()
-            );
-        }
-    }
-
-    /// A request to the server failed for `reason`. `may_eject` says whether the pool can
-    /// spare one more ejected server (`max_ejected_percent`).
-    pub fn failed(&self, address: &str, reason: &str, settings: &PassiveSettings, may_eject: bool) {
-        if !settings.enabled {
-            return;
-        }
-        let mut ejection = self.ejection.lock().unwrap_or_else(|e| e.into_inner());
-        let now = latency::now();
-        let verdict = self.passive();
-        if verdict == PassiveVerdict::Ejected {
-            // A request that started before the ejection; it changes nothing.
-            return;
-        }
-        let on_trial = verdict == PassiveVerdict::Trial;
-        let Some(time) = ejection.failure(now, settings, on_trial, may_eject || on_trial) else {
-            return;
-        };
-        self.ejected_until
-            .store(now + time.as_nanos() as u64, Ordering::Relaxed);
-        self.passive
-            .store(PassiveVerdict::Ejected as u8, Ordering::Relaxed);
-        self.returned_at.store(0, Ordering::Relaxed);
-        if on_trial {
-            log::warn!(
-                "server {address} in pool {}: trial failed ({reason}), ejected for {}",
-                self.pool(),
-                humantime::format_duration(time)
-            );
-        } else {
-            log::warn!(
-                "server {address} in pool {}: ejected for {} after {} failures within {} (last: {reason})",
-                self.pool(),
-                humantime::format_duration(time),
-                settings.max_fails,
-                humantime::format_duration(settings.fail_timeout.get()),
-            );
-        }
+            .is_ok()
     }
 
     /// Forgets passive ejection (the pool turned it off).
     pub fn clear_ejection(&self) {
         self.passive
             .store(PassiveVerdict::Healthy as u8, Ordering::Relaxed);
-        *self.ejection.lock().unwrap_or_else(|e| e.into_inner()) = Ejection::default();
+        *self.window() = FailureWindow::default();
     }
 
     /// The server is taking traffic again after being out: its slow start begins.
@@ -284,173 +247,23 @@ fn ramp_share(elapsed: u64, ramp: Duration) -> f64 {
 }
 
 /// Passive detection's memory of one server: its recent failures and how many times in a
-/// row it has been ejected. Times are nanoseconds on one monotonic clock.
+/// row it has been ejected. Times are nanoseconds on the pool clock ([`crate::pool::clock`]). Plain data: what
+/// the failures mean is decided in `health/passive.rs`.
 #[derive(Debug, Default)]
-pub struct Ejection {
+pub struct FailureWindow {
     /// Times of the most recent failures, at most `max_fails` of them, oldest first.
-    failures: VecDeque<u64>,
+    pub failures: VecDeque<u64>,
     /// Ejections in a row: each lasts twice the one before.
-    consecutive: u32,
+    pub consecutive: u32,
     /// When the server last came back from an ejection.
-    returned_at: Option<u64>,
-}
-
-impl Ejection {
-    /// Records a failure at `now`; returns how long to eject the server for, if it must go.
-    /// A failure on trial ejects at once; otherwise `max_fails` failures within
-    /// `fail_timeout` do, when `may_eject`.
-    pub fn failure(
-        &mut self,
-        now: u64,
-        settings: &PassiveSettings,
-        on_trial: bool,
-        may_eject: bool,
-    ) -> Option<Duration> {
-        let max_fails = settings.max_fails.max(1) as usize;
-        let window = settings.fail_timeout.get().as_nanos() as u64;
-        self.failures.push_back(now);
-        while self.failures.len() > max_fails {
-            self.failures.pop_front();
-        }
-        let tripped =
-            self.failures.len() == max_fails && now.saturating_sub(self.failures[0]) <= window;
-        if !(on_trial || tripped) || !may_eject {
-            return None;
-        }
-        // An ejection soon after coming back continues the series; a later one starts anew.
-        let recent = self
-            .returned_at
-            .is_some_and(|back| now.saturating_sub(back) <= window);
-        if !(on_trial || recent) {
-            self.consecutive = 0;
-        }
-        let time = ejection_time(settings, self.consecutive);
-        self.consecutive = self.consecutive.saturating_add(1);
-        self.failures.clear();
-        Some(time)
-    }
-
-    /// The server passed its trial at `now`.
-    pub fn returned(&mut self, now: u64) {
-        self.returned_at = Some(now);
-        self.failures.clear();
-    }
-}
-
-/// How long the ejection after `previous` consecutive ones lasts: the base time doubled each
-/// time, never more than `max_ejection_time`.
-fn ejection_time(settings: &PassiveSettings, previous: u32) -> Duration {
-    let base = settings.ejection_time.get();
-    let max = settings.max_ejection_time.get();
-    base.checked_mul(1u32 << previous.min(30))
-        .map_or(max, |time| time.min(max))
-}
-
-/// How many servers of a pool of `servers` may be ejected at once: `percent` of them rounded
-/// down, but at least one in a pool of two or more (as Envoy), and none in a pool of one,
-/// which has nowhere else to send its requests.
-pub fn ejection_allowance(servers: usize, percent: u8) -> usize {
-    if servers < 2 {
-        return 0;
-    }
-    (servers * usize::from(percent) / 100).max(1)
+    pub returned_at: Option<u64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::Duration as Setting;
 
     const SECOND: u64 = 1_000_000_000;
-
-    fn settings() -> PassiveSettings {
-        PassiveSettings {
-            max_fails: 3,
-            fail_timeout: Setting::from_secs(10),
-            ejection_time: Setting::from_secs(5),
-            max_ejection_time: Setting::from_secs(30),
-            ..PassiveSettings::default()
-        }
-    }
-
-    #[test]
-    fn max_fails_within_the_window_eject() {
-        let mut ejection = Ejection::default();
-        let s = settings();
-        assert_eq!(ejection.failure(0, &s, false, true), None);
-        assert_eq!(ejection.failure(SECOND, &s, false, true), None);
-        assert_eq!(
-            ejection.failure(2 * SECOND, &s, false, true),
-            Some(Duration::from_secs(5))
-        );
-    }
-
-    #[test]
-    fn failures_spread_wider_than_the_window_do_not() {
-        let mut ejection = Ejection::default();
-        let s = settings();
-        for i in 0..10 {
-            assert_eq!(ejection.failure(i * 6 * SECOND, &s, false, true), None);
-        }
-    }
-
-    #[test]
-    fn ejections_in_a_row_double_up_to_the_maximum() {
-        let mut ejection = Ejection::default();
-        let s = settings();
-        for now in 0..3 {
-            ejection.failure(now, &s, false, true);
-        }
-        let times: Vec<u64> = (0..4)
-            .map(|i| {
-                ejection
-                    .failure(100 * SECOND + i, &s, true, true)
-                    .unwrap()
-                    .as_secs()
-            })
-            .collect();
-        assert_eq!(times, [10, 20, 30, 30]);
-    }
-
-    #[test]
-    fn a_server_that_stayed_back_starts_a_new_series() {
-        let mut ejection = Ejection::default();
-        let s = settings();
-        for now in 0..3 {
-            ejection.failure(now, &s, false, true);
-        }
-        ejection.returned(10 * SECOND);
-        // Failing again right after its return: the series goes on (10s).
-        let soon: Vec<_> = (0..3)
-            .filter_map(|i| ejection.failure(11 * SECOND + i, &s, false, true))
-            .collect();
-        assert_eq!(soon, [Duration::from_secs(10)]);
-        ejection.returned(30 * SECOND);
-        // Long after: back to the base time.
-        let later: Vec<_> = (0..3)
-            .filter_map(|i| ejection.failure(100 * SECOND + i, &s, false, true))
-            .collect();
-        assert_eq!(later, [Duration::from_secs(5)]);
-    }
-
-    #[test]
-    fn a_pool_at_its_allowance_keeps_the_server() {
-        let mut ejection = Ejection::default();
-        let s = settings();
-        for now in 0..5 {
-            assert_eq!(ejection.failure(now, &s, false, false), None);
-        }
-    }
-
-    #[test]
-    fn allowance_rounds_down_but_spares_one() {
-        assert_eq!(ejection_allowance(1, 50), 0);
-        assert_eq!(ejection_allowance(2, 50), 1);
-        assert_eq!(ejection_allowance(3, 50), 1);
-        assert_eq!(ejection_allowance(4, 50), 2);
-        assert_eq!(ejection_allowance(10, 10), 1);
-        assert_eq!(ejection_allowance(10, 100), 10);
-    }
 
     #[test]
     fn slow_start_ramps_from_a_tenth_to_all() {
@@ -459,37 +272,5 @@ mod tests {
         assert!((ramp_share(5 * SECOND, ramp) - 0.55).abs() < 1e-9);
         assert_eq!(ramp_share(20 * SECOND, ramp), 1.0);
         assert_eq!(ramp_share(0, Duration::ZERO), 1.0);
-    }
-
-    #[test]
-    fn an_ejected_server_goes_on_trial_and_returns_on_success() {
-        let condition = Condition::default();
-        let mut s = settings();
-        s.ejection_time = Setting::from_millis(1);
-        s.max_fails = 1;
-        condition.failed("10.0.0.1:80", "status 502", &s, true);
-        assert_eq!(condition.passive(), PassiveVerdict::Ejected);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(condition.admits());
-        assert!(condition.on_trial());
-        condition.succeeded("10.0.0.1:80");
-        assert_eq!(condition.passive(), PassiveVerdict::Healthy);
-        assert!(condition.ramp(Duration::from_secs(60)) < 0.2);
-    }
-
-    #[test]
-    fn probes_and_ejection_each_keep_a_server_out() {
-        let condition = Condition::new(ProbeVerdict::Down);
-        assert!(!condition.admits());
-        assert_eq!(condition.set_probe(ProbeVerdict::Up), ProbeVerdict::Down);
-        assert!(condition.admits());
-        let s = PassiveSettings {
-            max_fails: 1,
-            ..settings()
-        };
-        condition.failed("10.0.0.1:80", "connect error", &s, true);
-        assert!(!condition.admits(), "ejected though probes pass");
-        condition.clear_ejection();
-        assert!(condition.admits());
     }
 }

@@ -11,7 +11,6 @@ pub use crate::settings::parse_address;
 
 use super::condition::Condition;
 use super::latency::{self, PeakEwma};
-use super::Watch;
 use crate::settings::{ServerEntry, ServerState};
 
 /// One upstream server. Immutable but for its counters, its response-time average and the
@@ -204,7 +203,7 @@ impl Server {
 
     /// The most requests the server may have in flight now; 0 means no limit. A server on
     /// trial after an ejection takes one at a time.
-    fn limit(&self) -> usize {
+    pub(super) fn limit(&self) -> usize {
         if self.stats.condition.on_trial() {
             1
         } else {
@@ -234,92 +233,10 @@ impl Server {
     }
 }
 
-/// A request's claim on a server: counted in flight until dropped.
-#[derive(Debug)]
-pub struct InFlight {
-    server: Arc<Server>,
-    /// Where the balancer wants to hear of this request's load: set for pools whose
-    /// algorithm follows load (least_connections, least_time).
-    watch: Option<Watch>,
-    /// When the server was picked, on the [`latency`] clock; set only for `least_time` pools.
-    picked_at: Option<u64>,
-}
-
-impl InFlight {
-    /// Counts a request in flight on `server`, whatever its limit.
-    pub fn new(server: Arc<Server>) -> Self {
-        server.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        server.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Self {
-            server,
-            watch: None,
-            picked_at: None,
-        }
-    }
-
-    /// Counts a request in flight on `server` if it is below its `max_connections`; two
-    /// requests racing for the last slot cannot both have it.
-    pub fn claim(server: &Arc<Server>) -> Option<Self> {
-        let limit = server.limit();
-        let in_flight = &server.stats.in_flight;
-        if limit == 0 {
-            in_flight.fetch_add(1, Ordering::Relaxed);
-        } else {
-            in_flight
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n < limit).then_some(n + 1)
-                })
-                .ok()?;
-        }
-        server.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Some(Self {
-            server: server.clone(),
-            watch: None,
-            picked_at: None,
-        })
-    }
-
-    pub(super) fn watched(mut self, watch: Option<Watch>, picked_at: Option<u64>) -> Self {
-        self.watch = watch;
-        self.picked_at = picked_at;
-        self
-    }
-
-    pub fn server(&self) -> &Arc<Server> {
-        &self.server
-    }
-
-    /// Counts a failed request against the server.
-    pub fn failed(&self) {
-        self.server.stats.failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The server's response head has arrived. In pools balanced by response time, records how
-    /// long it took since the pick; elsewhere does nothing and reads no clock.
-    pub fn observe_head(&self) {
-        if let Some(picked_at) = self.picked_at {
-            let now = latency::now();
-            let took = Duration::from_nanos(now.saturating_sub(picked_at));
-            self.server.latency.observe(took, now);
-            if let Some(watch) = &self.watch {
-                watch.load_changed();
-            }
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.server.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(watch) = &self.watch {
-            watch.load_changed();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::InFlight;
 
     #[test]
     fn in_flight_counts_until_dropped() {

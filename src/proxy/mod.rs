@@ -50,12 +50,17 @@ pub struct PoolTarget {
 }
 
 impl PoolTarget {
-    pub fn new(index: usize, name: &str, handle: PoolHandle, settings: Arc<PoolSettings>) -> Self {
+    pub fn new(
+        index: usize,
+        name: &str,
+        handle: PoolHandle,
+        settings: Arc<PoolSettings>,
+        affinity: Option<Arc<Affinity>>,
+    ) -> Self {
         let host_header = settings
             .host_header
             .as_deref()
             .and_then(|host| HeaderValue::from_str(host).ok());
-        let affinity = handle.affinity(settings.sticky.as_ref());
         Self {
             handle,
             index,
@@ -174,19 +179,27 @@ fn refuse(ctx: &mut RequestCtx<'_>, err: &ProxyError) -> HttpResponse {
     body::holding_unread(ctx.req, response)
 }
 
-/// The request path's state built from settings, with running pools, for unit tests of the
-/// phases (inside an actix system: the pools are actors).
+/// The request path's state built from settings, with running pools and their servers, for
+/// unit tests of the phases (inside an actix system: the pools are actors).
 #[cfg(test)]
-pub(crate) fn test_proxy(toml: &str) -> Proxy {
+pub(crate) async fn test_proxy(toml: &str) -> Proxy {
     let settings = crate::settings::from_toml(toml);
-    let pools = settings
-        .pools
-        .iter()
-        .enumerate()
-        .map(|(index, (name, pool))| {
-            let handle = PoolHandle::start(name, pool);
-            PoolTarget::new(index, name, handle, Arc::new(pool.clone()))
-        })
-        .collect();
+    let mut pools = Vec::new();
+    for (index, (name, pool)) in settings.pools.iter().enumerate() {
+        let handle = PoolHandle::from_settings(name, pool)
+            .await
+            .expect("test pools start");
+        let affinity = pool
+            .sticky
+            .as_ref()
+            .map(|sticky| Arc::new(Affinity::new(sticky)));
+        pools.push(PoolTarget::new(
+            index,
+            name,
+            handle,
+            Arc::new(pool.clone()),
+            affinity,
+        ));
+    }
     Proxy::new(&settings, pools, Arc::default()).expect("test routes name their pools")
 }

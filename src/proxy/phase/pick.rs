@@ -71,3 +71,70 @@ async fn balanced(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+    use actix_web::HttpResponse;
+
+    use super::*;
+    use crate::proxy::test_proxy;
+
+    const STICKY: &str = r#"
+        [[routes]]
+        path = "/"
+        pool = "web"
+        [pools.web]
+        servers = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002" }]
+        [pools.web.sticky]
+        mode = "header"
+        header_name = "x-session"
+    "#;
+
+    /// Picks for a request carrying `session` (or none), binds the session to the server as
+    /// the respond phase does, and names the server.
+    async fn served(proxy: &crate::proxy::Proxy, session: Option<&str>) -> String {
+        let mut request = TestRequest::get();
+        if let Some(session) = session {
+            request = request.insert_header(("x-session", session));
+        }
+        let req = request.to_http_request();
+        let mut ctx = RequestCtx::new(&req, proxy);
+        let pool = &proxy.pools[0];
+        let Picked { claim, session } = pick(&mut ctx, pool).await.expect("a server");
+        let affinity = pool.affinity.as_ref().expect("the pool is sticky");
+        if let Some(session) = &session {
+            affinity.bind(session, claim.server(), &mut HttpResponse::Ok().finish());
+        }
+        assert!(ctx.snapshot.is_some(), "the snapshot is kept for the tries");
+        claim.server().address.to_string()
+    }
+
+    #[actix_rt::test]
+    async fn a_bound_session_keeps_its_server_and_others_are_balanced() {
+        let proxy = test_proxy(STICKY).await;
+        let first = served(&proxy, Some("cart-1")).await;
+        for _ in 0..4 {
+            assert_eq!(served(&proxy, Some("cart-1")).await, first);
+        }
+        // Without a session the balancer alternates as round robin does.
+        let a = served(&proxy, None).await;
+        let b = served(&proxy, None).await;
+        assert_ne!(a, b);
+    }
+
+    #[actix_rt::test]
+    async fn a_session_whose_server_cannot_take_it_moves_and_stays_moved() {
+        let proxy = test_proxy(STICKY).await;
+        let first = served(&proxy, Some("cart-2")).await;
+        let pool = &proxy.pools[0];
+        let server = pool.handle.server(&first).expect("the bound server");
+        server
+            .condition()
+            .set_probe(crate::pool::ProbeVerdict::Down);
+        let moved = served(&proxy, Some("cart-2")).await;
+        assert_ne!(moved, first);
+        server.condition().set_probe(crate::pool::ProbeVerdict::Up);
+        assert_eq!(served(&proxy, Some("cart-2")).await, moved);
+    }
+}

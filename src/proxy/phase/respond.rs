@@ -221,7 +221,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn every_response_gets_the_request_id_and_server_and_loses_hidden_headers() {
-        let proxy = test_proxy(SETTINGS);
+        let proxy = test_proxy(SETTINGS).await;
         let req = TestRequest::get()
             .insert_header((X_REQUEST_ID, "abc-1"))
             .to_http_request();
@@ -237,7 +237,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_proxied_response_has_its_redirects_rewritten_and_hsts_only_over_tls() {
-        let proxy = test_proxy(SETTINGS);
+        let proxy = test_proxy(SETTINGS).await;
         let req = TestRequest::get()
             .insert_header((header::HOST, "www.test"))
             .to_http_request();
@@ -266,7 +266,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn an_upgrade_answer_keeps_upgrade_on_101_only() {
-        let proxy = test_proxy(SETTINGS);
+        let proxy = test_proxy(SETTINGS).await;
         let req = TestRequest::get().to_http_request();
         let ctx = RequestCtx::new(&req, &proxy);
         let hop = [

@@ -51,7 +51,7 @@ mod tests {
     use actix_web::test::TestRequest;
 
     use super::*;
-    use crate::proxy::test_proxy;
+    use crate::proxy::{test_proxy, Proxy};
 
     const SETTINGS: &str = r#"
         [[routes]]
@@ -77,11 +77,10 @@ mod tests {
     "#;
 
     /// The route phase's verdict on a request from `peer`: the route's pool, or the status.
-    fn verdict(request: TestRequest, peer: &str) -> Result<String, u16> {
+    fn verdict(proxy: &Proxy, request: TestRequest, peer: &str) -> Result<String, u16> {
         use actix_web::ResponseError as _;
-        let proxy = test_proxy(SETTINGS);
         let req = request.peer_addr(peer.parse().unwrap()).to_http_request();
-        let mut ctx = RequestCtx::new(&req, &proxy);
+        let mut ctx = RequestCtx::new(&req, proxy);
         match route(&mut ctx) {
             Ok(route) => Ok(route.target.name.to_string()),
             Err(Early::Refused(err)) => Err(err.status_code().as_u16()),
@@ -91,37 +90,48 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_longest_prefix_of_the_matching_host_wins() {
+        let proxy = test_proxy(SETTINGS).await;
         let get = |host: &str, path: &str| {
             TestRequest::get()
                 .uri(path)
                 .insert_header((header::HOST, host))
         };
         let peer = "192.0.2.1:5000";
-        assert_eq!(verdict(get("www.test", "/x"), peer), Ok("web".into()));
-        assert_eq!(verdict(get("www.test", "/staff/a"), peer), Ok("web".into()));
+        assert_eq!(
+            verdict(&proxy, get("www.test", "/x"), peer),
+            Ok("web".into())
+        );
+        assert_eq!(
+            verdict(&proxy, get("www.test", "/staff/a"), peer),
+            Ok("web".into())
+        );
         let shop = TestRequest::get()
             .uri("/")
             .insert_header((header::HOST, "shop.test"));
         // No TLS listener runs, so there is nowhere to redirect to: served as it is.
-        assert_eq!(verdict(shop, peer), Ok("shop".into()));
+        assert_eq!(verdict(&proxy, shop, peer), Ok("shop".into()));
     }
 
     #[actix_rt::test]
     async fn a_route_refuses_what_its_own_rules_refuse() {
+        let proxy = test_proxy(SETTINGS).await;
         let staff = || {
             TestRequest::get()
                 .uri("/staff/")
                 .insert_header((header::HOST, "a"))
         };
-        assert_eq!(verdict(staff(), "10.1.2.3:5000"), Err(403));
-        assert_eq!(verdict(staff(), "192.0.2.1:5000"), Ok("web".into()));
+        assert_eq!(verdict(&proxy, staff(), "10.1.2.3:5000"), Err(403));
+        assert_eq!(verdict(&proxy, staff(), "192.0.2.1:5000"), Ok("web".into()));
         let upload = |length: &str| {
             TestRequest::post()
                 .uri("/upload/")
                 .insert_header((header::HOST, "a"))
                 .insert_header((header::CONTENT_LENGTH, length.to_string()))
         };
-        assert_eq!(verdict(upload("1025"), "192.0.2.1:5000"), Err(413));
-        assert_eq!(verdict(upload("1024"), "192.0.2.1:5000"), Ok("web".into()));
+        assert_eq!(verdict(&proxy, upload("1025"), "192.0.2.1:5000"), Err(413));
+        assert_eq!(
+            verdict(&proxy, upload("1024"), "192.0.2.1:5000"),
+            Ok("web".into())
+        );
     }
 }

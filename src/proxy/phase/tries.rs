@@ -24,6 +24,7 @@ use super::super::route::Route;
 use super::super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
 use super::route::declared_length;
 use crate::conn::UndeclaredBody;
+use crate::health::passive;
 use crate::pool::{self, InFlight, Server};
 use crate::settings::{RetryOn, RetrySettings};
 use crate::upstream::{Outcome, UpstreamError};
@@ -156,7 +157,7 @@ pub fn observe(
 ) {
     let server = claim.server();
     if outcome.side().is_none() {
-        server.condition().succeeded(&server.address);
+        passive::report_success(server);
         return;
     }
     let Some(reason) = outcome.passive_failure() else {
@@ -171,7 +172,7 @@ pub fn observe(
     let (address, name) = (&server.address, &pool.name);
     log::log!(level, "upstream {address} in pool {name}: {what}{reason}");
     if let Some(snapshot) = &ctx.snapshot {
-        snapshot.report_failure(server, reason, &pool.settings.passive);
+        passive::report_failure(snapshot, server, reason, &pool.settings.passive);
     }
 }
 

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::alias::WeightedDraw;
-use super::balance::{first_available, less_loaded, Balancer, PickRequest, TRIES};
-use super::Server;
+use super::{first_available, less_loaded, Balancer, PickRequest, TRIES};
+use crate::pool::Server;
 
 #[derive(Debug)]
 pub struct RandomTwo {
@@ -55,11 +55,9 @@ impl Balancer for RandomTwo {
 
 #[cfg(test)]
 mod tests {
-    use super::super::balance::testing::{
-        assert_weighted, limited, load, servers, set_down, shares,
-    };
-    use super::super::InFlight;
+    use super::super::testing::{assert_weighted, limited, load, servers, set_down, shares};
     use super::*;
+    use crate::pool::InFlight;
 
     fn pick(p2c: &RandomTwo, servers: &[Arc<Server>]) -> Option<usize> {
         p2c.pick(servers, &PickRequest::default())

@@ -1,15 +1,29 @@
-//! How a pool picks a server: one small trait, one plain struct per algorithm.
+//! How a pool picks a server: one small trait, one plain struct per algorithm, and the
+//! structures they share (the alias table for weighted draws, the min-tree of loads, the
+//! hash key a request is balanced by).
+
+mod alias;
+mod hash;
+mod hash_key;
+mod least_connections;
+mod least_time;
+mod min_tree;
+mod random;
+mod random_two;
+mod round_robin;
 
 use std::sync::Arc;
 
-use super::hash::Hash;
-use super::least_connections::LeastConnections;
-use super::least_time::LeastTime;
-use super::random::Random;
-use super::random_two::RandomTwo;
-use super::round_robin::RoundRobin;
-use super::Server;
+pub use hash_key::KeySource;
+
+use crate::pool::Server;
 use crate::settings::Balance;
+use hash::Hash;
+use least_connections::LeastConnections;
+use least_time::LeastTime;
+use random::Random;
+use random_two::RandomTwo;
+use round_robin::RoundRobin;
 
 /// What an algorithm may know about the request it picks for. Borrowed from the request, so
 /// building one costs nothing.
@@ -56,12 +70,12 @@ pub fn balancer(balance: Balance, servers: &[Arc<Server>]) -> Box<dyn Balancer> 
 
 /// How many candidates a sampling algorithm tries before it scans: with a quarter of the
 /// servers unavailable, one pick in 65,000 scans.
-pub(super) const TRIES: usize = 8;
+const TRIES: usize = 8;
 
 /// The first server at or after `start` (wrapping) that can take a request: the way out
 /// when the fast path of an algorithm met only unavailable servers. O(n), and reached only
 /// when most servers are down, draining or full.
-pub(super) fn first_available(servers: &[Arc<Server>], start: usize) -> Option<usize> {
+fn first_available(servers: &[Arc<Server>], start: usize) -> Option<usize> {
     let n = servers.len();
     (0..n)
         .map(|offset| (start + offset) % n)
@@ -77,14 +91,13 @@ pub(super) fn less_loaded(a: &Server, b: &Server) -> bool {
 }
 
 #[cfg(test)]
-pub(super) mod testing {
+mod testing {
     //! Helpers the algorithms' unit tests share.
 
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    use super::super::server::ServerOptions;
-    use super::super::Server;
+    use crate::pool::{Server, ServerOptions};
     use crate::settings::ServerState;
 
     /// Servers of the given weights, addresses 127.0.0.1:9001 and up.

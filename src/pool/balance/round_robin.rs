@@ -13,8 +13,8 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::balance::{first_available, Balancer, PickRequest};
-use super::Server;
+use super::{first_available, Balancer, PickRequest};
+use crate::pool::Server;
 
 /// The longest cycle kept: 64 Ki entries of 4 bytes per snapshot.
 const MAX_CYCLE: u64 = 1 << 16;
@@ -171,7 +171,7 @@ impl Deadlines {
 
 #[cfg(test)]
 mod tests {
-    use super::super::balance::testing::{assert_weighted, limited, servers, set_down, shares};
+    use super::super::testing::{assert_weighted, limited, servers, set_down, shares};
     use super::*;
 
     fn sequence(weights: &[u32], picks: usize) -> Vec<usize> {
@@ -253,7 +253,7 @@ mod tests {
     fn a_full_server_is_skipped_until_it_has_room() {
         let servers = vec![limited("127.0.0.1:1", 1), limited("127.0.0.1:2", 0)];
         let rr = RoundRobin::new(&servers);
-        let claim = super::super::InFlight::claim(&servers[0]).unwrap();
+        let claim = crate::pool::InFlight::claim(&servers[0]).unwrap();
         assert!((0..10).all(|_| rr.pick(&servers, &PickRequest::default()) == Some(1)));
         drop(claim);
         let picks: Vec<_> = (0..4)

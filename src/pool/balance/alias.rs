@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::Server;
+use crate::pool::Server;
 
 /// The alias table of a list of servers' weights.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ impl WeightedDraw {
 
 #[cfg(test)]
 mod tests {
-    use super::super::balance::testing::{assert_weighted, servers, shares};
+    use super::super::testing::{assert_weighted, servers, shares};
     use super::*;
 
     #[test]

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::balance::{first_available, Balancer, PickRequest};
 use super::round_robin::RoundRobin;
-use super::Server;
+use super::{first_available, Balancer, PickRequest};
+use crate::pool::Server;
 
 /// The smallest table: a prime, large enough that each of a few hundred servers holds its
 /// share to within a percent or so.
@@ -147,9 +147,9 @@ fn maglev_table(servers: &[Arc<Server>]) -> Box<[u32]> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::balance::testing::{assert_weighted, limited, servers, set_down, shares};
-    use super::super::InFlight;
+    use super::super::testing::{assert_weighted, limited, servers, set_down, shares};
     use super::*;
+    use crate::pool::InFlight;
 
     fn named(count: usize) -> Vec<Arc<Server>> {
         (0..count)

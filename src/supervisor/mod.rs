@@ -1,20 +1,29 @@
-//! The running settings: start-up and reloads, turned into pool messages and a new request
-//! path. A reload re-reads every settings layer; invalid settings change nothing.
+//! The running settings: start-up, reloads and the admin API's membership changes, each
+//! turned into [`Command`]s (`command.rs`) and applied to the pools, their checks and
+//! affinities, the listeners and the request path. A reload is the difference between what
+//! runs and new settings (`diff.rs`), applied all or nothing (`apply.rs`); invalid settings
+//! change nothing.
 
-use std::collections::BTreeMap;
+mod apply;
+mod command;
+mod diff;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::health::{HealthError, HealthHandle};
-use crate::listener::{listener_changed, Rebind, Rebinder};
-use crate::pool::{PoolError, PoolHandle, Server, ServerChanges};
-use crate::proxy::{PoolTarget, Proxy, SharedProxy};
+pub use command::{Command, ServerChange, ServerChanges};
+
+use crate::health::HealthError;
+use crate::listener::Rebinder;
+use crate::pool::{PoolError, PoolHandle, Server};
+use crate::proxy::{Proxy, SharedProxy};
 use crate::settings::{self, Loaded, Problem, ServerEntry, Settings, SettingsError, Sources};
 use crate::state_file::{self, StateFileError};
 use crate::tls::{CertificateError, Certificates, TlsStore};
+use apply::{pool_command, Running, Targets};
 
 /// Reads the settings and loads the files they name (certificates), as start-up, a reload and
 /// `--check` all must: settings that would not start are invalid.
@@ -60,147 +69,6 @@ pub struct ReloadReport {
     pub restart_needed: Vec<String>,
 }
 
-/// The running pools, their health checks and the request path built from them.
-struct Running {
-    settings: Settings,
-    pools: BTreeMap<String, PoolTarget>,
-    /// The health checks of the pools that have them.
-    health: BTreeMap<String, HealthHandle>,
-    next_index: usize,
-}
-
-/// Loads the certificates again (files replaced on disk are read anew), publishes them for
-/// new handshakes, then applies the rest; if anything fails, the running certificates stay.
-async fn apply(
-    running: Option<&Running>,
-    new: Settings,
-    published: &SharedProxy,
-    rebinder: &Rebinder,
-    certificates: &TlsStore,
-) -> Result<(Running, ReloadReport), ReloadError> {
-    let table = Certificates::load(&new.tls)?.map(Arc::new);
-    let previous = certificates.swap(table);
-    let applied = apply_settings(running, new, published, rebinder).await;
-    if applied.is_err() {
-        certificates.swap(previous);
-    }
-    applied
-}
-
-/// Applies `new` over what runs (nothing, at start-up) and publishes the new request path.
-/// Pools in the admin state file take their servers from it. Every pool's membership becomes
-/// what the settings say, whatever was changed at runtime.
-async fn apply_settings(
-    running: Option<&Running>,
-    mut new: Settings,
-    published: &SharedProxy,
-    rebinder: &Rebinder,
-) -> Result<(Running, ReloadReport), ReloadError> {
-    if !new.admin.state_file.is_empty() {
-        let membership = state_file::load(Path::new(&new.admin.state_file))?;
-        state_file::apply(&mut new, membership);
-    }
-    let mut report = ReloadReport::default();
-    if let Some(running) = running {
-        if listener_changed(&running.settings, &new) {
-            // First, so a listener that cannot bind leaves everything as it was.
-            rebind(rebinder, &new).await?;
-            report.listeners_restarted = true;
-        }
-    }
-    let mut pools = BTreeMap::new();
-    let mut health = BTreeMap::new();
-    let mut next_index = running.map_or(0, |r| r.next_index);
-    for (name, wanted) in &new.pools {
-        let failed = |source| ReloadError::Pool {
-            pool: name.clone(),
-            source,
-        };
-        let checks = running.and_then(|r| r.health.get(name));
-        let current_tls = running
-            .and_then(|r| r.pools.get(name))
-            .map(|current| &current.settings.tls);
-        if let Some(tls) = &wanted.tls {
-            if !tls.verify && current_tls != Some(&wanted.tls) {
-                log::warn!(
-                    "pool {name}: tls.verify = false: the servers' certificates are not checked"
-                );
-            }
-        }
-        if let (Some(checks), None) = (checks, &wanted.health) {
-            // Stopped first, so no probe ends after the pool has cleared its verdicts.
-            checks.stop().await;
-        }
-        let target = match running.and_then(|r| r.pools.get(name)) {
-            Some(current)
-                if *current.settings == *wanted && current.handle.entries() == wanted.servers =>
-            {
-                current.clone()
-            }
-            Some(current) => {
-                current.handle.reconfigure(wanted).await.map_err(failed)?;
-                report.pools_changed.push(name.clone());
-                PoolTarget::new(
-                    current.index,
-                    name,
-                    current.handle.clone(),
-                    Arc::new(wanted.clone()),
-                )
-            }
-            None => {
-                let handle = PoolHandle::from_settings(name, wanted)
-                    .await
-                    .map_err(failed)?;
-                next_index += 1;
-                if running.is_some() {
-                    report.pools_added.push(name.clone());
-                }
-                PoolTarget::new(next_index - 1, name, handle, Arc::new(wanted.clone()))
-            }
-        };
-        if let Some(settings) = &wanted.health {
-            let health_failed = |source| ReloadError::Health {
-                pool: name.clone(),
-                source,
-            };
-            let tls = wanted.tls.as_ref();
-            let checks = match checks {
-                Some(checks) if checks.runs_on(settings, tls) => checks.clone(),
-                Some(checks) => checks.retune(settings, tls).await.map_err(health_failed)?,
-                None => HealthHandle::start(target.handle.clone(), settings, tls)
-                    .map_err(health_failed)?,
-            };
-            health.insert(name.clone(), checks);
-        }
-        pools.insert(name.clone(), target);
-    }
-    if let Some(running) = running {
-        for (name, checks) in &running.health {
-            if !new.pools.contains_key(name) {
-                checks.stop().await;
-            }
-        }
-        report.pools_removed = running
-            .pools
-            .keys()
-            .filter(|name| !new.pools.contains_key(*name))
-            .cloned()
-            .collect();
-        report.restart_needed = restart_needed(&running.settings, &new);
-    }
-    let edge = published.load().security.edge.clone();
-    let proxy =
-        Proxy::new(&new, pools.values().cloned().collect(), edge).map_err(ReloadError::Routes)?;
-    published.store(Arc::new(proxy));
-    let running = Running {
-        settings: new,
-        pools,
-        health,
-        next_index,
-    };
-    Ok((running, report))
-}
-
 /// Sections whose changes take effect only when gatehouse starts.
 fn restart_needed(old: &Settings, new: &Settings) -> Vec<String> {
     let mut sections = Vec::new();
@@ -208,24 +76,6 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<String> {
         sections.push("admin".to_string());
     }
     sections
-}
-
-/// Restarts the client listeners on new settings, keeping their sockets.
-async fn rebind(rebinder: &Rebinder, settings: &Settings) -> Result<(), ReloadError> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = Rebind {
-        settings: settings.server.clone(),
-        tls_listen: settings.tls.listen.clone(),
-        http2: settings.tls.http2.clone(),
-        reply,
-    };
-    rebinder.send(request).map_err(|_| ReloadError::Stopped)?;
-    let bound = answer
-        .await
-        .map_err(|_| ReloadError::Stopped)?
-        .map_err(ReloadError::Listen)?;
-    log::info!("listeners restarted on new settings: {bound:?}");
-    Ok(())
 }
 
 /// The actor that owns the running settings; the only one that changes pools wholesale.
@@ -259,14 +109,12 @@ impl Handler<Reload> for Supervisor {
             let outcome = match loaded {
                 Ok(loaded) => {
                     let settings = loaded.settings;
-                    apply(
-                        running.as_ref(),
-                        settings,
-                        &published,
-                        &rebinder,
-                        &certificates,
-                    )
-                    .await
+                    let targets = Targets {
+                        published: &published,
+                        rebinder: &rebinder,
+                        certificates: &certificates,
+                    };
+                    apply::apply(running.as_ref(), settings, targets).await
                 }
                 Err(err) => Err(err.into()),
             };
@@ -293,14 +141,6 @@ impl Handler<Reload> for Supervisor {
             },
         )))
     }
-}
-
-/// A runtime membership change to one pool, from the admin API.
-#[derive(Debug)]
-pub enum ServerChange {
-    Add(ServerEntry),
-    Update(String, ServerChanges),
-    Remove(String),
 }
 
 /// The outcome of a [`ChangeServers`].
@@ -332,20 +172,23 @@ impl Handler<ChangeServers> for Supervisor {
         let state_file = running
             .map(|r| r.settings.admin.state_file.clone())
             .filter(|path| !path.is_empty());
+        let told = handle
+            .ok_or_else(|| PoolError::NoPool(msg.pool.clone()))
+            .and_then(|pool| {
+                let command = server_command(&pool, msg.pool.clone(), msg.change)?;
+                let settings = running.map(|r| &r.settings);
+                let told = settings.and_then(|settings| pool_command(&command, settings));
+                let (_, told) = told.ok_or_else(|| PoolError::NoPool(msg.pool.clone()))?;
+                Ok((pool, command, told))
+            });
         let work = async move {
-            let pool = handle.ok_or_else(|| PoolError::NoPool(msg.pool.clone()))?;
-            let server = match msg.change {
-                ServerChange::Add(entry) => {
-                    pool.add_entry(&entry).await?;
+            let (pool, command, told) = told?;
+            pool.apply(vec![told]).await?;
+            let server = match command {
+                Command::AddServer { entry, .. } | Command::UpdateServer { entry, .. } => {
                     pool.server(&entry.address)
                 }
-                ServerChange::Update(address, changes) => {
-                    Some(pool.update_server(&address, changes).await?)
-                }
-                ServerChange::Remove(address) => {
-                    pool.remove_server(&address).await?;
-                    None
-                }
+                _ => None,
             };
             let state_file_error = state_file.and_then(|path| {
                 save_pool(Path::new(&path), &msg.pool, pool.entries())
@@ -362,6 +205,27 @@ impl Handler<ChangeServers> for Supervisor {
         };
         AtomicResponse::new(Box::pin(work.into_actor(self)))
     }
+}
+
+/// The command for an admin change to `pool`: the same a reload gives for such a change. A
+/// server's changes are written into the entry it runs with.
+fn server_command(
+    handle: &PoolHandle,
+    pool: String,
+    change: ServerChange,
+) -> Result<Command, PoolError> {
+    Ok(match change {
+        ServerChange::Add(entry) => Command::AddServer { pool, entry },
+        ServerChange::Update(address, changes) => {
+            let server = handle
+                .server(&address)
+                .ok_or_else(|| PoolError::Unknown(address.clone()))?;
+            let mut entry = server.entry();
+            changes.apply_to(&mut entry);
+            Command::UpdateServer { pool, entry }
+        }
+        ServerChange::Remove(address) => Command::RemoveServer { pool, address },
+    })
 }
 
 /// Records one pool's membership in the state file, leaving the other pools it lists as they
@@ -390,7 +254,12 @@ impl SupervisorHandle {
         let empty = Proxy::new(&Settings::default(), Vec::new(), Arc::default())
             .map_err(ReloadError::Routes)?;
         let published = Arc::new(SharedProxy::from_pointee(empty));
-        let (running, _) = apply(None, settings, &published, &rebinder, &certificates).await?;
+        let targets = Targets {
+            published: &published,
+            rebinder: &rebinder,
+            certificates: &certificates,
+        };
+        let (running, _) = apply::apply(None, settings, targets).await?;
         let pools = running
             .pools
             .iter()
@@ -435,7 +304,91 @@ impl SupervisorHandle {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+    use crate::settings::{HealthSettings, PoolSettings};
+
+    /// A server on loopback, a task of the test's own runtime, that answers every request
+    /// with `200 OK`.
+    async fn healthy() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        actix_rt::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let _ = stream.write_all(answer).await;
+            }
+        });
+        address
+    }
+
+    /// Runs the actors until `done`, moving the paused clock a millisecond (the timers'
+    /// resolution) at a time; returns how far it moved.
+    async fn until(done: impl Fn() -> bool) -> std::time::Duration {
+        let start = tokio::time::Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "never done"
+            );
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        }
+        start.elapsed()
+    }
+
+    #[actix_rt::test]
+    async fn a_server_added_through_the_admin_api_is_probed_without_a_poll() {
+        tokio::time::pause();
+        let (first, added) = (healthy().await, healthy().await);
+        let health = HealthSettings {
+            interval: settings::Duration::from_secs(3600),
+            jitter: settings::Duration::from_millis(0),
+            ..HealthSettings::default()
+        };
+        let web = PoolSettings {
+            servers: vec![ServerEntry::new(&first.to_string())],
+            health: Some(health),
+            ..PoolSettings::default()
+        };
+        let mut settings = Settings::default();
+        settings.pools.insert("web".into(), web);
+        let (rebinder, _rebinds) = tokio::sync::mpsc::unbounded_channel();
+        let certificates = Arc::new(TlsStore::default());
+        let (supervisor, _, pools) =
+            SupervisorHandle::start(Sources::default(), settings, rebinder, certificates)
+                .await
+                .unwrap();
+        let pool = pools[0].1.clone();
+        let probed = |address: SocketAddr| {
+            let server = pool.server(&address.to_string());
+            move || {
+                server
+                    .as_ref()
+                    .is_some_and(|s| s.condition().last_probe().is_some())
+            }
+        };
+        until(probed(first)).await;
+        let entry = ServerEntry::new(&added.to_string());
+        let change = ServerChange::Add(entry);
+        supervisor.change_servers("web", change).await.unwrap();
+        let server = pool.server(&added.to_string()).unwrap();
+        // The checker polled the pool every 250 ms; now the pool tells it at once, and the
+        // probe starts within the jitter (none here), on the next tick of the timers.
+        let waited = until(|| server.condition().last_probe().is_some()).await;
+        assert!(server.condition().last_probe().unwrap().passed);
+        assert!(waited < std::time::Duration::from_millis(50), "{waited:?}");
+    }
 
     #[test]
     fn only_admin_changes_need_a_restart() {

@@ -1,5 +1,5 @@
 //! Least time: the server with the lowest expected wait, its recent response time (a peak
-//! EWMA of time to response head, see [`PeakEwma`](super::latency::PeakEwma)) times its
+//! EWMA of time to response head, see [`PeakEwma`](crate::pool::PeakEwma)) times its
 //! requests in flight plus one, divided by its weight.
 //!
 //! Like least connections, the scores sit in a [`MinTree`](super::min_tree::MinTree): a pick
@@ -11,10 +11,10 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::balance::{Balancer, PickRequest};
-use super::latency;
 use super::min_tree::MinTree;
-use super::Server;
+use super::{Balancer, PickRequest};
+use crate::pool::latency;
+use crate::pool::Server;
 
 /// Entry layout: score as f32 bits (32) | stamp (12) | server index (20). Non-negative
 /// floats order like their bits, so entries compare as plain integers.
@@ -145,9 +145,9 @@ impl Balancer for LeastTime {
 mod tests {
     use std::time::Duration;
 
-    use super::super::balance::testing::{limited, load, servers, set_down};
-    use super::super::InFlight;
+    use super::super::testing::{limited, load, servers, set_down};
     use super::*;
+    use crate::pool::InFlight;
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000 * MS;
@@ -243,7 +243,7 @@ mod tests {
                 lt.refresh(&servers, done, None, now);
             }
         }
-        super::super::balance::testing::assert_weighted(&counts, &weights);
+        super::super::testing::assert_weighted(&counts, &weights);
     }
 
     #[test]

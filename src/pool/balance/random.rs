@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::alias::WeightedDraw;
-use super::balance::{first_available, Balancer, PickRequest, TRIES};
-use super::Server;
+use super::{first_available, Balancer, PickRequest, TRIES};
+use crate::pool::Server;
 
 #[derive(Debug)]
 pub struct Random {
@@ -36,9 +36,9 @@ impl Balancer for Random {
 
 #[cfg(test)]
 mod tests {
-    use super::super::balance::testing::{assert_weighted, limited, servers, set_down, shares};
-    use super::super::InFlight;
+    use super::super::testing::{assert_weighted, limited, servers, set_down, shares};
     use super::*;
+    use crate::pool::InFlight;
 
     fn pick(random: &Random, servers: &[Arc<Server>]) -> Option<usize> {
         random.pick(servers, &PickRequest::default())

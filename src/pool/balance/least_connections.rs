@@ -10,9 +10,9 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::balance::{first_available, less_loaded, Balancer, PickRequest};
 use super::min_tree::MinTree;
-use super::Server;
+use super::{first_available, less_loaded, Balancer, PickRequest};
+use crate::pool::Server;
 
 /// Entry layout: load (24 bits) | stamp (20 bits) | server index (20 bits). A pool balanced
 /// this way holds at most 2^20 - 1 servers.
@@ -164,9 +164,9 @@ impl Balancer for LeastConnections {
 
 #[cfg(test)]
 mod tests {
-    use super::super::balance::testing::{limited, load, servers, set_down, shares};
-    use super::super::InFlight;
+    use super::super::testing::{limited, load, servers, set_down, shares};
     use super::*;
+    use crate::pool::InFlight;
 
     /// Picks, counts the request in flight and tells the balancer, as the pool does.
     fn start(lc: &LeastConnections, servers: &[Arc<Server>]) -> Option<(usize, InFlight)> {
@@ -250,7 +250,7 @@ mod tests {
                 finish(&lc, &servers, window.pop_front().unwrap());
             }
         }
-        super::super::balance::testing::assert_weighted(&counts, &weights);
+        super::super::testing::assert_weighted(&counts, &weights);
     }
 
     #[test]
