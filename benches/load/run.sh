@@ -19,6 +19,12 @@
 #                      certificate and Mozilla intermediate settings, scenarios of their own:
 #                      the 1 KiB GET over keep-alive HTTPS, the same with a new TLS connection
 #                      per request, and over HTTP/2 with h2load when it is installed)
+#                      also, with BENCH_BASELINE_BIN: gatehouse-baseline and
+#                      gatehouse-tls-baseline (the baseline binary, as gatehouse and gatehouse-tls)
+#   BENCH_BASELINE_BIN an older gatehouse binary to run beside the current build, in the same
+#                      rounds: its proxies read the same TOML files with only the ports
+#                      changed (default: unset, no baseline; when set and BENCH_PROXIES is
+#                      not, the default proxies are "gatehouse gatehouse-baseline nginx haproxy")
 #
 # CPU layout: the proxy under test is pinned to CPU 0; the origin and wrk share CPU 1.
 # The markdown table goes to stdout and to target/bench-load/results.md; progress
@@ -27,13 +33,20 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# A relative BENCH_BASELINE_BIN is relative to where the script was started, not to ROOT.
+BASELINE_BIN=${BENCH_BASELINE_BIN-}
+[[ -z $BASELINE_BIN || $BASELINE_BIN == /* ]] || BASELINE_BIN="$PWD/$BASELINE_BIN"
 cd "$ROOT"
 
 # ---------------------------------------------------------------- parameters
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
-PROXIES_RAW=${BENCH_PROXIES:-gatehouse nginx haproxy}
+if [[ -n $BASELINE_BIN ]]; then
+    PROXIES_RAW=${BENCH_PROXIES:-gatehouse gatehouse-baseline nginx haproxy}
+else
+    PROXIES_RAW=${BENCH_PROXIES:-gatehouse nginx haproxy}
+fi
 
 WARMUP_SECS=2      # warm-up before each measured run, discarded
 IDLE_SECS=1        # idle time between "port is open" and reading idle RSS
@@ -53,6 +66,11 @@ GATEHOUSE_GZIP_PORT=18086
 NGINX_GZIP_PORT=18087
 GATEHOUSE_TLS_PORT=18088       # TLS; gatehouse-tls.toml's plain listener is 18092
 NGINX_TLS_PORT=18089
+# The baseline's: the same settings files with these ports in place of 18081, 18088 and 18092.
+GATEHOUSE_BASELINE_PORT=18093
+GATEHOUSE_TLS_BASELINE_PORT=18094       # TLS; its plain listener is 18095
+GATEHOUSE_TLS_BASELINE_PLAIN_PORT=18095
+GATEHOUSE_TLS_PLAIN_PORT=18092
 
 GATEHOUSE_CONFIG=benches/load/gatehouse.toml
 GATEHOUSE_STICKY_CONFIG=benches/load/gatehouse-sticky.toml
@@ -84,13 +102,18 @@ declare -A SCENARIO_PATH=([1k]=1k [64k]=64k [page.html]=page.html [tls-1k]=1k [t
 declare -A PROXY_PORT=([gatehouse]=$GATEHOUSE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
     [gatehouse-sticky]=$GATEHOUSE_STICKY_PORT [gatehouse-sticky-nocookie]=$GATEHOUSE_STICKY_PORT
     [gatehouse-secure]=$GATEHOUSE_SECURE_PORT [gatehouse-gzip]=$GATEHOUSE_GZIP_PORT
-    [nginx-gzip]=$NGINX_GZIP_PORT [gatehouse-tls]=$GATEHOUSE_TLS_PORT [nginx-tls]=$NGINX_TLS_PORT)
+    [nginx-gzip]=$NGINX_GZIP_PORT [gatehouse-tls]=$GATEHOUSE_TLS_PORT [nginx-tls]=$NGINX_TLS_PORT
+    [gatehouse-baseline]=$GATEHOUSE_BASELINE_PORT [gatehouse-tls-baseline]=$GATEHOUSE_TLS_BASELINE_PORT)
 declare -A PROXY_COMM=([gatehouse]=gatehouse [nginx]=nginx [haproxy]=haproxy
     [gatehouse-sticky]=gatehouse [gatehouse-sticky-nocookie]=gatehouse
     [gatehouse-secure]=gatehouse [gatehouse-gzip]=gatehouse [nginx-gzip]=nginx
     [gatehouse-tls]=gatehouse [nginx-tls]=nginx)
+# The kernel names a process after the first 15 bytes of the file it runs.
+BASELINE_COMM=$(basename -- "${BASELINE_BIN:-gatehouse}")
+PROXY_COMM[gatehouse-baseline]=${BASELINE_COMM:0:15}
+PROXY_COMM[gatehouse-tls-baseline]=${BASELINE_COMM:0:15}
 is_gzip() { [[ $1 == gatehouse-gzip || $1 == nginx-gzip ]]; }
-is_tls() { [[ $1 == gatehouse-tls || $1 == nginx-tls ]]; }
+is_tls() { [[ $1 == gatehouse-tls || $1 == nginx-tls || $1 == gatehouse-tls-baseline ]]; }
 is_tls_scenario() { [[ $1 == tls-* ]]; }
 
 BENCH_NAME=bench-load
@@ -108,7 +131,10 @@ for p in $PROXIES_RAW; do
     case $p in
         gatehouse | nginx | haproxy | gatehouse-sticky | gatehouse-sticky-nocookie | gatehouse-secure | \
             gatehouse-gzip | nginx-gzip | gatehouse-tls | nginx-tls) ;;
-        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip gatehouse-tls nginx-tls)" ;;
+        gatehouse-baseline | gatehouse-tls-baseline)
+            [[ -n $BASELINE_BIN ]] ||
+                die "$p runs the gatehouse binary named by BENCH_BASELINE_BIN, which is not set (BENCH_BASELINE_BIN=/path/to/older/gatehouse)" ;;
+        *) die "unknown proxy '$p' in BENCH_PROXIES (choose from: gatehouse nginx haproxy gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip gatehouse-tls nginx-tls gatehouse-baseline gatehouse-tls-baseline)" ;;
     esac
     [[ " ${PROXIES[*]-} " == *" $p "* ]] || PROXIES+=("$p")
 done
@@ -120,7 +146,15 @@ GZIP_SELECTED=false
 if selected gatehouse-gzip || selected nginx-gzip; then GZIP_SELECTED=true; fi
 GATEHOUSE_SELECTED=$STICKY_SELECTED
 TLS_SELECTED=false
-if selected gatehouse-tls || selected nginx-tls; then TLS_SELECTED=true; fi
+if selected gatehouse-tls || selected nginx-tls || selected gatehouse-tls-baseline; then TLS_SELECTED=true; fi
+BASELINE_SELECTED=false
+if selected gatehouse-baseline || selected gatehouse-tls-baseline; then BASELINE_SELECTED=true; fi
+if [[ -n $BASELINE_BIN ]]; then
+    [[ -f $BASELINE_BIN && -x $BASELINE_BIN ]] ||
+        die "BENCH_BASELINE_BIN=$BASELINE_BIN is not an executable file"
+    $BASELINE_SELECTED ||
+        log "warning: BENCH_BASELINE_BIN is set but BENCH_PROXIES selects neither gatehouse-baseline nor gatehouse-tls-baseline: the baseline is not run"
+fi
 if selected gatehouse || selected gatehouse-secure || selected gatehouse-gzip || selected gatehouse-tls; then
     GATEHOUSE_SELECTED=true
 fi
@@ -183,9 +217,11 @@ status_kb() { # pid field -> kB
 [[ $OUT == "$ROOT/target/bench-load" ]] || die "unexpected output directory $OUT"
 rm -rf "$OUT/origin" "$OUT/nginx" "$OUT/haproxy" "$OUT/gatehouse" "$OUT/docroot" "$OUT/wrk" \
     "$OUT/gatehouse-sticky" "$OUT/gatehouse-sticky-nocookie" "$OUT/gatehouse-secure" \
-    "$OUT/gatehouse-gzip" "$OUT/nginx-gzip" "$OUT/gatehouse-tls" "$OUT/nginx-tls" "$OUT/tls"
+    "$OUT/gatehouse-gzip" "$OUT/nginx-gzip" "$OUT/gatehouse-tls" "$OUT/nginx-tls" "$OUT/tls" \
+    "$OUT/gatehouse-baseline" "$OUT/gatehouse-tls-baseline"
 mkdir -p "$OUT"/{origin,nginx,haproxy,gatehouse,docroot,wrk}
-for p in gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip gatehouse-tls nginx-tls; do
+for p in gatehouse-sticky gatehouse-sticky-nocookie gatehouse-secure gatehouse-gzip nginx-gzip gatehouse-tls nginx-tls \
+    gatehouse-baseline gatehouse-tls-baseline; do
     if selected "$p"; then mkdir -p "$OUT/$p"; fi
 done
 for d in origin nginx nginx-gzip nginx-tls; do
@@ -196,7 +232,8 @@ done
 
 CHECK_PORTS=("$ORIGIN_PORT")
 for p in "${PROXIES[@]}"; do CHECK_PORTS+=("${PROXY_PORT[$p]}"); done
-if selected gatehouse-tls; then CHECK_PORTS+=(18092); fi # gatehouse-tls.toml's plain listener
+if selected gatehouse-tls; then CHECK_PORTS+=("$GATEHOUSE_TLS_PLAIN_PORT"); fi # gatehouse-tls.toml's plain listener
+if selected gatehouse-tls-baseline; then CHECK_PORTS+=("$GATEHOUSE_TLS_BASELINE_PLAIN_PORT"); fi
 for port in "${CHECK_PORTS[@]}"; do
     if port_in_use "$port"; then
         ss -Htlnp "sport = :$port" >&2 2>/dev/null || true
@@ -470,6 +507,55 @@ if $GATEHOUSE_SELECTED; then
     [[ -x $GATEHOUSE_BIN ]] || die "no gatehouse binary at $GATEHOUSE_BIN after the build"
 fi
 
+# The baseline's settings: the same file as its counterpart's, with only the listen ports
+# changed, so that both binaries read identical settings (and, run from ROOT, the same
+# settings/ folder). The copy is checked to differ from its source in those ports alone.
+# baseline_config source dest section from:to... -> writes dest (section: a table the
+# source must have, such as [tls], or "" for none)
+baseline_config() {
+    local src=$1 dest=$2 section=$3 pair edits=() undo=()
+    shift 3
+    grep -q "127.0.0.1:$ORIGIN_PORT" "$src" ||
+        die "$src must point at 127.0.0.1:$ORIGIN_PORT"
+    [[ -z $section ]] || awk -v h="$section" '$1 == h { f = 1 } END { exit !f }' "$src" ||
+        die "$src must have $section"
+    for pair in "$@"; do
+        grep -q "127.0.0.1:${pair%%:*}\b" "$src" ||
+            die "$src must listen on 127.0.0.1:${pair%%:*} (see the ports in run.sh)"
+        ! grep -q "127.0.0.1:${pair##*:}\b" "$src" ||
+            die "$src already uses 127.0.0.1:${pair##*:}, the baseline's port"
+        edits+=(-e "s/127\.0\.0\.1:${pair%%:*}\b/127.0.0.1:${pair##*:}/g")
+        undo+=(-e "s/127\.0\.0\.1:${pair##*:}\b/127.0.0.1:${pair%%:*}/g")
+    done
+    {
+        echo "# Generated by benches/load/run.sh from $src, only the ports changed ($*)."
+        sed "${edits[@]}" "$src"
+    } >"$dest"
+    tail -n +2 "$dest" | sed "${undo[@]}" | cmp -s - "$src" ||
+        die "$dest differs from $src in more than the ports"
+}
+
+# check_baseline proxy config: the baseline binary must accept the settings (--check).
+check_baseline() {
+    local out
+    out=$("$BASELINE_BIN" --check --config "$2" 2>&1) ||
+        die "the baseline binary $BASELINE_BIN rejects the settings of $1 ($2, checked with --check): ${out//$'\n'/ | }"
+}
+
+GATEHOUSE_BASELINE_CONFIG="$OUT/gatehouse-baseline/gatehouse.toml"
+GATEHOUSE_TLS_BASELINE_CONFIG="$OUT/gatehouse-tls-baseline/gatehouse-tls.toml"
+if selected gatehouse-baseline; then
+    baseline_config "$GATEHOUSE_CONFIG" "$GATEHOUSE_BASELINE_CONFIG" "" \
+        "$GATEHOUSE_PORT:$GATEHOUSE_BASELINE_PORT"
+    check_baseline gatehouse-baseline "$GATEHOUSE_BASELINE_CONFIG"
+fi
+if selected gatehouse-tls-baseline; then
+    baseline_config "$GATEHOUSE_TLS_CONFIG" "$GATEHOUSE_TLS_BASELINE_CONFIG" '[tls]' \
+        "$GATEHOUSE_TLS_PORT:$GATEHOUSE_TLS_BASELINE_PORT" \
+        "$GATEHOUSE_TLS_PLAIN_PORT:$GATEHOUSE_TLS_BASELINE_PLAIN_PORT"
+    check_baseline gatehouse-tls-baseline "$GATEHOUSE_TLS_BASELINE_CONFIG"
+fi
+
 # ------------------------------------------------------------------- helpers
 start_proxy() { # proxy -> LAST_PID
     local proxy=$1 logfile="$OUT/$1/run.log"
@@ -489,6 +575,12 @@ start_proxy() { # proxy -> LAST_PID
         gatehouse-tls)
             start_bg "$proxy" "$logfile" env RUST_LOG=warn \
                 taskset -c "$PROXY_CPU" "$GATEHOUSE_BIN" --config "$GATEHOUSE_TLS_CONFIG" ;;
+        gatehouse-baseline)
+            start_bg "$proxy" "$logfile" env RUST_LOG=warn \
+                taskset -c "$PROXY_CPU" "$BASELINE_BIN" --config "$GATEHOUSE_BASELINE_CONFIG" ;;
+        gatehouse-tls-baseline)
+            start_bg "$proxy" "$logfile" env RUST_LOG=warn \
+                taskset -c "$PROXY_CPU" "$BASELINE_BIN" --config "$GATEHOUSE_TLS_BASELINE_CONFIG" ;;
         nginx-tls)
             start_bg nginx-tls "$logfile" taskset -c "$PROXY_CPU" \
                 "$NGINX_BIN" -p "$OUT/nginx-tls" -e "$OUT/nginx-tls/logs/error.log" -c "$OUT/nginx-tls/nginx.conf" ;;
@@ -833,6 +925,24 @@ else
     git_rev="not run"
 fi
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+# What the baseline is: its path, version, digest and, when it lies in a git checkout, that
+# checkout's commit (what it was most likely built from).
+baseline_desc=
+baseline_names=() # each baseline proxy selected, with what it runs as
+if selected gatehouse-baseline; then
+    baseline_names+=("gatehouse-baseline (as gatehouse, $GATEHOUSE_CONFIG)")
+fi
+if selected gatehouse-tls-baseline; then
+    baseline_names+=("gatehouse-tls-baseline (as gatehouse-tls, $GATEHOUSE_TLS_CONFIG)")
+fi
+if $BASELINE_SELECTED; then
+    baseline_desc="$BASELINE_BIN ($(ver "$BASELINE_BIN" --version), sha256 $(sha256sum "$BASELINE_BIN" | cut -c1-12)"
+    if baseline_rev=$(git -C "$(dirname "$BASELINE_BIN")" rev-parse --short HEAD 2>/dev/null); then
+        git -C "$(dirname "$BASELINE_BIN")" diff --quiet HEAD 2>/dev/null || baseline_rev="$baseline_rev + uncommitted changes"
+        baseline_desc+=", in a git checkout at $baseline_rev"
+    fi
+    baseline_desc+=")"
+fi
 
 # table base "proxy ..." ["scenario ..."] -> markdown table of medians from runs.tsv, one
 # row per scenario and proxy that ran it, with each value's ratio to the base proxy when
@@ -905,6 +1015,9 @@ table() {
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(uname -sr), ${cpu_model:-unknown CPU}, $(nproc --all) CPUs"
     echo "- gatehouse: $git_rev; $(ver "$NGINX_BIN" -v); $(ver "$HAPROXY_BIN" -v | sed 's/ - https.*//'); $(ver "$WRK_BIN" -v | awk '{ print $1, $2 }')"
     echo "- wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency; ${ROUNDS} interleaved round(s); ${WARMUP_SECS}s warm-up per run; proxy on CPU $PROXY_CPU, origin + wrk on CPU $LOAD_CPU"
+    if $BASELINE_SELECTED; then
+        echo "- baseline: $baseline_desc"
+    fi
     echo "- Load average (1/5/15 min) before the run: $LOAD_BEFORE"
     main_rows=()
     for p in "${PROXIES[@]}"; do
@@ -970,6 +1083,9 @@ table() {
         echo "- the same test certificate on both (RSA 2048, a test CA's leaf for localhost): $TLS_DIR/localhost.pem"
         echo "- gatehouse-tls: $GATEHOUSE_TLS_CONFIG (the [tls] defaults: Mozilla intermediate); nginx-tls: Mozilla"
         echo "  intermediate (ssl_protocols TLSv1.2 TLSv1.3, the same ciphers, ssl_session_cache shared:SSL:10m)"
+        if selected gatehouse-tls-baseline; then
+            echo "- gatehouse-tls-baseline: the baseline binary on $GATEHOUSE_TLS_BASELINE_CONFIG ($GATEHOUSE_TLS_CONFIG, ports changed)"
+        fi
         echo "- ${SCENARIO_LABEL[tls-1k]}: wrk over https, connections reused"
         echo "- ${SCENARIO_LABEL[tls-new]}: wrk over https with Connection: close; wrk resumes each connection's"
         echo "  previous TLS session, so these are resumed handshakes; req/s = connections/s"
@@ -983,10 +1099,30 @@ table() {
         echo "- (×N) = ratio to nginx-tls in the same scenario"
         echo
         tls_rows=()
-        for p in gatehouse-tls nginx-tls; do
+        for p in gatehouse-tls gatehouse-tls-baseline nginx-tls; do
             if selected "$p"; then tls_rows+=("$p"); fi
         done
         table nginx-tls "${tls_rows[*]}" "${TLS_SCENARIOS[*]}"
+    fi
+    if $BASELINE_SELECTED; then
+        echo
+        echo "### Against the baseline: ratios to the baseline binary"
+        echo
+        echo "- the baseline binary (see above) run as the current build is, on the same settings with only the"
+        echo "  ports changed: $(printf '%s; ' "${baseline_names[@]}" | sed 's/; $//')"
+        echo "- (×N) = ratio to the baseline in the same scenario: above 1.00× in req/s, below elsewhere, is the current build doing better"
+        if selected gatehouse-baseline; then
+            echo
+            base_rows=gatehouse-baseline
+            if selected gatehouse; then base_rows="gatehouse gatehouse-baseline"; fi
+            table gatehouse-baseline "$base_rows"
+        fi
+        if selected gatehouse-tls-baseline; then
+            echo
+            base_rows=gatehouse-tls-baseline
+            if selected gatehouse-tls; then base_rows="gatehouse-tls gatehouse-tls-baseline"; fi
+            table gatehouse-tls-baseline "$base_rows" "${TLS_SCENARIOS[*]}"
+        fi
     fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
