@@ -54,8 +54,9 @@ fn sighup_applies_new_servers_routes_and_pools() {
 
     rewrite(&process, &settings_for(&[two.addr], Some(api.addr)));
     process.signal(libc::SIGHUP);
-    wait_for_origin(process.addr, "/echo", "two");
-    assert_eq!(get(process.addr, "/api/echo").json()["origin"], "api");
+    // The new routes are published last, after the pools have their new servers.
+    wait_for_origin(process.addr, "/api/echo", "api");
+    assert_eq!(get(process.addr, "/echo").json()["origin"], "two");
     let hits = one.hits();
     for _ in 0..5 {
         assert_eq!(get(process.addr, "/echo").json()["origin"], "two");
