@@ -77,6 +77,15 @@ impl<'r> RequestCtx<'r> {
             started: self.started,
         }
     }
+
+    /// The request's `Content-Length`, which actix-http has already checked is one number.
+    pub fn declared_length(&self) -> Option<u64> {
+        self.req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+    }
 }
 
 /// The access log line's fields known when the request arrives.

@@ -2,8 +2,6 @@
 //! lists and rate limits (403, 429), `redirect_https` (308), and the route's body limit
 //! against a declared `Content-Length` (413).
 
-use actix_web::http::header;
-
 use super::super::route::Route;
 use super::super::{redirect, PoolTarget, ProxyError, RequestCtx};
 use super::admit::guard;
@@ -29,7 +27,7 @@ pub fn route<'r>(ctx: &mut RequestCtx<'r>) -> Result<&'r Route<PoolTarget>, Earl
         ctx.record.route = Some(route.label.clone());
         ctx.record.pool = Some(route.target.name.clone());
     }
-    if let (Some(limit), Some(length)) = (route.max_body_size, declared_length(ctx)) {
+    if let (Some(limit), Some(length)) = (route.max_body_size, ctx.declared_length()) {
         if length > limit {
             return Err(ProxyError::BodyTooLarge.into());
         }
@@ -37,17 +35,9 @@ pub fn route<'r>(ctx: &mut RequestCtx<'r>) -> Result<&'r Route<PoolTarget>, Earl
     Ok(route)
 }
 
-/// The request's `Content-Length`, which actix-http has already checked is a single number.
-pub fn declared_length(ctx: &RequestCtx<'_>) -> Option<u64> {
-    ctx.req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
+    use actix_web::http::header;
     use actix_web::test::TestRequest;
 
     use super::*;

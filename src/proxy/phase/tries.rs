@@ -22,7 +22,6 @@ use super::super::headers::{
 };
 use super::super::route::Route;
 use super::super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
-use super::route::declared_length;
 use crate::conn::UndeclaredBody;
 use crate::health::passive;
 use crate::pool::{self, InFlight, Server};
@@ -48,7 +47,7 @@ pub async fn tries(
     if retry.attempts > 1 {
         pool.handle.budget().request();
     }
-    let framing = RequestFraming::of(ctx.req, declared_length(ctx));
+    let framing = RequestFraming::of(ctx.req, ctx.declared_length());
     let intake = Intake::new(ctx.req, route.max_body_size, &ctx.proxy.security.settings);
     let body = OutgoingBody::prepare(payload, framing, intake, retry).await?;
     let sent_at = ctx.proxy.log.enabled().then(Instant::now);
