@@ -2,10 +2,11 @@
 //!
 //! The [`Pool`] actor (`actor.rs`) is the only writer of a pool's membership; it is told
 //! through a [`PoolHandle`] (`handle.rs`). It publishes an immutable [`PoolSnapshot`]
-//! (`snapshot.rs`) that request handlers read without a message round trip; per-request
-//! counters (in flight, requests, failures) and the condition health checks and live traffic
-//! write (as data: what it means is `health`'s to decide) are atomics on each [`Server`], and each algorithm of `balance/` keeps its
-//! selection state in the snapshot behind atomics or a short mutex.
+//! (`snapshot.rs`) that request handlers read without a message round trip. Per-request
+//! counters (in flight, requests, failures) and the condition that health checks and live
+//! traffic write are atomics on each [`Server`] (the condition as data: what it means is
+//! `health`'s to decide); each algorithm of `balance/` keeps its selection state in the
+//! snapshot behind atomics or a short mutex.
 
 mod actor;
 mod balance;
