@@ -125,15 +125,7 @@ mod tests {
             .iter()
             .map(|(host, path, pool)| RouteSettings {
                 host: host.to_string(),
-                path: path.to_string(),
-                pool: pool.to_string(),
-                max_body_size: None,
-                allow: Vec::new(),
-                deny: Vec::new(),
-                rate_limits: Vec::new(),
-                compression: None,
-                redirect_https: false,
-                hsts: None,
+                ..RouteSettings::to(path, pool)
             })
             .collect();
         let pools: Vec<&'static str> = routes.iter().map(|r| r.2).collect();

@@ -209,6 +209,25 @@ fn root_path() -> String {
     "/".into()
 }
 
+#[cfg(test)]
+impl RouteSettings {
+    /// A route for any host from `path` to `pool`, with nothing else set: for unit tests.
+    pub fn to(path: &str, pool: &str) -> Self {
+        Self {
+            host: "*".into(),
+            path: path.into(),
+            pool: pool.into(),
+            max_body_size: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            rate_limits: Vec::new(),
+            compression: None,
+            redirect_https: false,
+            hsts: None,
+        }
+    }
+}
+
 /// `[pools.NAME]`: a group of servers that host the same content.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

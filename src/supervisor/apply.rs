@@ -427,18 +427,7 @@ mod tests {
     }
 
     fn route(path: &str, pool: &str) -> RouteSettings {
-        RouteSettings {
-            host: "*".into(),
-            path: path.into(),
-            pool: pool.into(),
-            max_body_size: None,
-            allow: Vec::new(),
-            deny: Vec::new(),
-            rate_limits: Vec::new(),
-            compression: None,
-            redirect_https: false,
-            hsts: None,
-        }
+        RouteSettings::to(path, pool)
     }
 
     fn pool(addresses: &[&str]) -> PoolSettings {

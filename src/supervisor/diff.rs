@@ -291,18 +291,7 @@ mod tests {
     fn routes_security_and_limits_only_publish() {
         let old = settings(&[("web", web(&["10.0.0.1:80"]))]);
         let mut new = old.clone();
-        new.routes.push(RouteSettings {
-            host: "*".into(),
-            path: "/api/".into(),
-            pool: "web".into(),
-            max_body_size: None,
-            allow: Vec::new(),
-            deny: Vec::new(),
-            rate_limits: Vec::new(),
-            compression: None,
-            redirect_https: false,
-            hsts: None,
-        });
+        new.routes.push(RouteSettings::to("/api/", "web"));
         new.security.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
         new.server.server_header = "edge".into();
         new.log.access = crate::settings::AccessLogFormat::Json;
