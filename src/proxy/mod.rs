@@ -2,9 +2,11 @@
 //! [`RequestCtx`]; [`handle`] is the whole path in a few lines. [`Proxy`] is the state every
 //! request reads, published whole by the Supervisor.
 
+mod access;
 mod body;
 mod context;
 mod error;
+mod exchange;
 mod headers;
 mod hide;
 pub mod phase;

@@ -18,7 +18,7 @@ use futures_util::{stream, Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::ResponseBody;
-use super::phase::tries::{observe, upstream_headers};
+use super::exchange::{observe, upstream_headers};
 use super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
 use crate::pool::InFlight;
 use crate::upstream::{self, head, Outcome, UpstreamError, Wire};

@@ -3,13 +3,10 @@
 //! limits (429) and the host (400). actix-http has already refused malformed heads (400) and
 //! slow ones (408).
 
-use std::net::IpAddr;
-
 use actix_web::HttpRequest;
 
+use super::super::access::guard;
 use super::super::{strict, ProxyError, RequestCtx};
-use crate::pool;
-use crate::security::{AccessList, EdgeState, RateLimit};
 
 /// Admits the request, or names why not.
 pub fn admit(ctx: &RequestCtx<'_>) -> Result<(), ProxyError> {
@@ -38,32 +35,6 @@ fn check_head_size(req: &HttpRequest, max_header_bytes: usize) -> Result<(), Pro
         if size > max_header_bytes {
             return Err(ProxyError::HeaderTooLarge);
         }
-    }
-    Ok(())
-}
-
-/// The allow and deny lists (403) and rate limits (429) of `[security]` or of a route, and
-/// the runtime blocks. Nothing to check costs two loads.
-pub fn guard(
-    req: &HttpRequest,
-    client: Option<IpAddr>,
-    access: &AccessList,
-    limits: &[RateLimit],
-    edge: &EdgeState,
-) -> Result<(), ProxyError> {
-    if let Some(ip) = client {
-        if (!access.is_empty() && !access.admits(ip)) || edge.denies.blocks(ip) {
-            return Err(ProxyError::Forbidden);
-        }
-    }
-    if limits.is_empty() {
-        return Ok(());
-    }
-    let now = pool::clock();
-    for limit in limits {
-        limit
-            .check(req, client, now)
-            .map_err(ProxyError::TooManyRequests)?;
     }
     Ok(())
 }

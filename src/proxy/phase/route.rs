@@ -2,9 +2,9 @@
 //! lists and rate limits (403, 429), `redirect_https` (308), and the route's body limit
 //! against a declared `Content-Length` (413).
 
+use super::super::access::guard;
 use super::super::route::Route;
 use super::super::{redirect, PoolTarget, ProxyError, RequestCtx};
-use super::admit::guard;
 use super::Early;
 
 /// The request's route, or the early answer that ends it here.
