@@ -15,7 +15,10 @@ use crate::settings::PassiveSettings;
 
 /// A request to `server` succeeded: a trial ends with the server back.
 pub fn report_success(server: &Server) {
-    succeeded(server.condition(), &server.address);
+    // Outside a trial a success changes nothing, and reads no clock.
+    if server.condition().on_trial() {
+        succeeded(server.condition(), &server.address, clock());
+    }
 }
 
 /// A request to `server`, of the pool `snapshot`, failed for `reason`: passive detection
@@ -42,18 +45,19 @@ pub fn report_failure(
         reason,
         settings,
         ejected < allowance,
+        clock(),
     );
 }
 
-/// A success of the server at `address`: ends its trial, if it is on one.
-fn succeeded(condition: &Condition, address: &str) {
+/// A success of the server at `address` at `now`: ends its trial, if it is on one.
+fn succeeded(condition: &Condition, address: &str, now: u64) {
     if !condition.on_trial() {
         return;
     }
     let mut window = condition.window();
     if condition.end_trial() {
-        returned(&mut window, clock());
-        condition.came_back();
+        returned(&mut window, now);
+        condition.came_back(now);
         log::info!(
             "server {address} in pool {}: trial passed, taking traffic again",
             condition.pool()
@@ -61,20 +65,20 @@ fn succeeded(condition: &Condition, address: &str) {
     }
 }
 
-/// A failure of the server at `address` for `reason`. `may_eject` says whether the pool can
-/// spare one more ejected server (`max_ejected_percent`).
+/// A failure of the server at `address` for `reason` at `now`. `may_eject` says whether the
+/// pool can spare one more ejected server (`max_ejected_percent`).
 fn failed(
     condition: &Condition,
     address: &str,
     reason: &str,
     settings: &PassiveSettings,
     may_eject: bool,
+    now: u64,
 ) {
     if !settings.enabled {
         return;
     }
     let mut window = condition.window();
-    let now = clock();
     let verdict = condition.passive();
     if verdict == PassiveVerdict::Ejected {
         // A request that started before the ejection; it changes nothing.
@@ -267,14 +271,90 @@ mod tests {
         let mut s = settings();
         s.ejection_time = Setting::from_millis(1);
         s.max_fails = 1;
-        failed(&condition, "10.0.0.1:80", "status 502", &s, true);
+        let now = clock();
+        failed(&condition, "10.0.0.1:80", "status 502", &s, true, now);
         assert_eq!(condition.passive(), PassiveVerdict::Ejected);
-        std::thread::sleep(Duration::from_millis(5));
+        let over = now + 1_000_000;
+        assert!(!condition.end_ejection_if_due(over - 1));
+        assert!(condition.end_ejection_if_due(over));
         assert!(condition.admits());
         assert!(condition.on_trial());
-        succeeded(&condition, "10.0.0.1:80");
+        succeeded(&condition, "10.0.0.1:80", over);
         assert_eq!(condition.passive(), PassiveVerdict::Healthy);
         assert!(condition.ramp(Duration::from_secs(60)) < 0.2);
+    }
+
+    #[test]
+    fn each_failed_trial_doubles_the_ejection() {
+        let condition = Condition::default();
+        let s = PassiveSettings {
+            max_fails: 2,
+            ejection_time: Setting::from_secs(1),
+            max_ejection_time: Setting::from_secs(60),
+            ..settings()
+        };
+        let start = clock();
+        failed(&condition, "10.0.0.1:80", "status 502", &s, true, start);
+        assert_eq!(condition.passive(), PassiveVerdict::Healthy, "one of two");
+        failed(&condition, "10.0.0.1:80", "status 502", &s, true, start + 1);
+        assert_eq!(condition.passive(), PassiveVerdict::Ejected, "two of two");
+        let mut ejected_at = start + 1;
+        for seconds in [1, 2, 4, 8] {
+            let over = ejected_at + seconds * SECOND;
+            assert!(!condition.end_ejection_if_due(over - 1), "{seconds}s");
+            assert_eq!(condition.passive(), PassiveVerdict::Ejected, "{seconds}s");
+            // The first look once the ejection is over puts the server on trial...
+            assert!(condition.end_ejection_if_due(over), "{seconds}s");
+            assert!(condition.on_trial(), "{seconds}s");
+            // ...whose one failure ejects it again, for twice as long.
+            failed(&condition, "10.0.0.1:80", "status 502", &s, true, over);
+            assert_eq!(condition.passive(), PassiveVerdict::Ejected, "{seconds}s");
+            ejected_at = over;
+        }
+    }
+
+    #[test]
+    fn a_primary_back_from_its_trial_takes_every_request_from_the_backup() {
+        use crate::pool::{PickRequest, ServerOptions};
+        use crate::settings::Balance;
+        use std::sync::Arc;
+
+        let backup = ServerOptions {
+            backup: true,
+            ..ServerOptions::default()
+        };
+        let servers = vec![
+            Arc::new(Server::new("10.0.0.1:80", 1).unwrap()),
+            Arc::new(Server::with_options("10.0.0.9:80", 1, backup).unwrap()),
+        ];
+        let pool = Arc::new(PoolSnapshot::new(
+            "web".into(),
+            Balance::RoundRobin,
+            None,
+            servers,
+        ));
+        let pick = || pool.pick_for(&PickRequest::default()).unwrap();
+        let picked = || pick().server().address.to_string();
+        let primary = pool.servers[0].condition();
+        let s = PassiveSettings {
+            max_fails: 1,
+            ejection_time: Setting::from_secs(60),
+            ..settings()
+        };
+        let start = clock();
+        failed(primary, "10.0.0.1:80", "status 502", &s, true, start);
+        for _ in 0..5 {
+            assert_eq!(picked(), "10.0.0.9:80", "the backup takes over");
+        }
+        assert!(primary.end_ejection_if_due(start + 60 * SECOND));
+        let trial = pick();
+        assert_eq!(&*trial.server().address, "10.0.0.1:80", "the trial");
+        assert_eq!(picked(), "10.0.0.9:80", "one request at a time on trial");
+        succeeded(primary, "10.0.0.1:80", start + 61 * SECOND);
+        drop(trial);
+        for _ in 0..5 {
+            assert_eq!(picked(), "10.0.0.1:80", "handed back");
+        }
     }
 
     #[test]
@@ -287,7 +367,14 @@ mod tests {
             max_fails: 1,
             ..settings()
         };
-        failed(&condition, "10.0.0.1:80", "connect error", &s, true);
+        failed(
+            &condition,
+            "10.0.0.1:80",
+            "connect error",
+            &s,
+            true,
+            clock(),
+        );
         assert!(!condition.admits(), "ejected though probes pass");
         condition.clear_ejection();
         assert!(condition.admits());

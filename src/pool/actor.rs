@@ -212,7 +212,7 @@ impl Pool {
         };
         let current = self.servers[index].clone();
         if current.state() != ServerState::Active && entry.state == ServerState::Active {
-            current.condition().came_back();
+            current.condition().came_back(super::latency::now());
         }
         current.set_state(entry.state);
         if current.matches(entry) {

@@ -77,6 +77,17 @@ mod tests {
     }
 
     #[test]
+    fn the_floor_is_granted_anew_each_window() {
+        let budget = RetryBudget::default();
+        let granted = |now| (0..10).filter(|_| budget.try_retry(now, 0, 2)).count();
+        for second in 0..5 {
+            requests(&budget, 20);
+            assert_eq!(granted(second * WINDOW), 2, "second {second}");
+            assert_eq!(granted(second * WINDOW + WINDOW - 1), 0, "second {second}");
+        }
+    }
+
+    #[test]
     fn a_busy_pool_gets_its_percentage_of_the_last_second() {
         let budget = RetryBudget::default();
         requests(&budget, 1000);

@@ -103,7 +103,7 @@ impl Condition {
     pub fn set_probe(&self, verdict: ProbeVerdict) -> ProbeVerdict {
         let before = self.probe.swap(verdict as u8, Ordering::Relaxed);
         if before == ProbeVerdict::Down as u8 && verdict != ProbeVerdict::Down {
-            self.came_back();
+            self.came_back(latency::now());
         }
         ProbeVerdict::from_byte(before)
     }
@@ -147,12 +147,14 @@ impl Condition {
         }
         match self.passive.load(Ordering::Relaxed) {
             0 | 2 => true,
-            _ => self.end_ejection_if_due(),
+            _ => self.end_ejection_if_due(latency::now()),
         }
     }
 
-    fn end_ejection_if_due(&self) -> bool {
-        if latency::now() < self.ejected_until.load(Ordering::Relaxed) {
+    /// Whether an ejection is over at `now` (on the pool clock); one that is turns into a
+    /// trial here.
+    pub fn end_ejection_if_due(&self, now: u64) -> bool {
+        if now < self.ejected_until.load(Ordering::Relaxed) {
             return false;
         }
         let ended = self
@@ -214,10 +216,10 @@ impl Condition {
         *self.window() = FailureWindow::default();
     }
 
-    /// The server is taking traffic again after being out: its slow start begins.
-    pub fn came_back(&self) {
-        self.returned_at
-            .store(latency::now().max(1), Ordering::Relaxed);
+    /// The server is taking traffic again after being out, since `now` (on the pool clock):
+    /// its slow start begins.
+    pub fn came_back(&self, now: u64) {
+        self.returned_at.store(now.max(1), Ordering::Relaxed);
     }
 
     /// The share of its weight the server should get now, over a slow start of `ramp`:

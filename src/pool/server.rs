@@ -182,12 +182,18 @@ impl Server {
         match self.state() {
             ServerState::Active => self.stats.condition.admits(),
             ServerState::Drain => {
-                let since = self.stats.drain_since.load(Ordering::Relaxed);
-                let draining_for = Duration::from_nanos(latency::now().saturating_sub(since));
-                draining_for < drain_timeout && self.stats.condition.admits()
+                self.drain_keeps_sessions(drain_timeout, latency::now())
+                    && self.stats.condition.admits()
             }
             ServerState::Down => false,
         }
+    }
+
+    /// Whether the drain still keeps the server's sessions at `now` (on the latency clock):
+    /// for `drain_timeout` after it began.
+    fn drain_keeps_sessions(&self, drain_timeout: Duration, now: u64) -> bool {
+        let since = self.stats.drain_since.load(Ordering::Relaxed);
+        Duration::from_nanos(now.saturating_sub(since)) < drain_timeout
     }
 
     /// Whether the server may be sent new requests at all: the operator says active, and
@@ -279,6 +285,24 @@ mod tests {
         }
         server.set_state(ServerState::Active);
         assert!(server.can_take_request());
+    }
+
+    #[test]
+    fn a_draining_server_keeps_its_sessions_for_drain_timeout() {
+        let server = Server::new("127.0.0.1:9001", 1).unwrap();
+        let timeout = Duration::from_secs(300);
+        assert!(server.takes_session(timeout));
+        let before = latency::now();
+        server.set_state(ServerState::Drain);
+        let after = latency::now();
+        assert!(!server.takes_traffic(), "no new sessions");
+        assert!(server.takes_session(timeout), "its own sessions stay");
+        let span = timeout.as_nanos() as u64;
+        assert!(server.drain_keeps_sessions(timeout, before + span - 1));
+        assert!(!server.drain_keeps_sessions(timeout, after + span));
+        assert!(!server.takes_session(Duration::ZERO));
+        server.set_state(ServerState::Down);
+        assert!(!server.takes_session(timeout));
     }
 
     #[test]

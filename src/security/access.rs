@@ -67,7 +67,11 @@ pub struct Block {
 impl RuntimeDenies {
     /// Blocks `cidr` for `ttl` (or until removed); a block of the same network is replaced.
     pub fn block(&self, cidr: Cidr, ttl: Option<Duration>) {
-        let until = ttl.map(|ttl| Instant::now() + ttl);
+        self.block_at(cidr, ttl, Instant::now());
+    }
+
+    fn block_at(&self, cidr: Cidr, ttl: Option<Duration>, now: Instant) {
+        let until = ttl.map(|ttl| now + ttl);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|block| block.cidr != cidr);
         entries.push(Block { cidr, until });
@@ -85,10 +89,10 @@ impl RuntimeDenies {
 
     /// Whether `ip` is blocked now.
     pub fn blocks(&self, ip: IpAddr) -> bool {
-        if !self.any.load(Ordering::Acquire) {
-            return false;
-        }
-        let now = Instant::now();
+        self.any.load(Ordering::Acquire) && self.blocks_at(ip, Instant::now())
+    }
+
+    fn blocks_at(&self, ip: IpAddr, now: Instant) -> bool {
         self.entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -98,7 +102,10 @@ impl RuntimeDenies {
 
     /// The blocks in force, with the seconds each has left (`None`: no expiry).
     pub fn list(&self) -> Vec<(Cidr, Option<u64>)> {
-        let now = Instant::now();
+        self.list_at(Instant::now())
+    }
+
+    fn list_at(&self, now: Instant) -> Vec<(Cidr, Option<u64>)> {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|block| block.until.is_none_or(|until| until > now));
         self.any.store(!entries.is_empty(), Ordering::Release);
@@ -159,18 +166,37 @@ mod tests {
     fn runtime_blocks_expire_and_lift() {
         let denies = RuntimeDenies::default();
         assert!(!denies.blocks(ip("192.0.2.1")));
+        let start = Instant::now();
         denies.block("192.0.2.0/24".parse().unwrap(), None);
-        denies.block(
+        denies.block_at(
             "198.51.100.7".parse().unwrap(),
             Some(Duration::from_millis(20)),
+            start,
         );
         assert!(denies.blocks(ip("192.0.2.200")));
-        assert!(denies.blocks(ip("198.51.100.7")));
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(!denies.blocks(ip("198.51.100.7")));
-        assert_eq!(denies.list().len(), 1);
+        assert!(denies.blocks_at(ip("198.51.100.7"), start));
+        let expired = start + Duration::from_millis(20);
+        assert!(!denies.blocks_at(ip("198.51.100.7"), expired));
+        assert_eq!(denies.list_at(expired).len(), 1);
         assert!(denies.unblock("192.0.2.0/24".parse().unwrap()));
         assert!(!denies.blocks(ip("192.0.2.200")));
         assert!(!denies.unblock("192.0.2.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_block_with_a_ttl_holds_and_is_listed_until_the_ttl_passes() {
+        let denies = RuntimeDenies::default();
+        let start = Instant::now();
+        let cidr: Cidr = "127.0.0.2".parse().unwrap();
+        denies.block_at(cidr, Some(Duration::from_secs(2)), start);
+        let last = start + Duration::from_millis(1999);
+        assert!(denies.blocks_at(ip("127.0.0.2"), last));
+        assert!(!denies.blocks_at(ip("127.0.0.3"), last));
+        assert_eq!(denies.list_at(start), [(cidr, Some(2))]);
+        assert_eq!(denies.list_at(last), [(cidr, Some(1))]);
+        let over = start + Duration::from_secs(2);
+        assert!(!denies.blocks_at(ip("127.0.0.2"), over));
+        assert_eq!(denies.list_at(over), []);
+        assert!(!denies.blocks(ip("127.0.0.2")), "the expired block is gone");
     }
 }

@@ -216,12 +216,8 @@ fn least_time_pools_forward_and_time_requests() {
     assert_eq!(one.hits() + two.hits(), 10);
 }
 
-/// A pool whose one server takes one request at a time and is busy with a slow one (`/sleep/MS`),
-/// with the given `queue_timeout`; returns the slow request's thread too.
-fn full_pool(
-    queue_timeout: &str,
-    slow_ms: u64,
-) -> (Origin, Proxy, std::thread::JoinHandle<Response>) {
+/// A pool whose one server takes one request at a time, with the given `queue_timeout`.
+fn one_slot_pool(queue_timeout: &str) -> (Origin, Proxy) {
     let origin = Origin::start("app");
     let toml = Toml::base().route("pool = \"web\"").extend(&format!(
         "[pools.web]\nqueue_timeout = \"{queue_timeout}\"\n\
@@ -229,6 +225,16 @@ fn full_pool(
         origin.addr
     ));
     let proxy = Proxy::from_toml(toml);
+    (origin, proxy)
+}
+
+/// [`one_slot_pool`] busy with a slow request (`/sleep/MS`); returns the slow request's
+/// thread too.
+fn full_pool(
+    queue_timeout: &str,
+    slow_ms: u64,
+) -> (Origin, Proxy, std::thread::JoinHandle<Response>) {
+    let (origin, proxy) = one_slot_pool(queue_timeout);
     let slow = {
         let addr = proxy.addr;
         std::thread::spawn(move || get(addr, &format!("/sleep/{slow_ms}")))
@@ -249,12 +255,29 @@ fn a_request_queues_for_a_full_pool_up_to_queue_timeout() {
     assert_eq!(slow.join().unwrap().text(), "slept");
 }
 
+/// The deadline itself, to within one poll, is held by `proxy::phase::pick`'s unit tests on
+/// paused time.
 #[test]
 fn a_queued_request_gets_503_when_queue_timeout_passes() {
-    let (origin, proxy, slow) = full_pool("200ms", 3000);
+    let (origin, proxy) = one_slot_pool("50ms");
+    // The only slot is held by an upload under way: in flight until its last chunk comes.
+    let mut upload = Conn::open(proxy.addr);
+    upload.send(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    );
+    wait_until("the upload holds the slot", || {
+        admin_server(proxy.admin, "web", origin.addr)["in_flight"] == 1
+    });
     let refused = get(proxy.addr, "/name");
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("1"));
-    assert_eq!(origin.hits(), 1);
-    assert_eq!(slow.join().unwrap().status, 200);
+    upload.send(b"0\r\n\r\n");
+    let held = upload.read(false);
+    assert_eq!(held.status, 200);
+    assert_eq!(held.json()["body"], "hello");
+    assert_eq!(
+        origin.hits(),
+        1,
+        "the refused request never reached the server"
+    );
 }

@@ -232,8 +232,10 @@ fn deny_action_403_answers_denied_clients_with_forbidden() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// When the block expires, and that it is then gone from the list: `security::access`'s unit
+/// tests, on explicit times.
 #[test]
-fn a_runtime_block_closes_new_connections_until_it_expires() {
+fn a_runtime_block_closes_new_connections_for_its_ttl() {
     let origin = Origin::start("web");
     let proxy = Proxy::from_toml(edge_settings(origin.addr, "", ""));
     let mut open = served_connection(CLIENT_A, proxy.addr);
@@ -241,7 +243,7 @@ fn a_runtime_block_closes_new_connections_until_it_expires() {
         proxy.admin,
         "POST",
         "/security/deny",
-        &format!("{{\"cidr\": \"{CLIENT_A}\", \"ttl\": \"2s\"}}"),
+        &format!("{{\"cidr\": \"{CLIENT_A}\", \"ttl\": \"60s\"}}"),
     );
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["cidr"], "127.0.0.2/32");
@@ -261,12 +263,8 @@ fn a_runtime_block_closes_new_connections_until_it_expires() {
     let blocks = listed["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 1, "{listed}");
     assert_eq!(blocks[0]["cidr"], "127.0.0.2/32");
-    assert!(blocks[0]["seconds_left"].as_u64().is_some_and(|s| s <= 2));
-    wait_until("the block expires", || {
-        status_from(CLIENT_A, proxy.addr) == Some(200)
-    });
-    let listed = admin_call(proxy.admin, "GET", "/security/deny", "").json();
-    assert_eq!(listed["blocks"], serde_json::json!([]));
+    let left = blocks[0]["seconds_left"].as_u64();
+    assert!(left.is_some_and(|s| (50..=60).contains(&s)), "{listed}");
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! `queue_timeout` for a free slot.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's instant: the queue's deadline runs on the runtime's clock, which tests pause.
+use actix_rt::time::Instant;
 
 use super::super::{PoolTarget, ProxyError, RequestCtx};
 use crate::affinity::Session;
@@ -77,8 +80,65 @@ mod tests {
     use actix_web::test::TestRequest;
     use actix_web::HttpResponse;
 
+    use tokio::time::Instant;
+
     use super::*;
     use crate::proxy::test_proxy;
+
+    /// A pool of one server that takes one request at a time.
+    fn full_pool(queue_timeout: &str) -> String {
+        format!(
+            r#"
+            [[routes]]
+            path = "/"
+            pool = "web"
+            [pools.web]
+            queue_timeout = "{queue_timeout}"
+            servers = [{{ address = "127.0.0.1:9001", max_connections = 1 }}]
+            "#
+        )
+    }
+
+    async fn pick_for_get(proxy: &crate::proxy::Proxy) -> Result<Picked, ProxyError> {
+        let req = TestRequest::get().to_http_request();
+        pick(&mut RequestCtx::new(&req, proxy), &proxy.pools[0]).await
+    }
+
+    #[actix_rt::test]
+    async fn a_queued_request_gets_no_server_when_queue_timeout_passes() {
+        let proxy = test_proxy(&full_pool("200ms")).await;
+        tokio::time::pause();
+        let _held = pick_for_get(&proxy).await.expect("the free slot");
+        let queued = Instant::now();
+        let refused = pick_for_get(&proxy).await;
+        assert!(matches!(refused, Err(ProxyError::NoServer)));
+        let waited = queued.elapsed();
+        let timeout = Duration::from_millis(200);
+        assert!(
+            waited >= timeout && waited <= timeout + QUEUE_POLL,
+            "{waited:?}"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_queued_request_takes_the_slot_freed_before_queue_timeout() {
+        let proxy = test_proxy(&full_pool("10s")).await;
+        tokio::time::pause();
+        let held = pick_for_get(&proxy).await.expect("the free slot");
+        let queued = Instant::now();
+        let release = async move {
+            actix_rt::time::sleep(Duration::from_millis(500)).await;
+            drop(held);
+        };
+        let (picked, ()) = futures_util::future::join(pick_for_get(&proxy), release).await;
+        assert!(picked.is_ok(), "the freed slot");
+        let waited = queued.elapsed();
+        let freed = Duration::from_millis(500);
+        assert!(
+            waited >= freed && waited <= freed + QUEUE_POLL,
+            "{waited:?}"
+        );
+    }
 
     const STICKY: &str = r#"
         [[routes]]
