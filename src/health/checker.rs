@@ -302,8 +302,7 @@ mod tests {
             .await
             .unwrap();
         // The pool tells the checker before it answers; the probe starts within the jitter
-        // (none here), on the next tick of the timers, a millisecond later, where the
-        // checker used to look every 250 ms.
+        // (none here), on the next tick of the timers, a millisecond later.
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(starts(&probe, "127.0.0.1:2").len(), 1);
         let at = probe.started.lock().unwrap().last().unwrap().1;

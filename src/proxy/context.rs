@@ -10,7 +10,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Version;
 use actix_web::{HttpMessage as _, HttpRequest};
 
-use super::headers::X_REQUEST_ID;
+use super::headers::{self, X_REQUEST_ID};
 use super::phase::Finish;
 use super::Proxy;
 use crate::access_log::AccessRecord;
@@ -33,10 +33,14 @@ pub struct RequestCtx<'r> {
     /// The route's pool as it was when the request was picked: loaded once, so the affinity
     /// lookup, the claim and the retries all see the same servers.
     pub snapshot: Option<Arc<PoolSnapshot>>,
+    /// The request body's declared `Content-Length`.
+    pub declared_length: Option<u64>,
     /// The access log line, filled in by the phases; empty when the log is off.
     pub record: AccessRecord,
     /// When the request arrived; only taken when the access log needs it.
     started: Option<Instant>,
+    /// Whether [`Self::finish`] has handed the record on: it is written once per request.
+    finished: bool,
 }
 
 impl<'r> RequestCtx<'r> {
@@ -61,30 +65,25 @@ impl<'r> RequestCtx<'r> {
             host: request_host(req),
             over_tls: came_over_tls(req),
             request_id,
+            declared_length: headers::content_length(req.headers()),
             snapshot: None,
             record,
             started: log.enabled().then(Instant::now),
+            finished: false,
         }
     }
 
     /// Hands the log line and the claim on a server to whatever ends the request: the
     /// response body when it ends, or at once for gatehouse's own answers.
     pub fn finish(&mut self, claim: Option<InFlight>) -> Finish {
+        debug_assert!(!self.finished, "a request's log line is handed on once");
+        self.finished = true;
         Finish {
             claim,
             record: std::mem::take(&mut self.record),
             log: self.proxy.log,
             started: self.started,
         }
-    }
-
-    /// The request's `Content-Length`, which actix-http has already checked is one number.
-    pub fn declared_length(&self) -> Option<u64> {
-        self.req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok())
     }
 }
 

@@ -74,6 +74,15 @@ pub fn downstream_response_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// A message's `Content-Length`, when it is one number (actix-http has already refused
+/// requests whose length is not).
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
 pub use crate::security::X_FORWARDED_FOR;
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

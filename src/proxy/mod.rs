@@ -145,7 +145,7 @@ pub async fn handle(
         }
         Err(Early::Refused(err)) => (refuse(&mut ctx, &err), Source::Own),
     };
-    respond::header_rules(&ctx, &mut response, source);
+    respond::header_rules(&mut ctx, &mut response, source);
     response
 }
 

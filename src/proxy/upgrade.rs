@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::ResponseBody;
 use super::exchange::{observe, upstream_headers};
+use super::headers;
 use super::{PoolTarget, ProxyError, RequestCtx, Upstreams};
 use crate::pool::InFlight;
 use crate::upstream::{self, head, Outcome, UpstreamError, Wire};
@@ -127,10 +128,7 @@ async fn relay_over(relay: Relay<'_, '_>, mut socket: Wire) -> Result<HttpRespon
     ctx.record.upstream_time = Some(sent_at.elapsed());
 
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let length = response_headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let length = headers::content_length(&response_headers);
     if !switching && length.is_none() && response_headers.contains_key(header::TRANSFER_ENCODING) {
         // A refused handshake answered with a chunked body: not relayed, see docs/architecture.md.
         let err = UpstreamError::Reset("refused upgrade answered with a chunked body".into());

@@ -383,8 +383,8 @@ mod tests {
         let change = ServerChange::Add(entry);
         supervisor.change_servers("web", change).await.unwrap();
         let server = pool.server(&added.to_string()).unwrap();
-        // The checker polled the pool every 250 ms; now the pool tells it at once, and the
-        // probe starts within the jitter (none here), on the next tick of the timers.
+        // The pool tells the checker at once: the probe starts within the jitter (none here),
+        // on the next tick of the timers.
         let waited = until(|| server.condition().last_probe().is_some()).await;
         assert!(server.condition().last_probe().unwrap().passed);
         assert!(waited < std::time::Duration::from_millis(50), "{waited:?}");

@@ -3,14 +3,15 @@
 //! 1. [`admit`] — the request line, the head's size, the global lists and rate limits, the host.
 //! 2. [`route`] — host and path to a route; the route's lists and limits, `redirect_https`,
 //!    the body limit.
-//! 3. (cache lookup — where a stored response will be served from, before a server is picked.)
-//! 4. [`pick`] — the bound server or the balancer's choice, from the pool's snapshot loaded once.
-//! 5. [`tries`] — forward, classify the outcome once, retry elsewhere when allowed. WebSocket
+//!    (Then the cache lookup, in `proxy/mod.rs`: a stored response answered without a server.)
+//! 3. [`pick`] — the bound server or the balancer's choice, from the pool's snapshot loaded once.
+//! 4. [`tries`] — forward, classify the outcome once, retry elsewhere when allowed. WebSocket
 //!    handshakes take the relay instead (`proxy/upgrade.rs`).
-//! 6. [`respond`] — the response body streamed (compressed), and every header rule.
-//! 7. [`finish`] — the access log line and the server released, once, however the request ends.
+//! 5. [`respond`] — the response body streamed (compressed), and every header rule.
+//! 6. [`finish`] — the access log line and the server released, once, however the request ends.
 //!
-//! A phase that ends the request early returns an [`Early`]; no phase calls another.
+//! A phase that ends the request early returns an [`Early`]; no phase calls another (what two
+//! of them share is in `proxy/access.rs` and `proxy/exchange.rs`).
 //!
 //! [`RequestCtx`]: super::RequestCtx
 

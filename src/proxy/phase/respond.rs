@@ -4,7 +4,7 @@
 //! rewritten, HSTS, the request id, hidden headers, `Server`.
 
 use actix_web::body::{BodyStream, BoxBody, SizedStream};
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse};
 
@@ -60,7 +60,9 @@ pub fn proxied<'r>(
 }
 
 /// Every response header rule, for a response from `source`.
-pub fn header_rules(ctx: &RequestCtx<'_>, response: &mut HttpResponse, source: Source<'_>) {
+///
+/// Called once per request, last: the request id moves into the response.
+pub fn header_rules(ctx: &mut RequestCtx<'_>, response: &mut HttpResponse, source: Source<'_>) {
     let proxy = ctx.proxy;
     match source {
         Source::Own => {}
@@ -89,19 +91,12 @@ pub fn header_rules(ctx: &RequestCtx<'_>, response: &mut HttpResponse, source: S
         }
     }
     let headers = response.headers_mut();
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    let request_id = std::mem::replace(&mut ctx.request_id, HeaderValue::from_static(""));
+    headers.insert(X_REQUEST_ID, request_id);
     proxy.hiding.strip(headers);
     if let Some(server) = &proxy.server_header {
         headers.insert(header::SERVER, server.clone());
     }
-}
-
-/// A response's `Content-Length`, when it is a single number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok())
 }
 
 /// The client's response from the server's, body streamed with the framing it had.
@@ -117,7 +112,7 @@ fn streamed(
     let framing = Framing::of(upstream.version(), upstream.headers());
     // A chunked body's Content-Length, if the server sent both, means nothing (RFC 9112 6.3).
     let length = match framing {
-        Framing::Length => content_length(upstream.headers()),
+        Framing::Length => headers::content_length(upstream.headers()),
         _ => None,
     };
     // The server's header map is taken, not copied: the body no longer needs it.
@@ -225,10 +220,10 @@ mod tests {
         let req = TestRequest::get()
             .insert_header((X_REQUEST_ID, "abc-1"))
             .to_http_request();
-        let ctx = RequestCtx::new(&req, &proxy);
         for source in [Source::Own, Source::Upgraded] {
+            let mut ctx = RequestCtx::new(&req, &proxy);
             let mut response = answer(StatusCode::OK, &[("x-powered-by", "php"), ("server", "x")]);
-            header_rules(&ctx, &mut response, source);
+            header_rules(&mut ctx, &mut response, source);
             assert_eq!(value(&response, "x-request-id"), Some("abc-1"));
             assert_eq!(value(&response, "server"), Some("edge"));
             assert_eq!(value(&response, "x-powered-by"), None);
@@ -251,13 +246,13 @@ mod tests {
         };
         let location = [("location", "http://127.0.0.1:9001/next")];
         let mut response = answer(StatusCode::FOUND, &location);
-        header_rules(&ctx, &mut response, proxied(server.clone()));
+        header_rules(&mut ctx, &mut response, proxied(server.clone()));
         assert_eq!(value(&response, "location"), Some("http://www.test/next"));
         assert_eq!(value(&response, "strict-transport-security"), None);
 
         ctx.over_tls = true;
         let mut response = answer(StatusCode::OK, &[]);
-        header_rules(&ctx, &mut response, proxied(server));
+        header_rules(&mut ctx, &mut response, proxied(server));
         assert_eq!(
             value(&response, "strict-transport-security"),
             Some("max-age=600")
@@ -268,7 +263,7 @@ mod tests {
     async fn an_upgrade_answer_keeps_upgrade_on_101_only() {
         let proxy = test_proxy(SETTINGS).await;
         let req = TestRequest::get().to_http_request();
-        let ctx = RequestCtx::new(&req, &proxy);
+        let mut ctx = RequestCtx::new(&req, &proxy);
         let hop = [
             ("connection", "upgrade"),
             ("upgrade", "websocket"),
@@ -276,12 +271,12 @@ mod tests {
             ("keep-alive", "timeout=5"),
         ];
         let mut switching = answer(StatusCode::SWITCHING_PROTOCOLS, &hop);
-        header_rules(&ctx, &mut switching, Source::Upgraded);
+        header_rules(&mut ctx, &mut switching, Source::Upgraded);
         assert_eq!(value(&switching, "upgrade"), Some("websocket"));
         assert_eq!(value(&switching, "keep-alive"), None);
         assert_eq!(value(&switching, "content-length"), None);
         let mut refused = answer(StatusCode::FORBIDDEN, &hop);
-        header_rules(&ctx, &mut refused, Source::Upgraded);
+        header_rules(&mut ctx, &mut refused, Source::Upgraded);
         assert_eq!(value(&refused, "upgrade"), None);
         assert_eq!(value(&refused, "connection"), None);
     }

@@ -27,7 +27,7 @@ pub fn route<'r>(ctx: &mut RequestCtx<'r>) -> Result<&'r Route<PoolTarget>, Earl
         ctx.record.route = Some(route.label.clone());
         ctx.record.pool = Some(route.target.name.clone());
     }
-    if let (Some(limit), Some(length)) = (route.max_body_size, ctx.declared_length()) {
+    if let (Some(limit), Some(length)) = (route.max_body_size, ctx.declared_length) {
         if length > limit {
             return Err(ProxyError::BodyTooLarge.into());
         }

@@ -44,7 +44,7 @@ pub async fn tries(
     if retry.attempts > 1 {
         pool.handle.budget().request();
     }
-    let framing = RequestFraming::of(ctx.req, ctx.declared_length());
+    let framing = RequestFraming::of(ctx.req, ctx.declared_length);
     let intake = Intake::new(ctx.req, route.max_body_size, &ctx.proxy.security.settings);
     let body = OutgoingBody::prepare(payload, framing, intake, retry).await?;
     let sent_at = ctx.proxy.log.enabled().then(Instant::now);
@@ -81,9 +81,9 @@ impl Tries<'_> {
             .get();
         let mut tried: Vec<Arc<Server>> = Vec::new();
         loop {
-            let server = claim.server().clone();
             let client = self.upstreams.client(self.pool);
-            let mut request = client.request(req.method().clone(), upstream_uri(req, &server));
+            let uri = upstream_uri(req, claim.server());
+            let mut request = client.request(req.method().clone(), uri);
             *request.headers_mut() = upstream_headers(ctx, self.pool);
             let result = send(request, body.for_try(), deadline).await;
             let status = result.as_ref().map(|response| response.status().as_u16());
@@ -95,11 +95,10 @@ impl Tries<'_> {
             if !self.may_retry(req.method(), cause, &body, tried.len() + 1) {
                 return result.map(|response| (response, claim));
             }
-            tried.push(server);
-            let snapshot = ctx
-                .snapshot
-                .as_ref()
-                .expect("the pick phase loaded the pool");
+            let Some(snapshot) = &ctx.snapshot else {
+                return result.map(|response| (response, claim));
+            };
+            tried.push(claim.server().clone());
             match snapshot.pick_other(req, &tried) {
                 Ok(next) => {
                     log::debug!(
