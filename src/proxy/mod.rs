@@ -32,7 +32,7 @@ use crate::compression::Compression;
 use crate::pool::PoolHandle;
 use crate::security::{EdgeState, RateLimit, Security};
 use crate::settings::{PoolSettings, Settings};
-use phase::pick::Picked;
+use phase::pick::{Picked, Wait};
 use phase::respond::{self, Source};
 use phase::Early;
 use route::RouteTable;
@@ -158,7 +158,11 @@ async fn serve<'r>(
     phase::admit::admit(ctx)?;
     let route = phase::route::route(ctx)?;
     // A cache lookup goes here: a fresh stored response is answered without a server.
-    let Picked { claim, session } = phase::pick::pick(ctx, &route.target).await?;
+    let Picked { claim, session } = match phase::pick::pick(ctx, &route.target) {
+        Ok(picked) => picked,
+        Err(Wait::Saturated(session)) => phase::pick::queued(ctx, &route.target, session).await?,
+        Err(Wait::Refused(err)) => return Err(err.into()),
+    };
     if upgrade::is_websocket(ctx.req) {
         let response = upgrade::relay(ctx, payload, &route.target, claim, upstreams).await?;
         return Ok((response, Source::Upgraded));

@@ -23,21 +23,67 @@ pub struct Picked {
     pub session: Option<Session>,
 }
 
-/// Claims a server of `pool` for the request. The pool's snapshot is loaded here, once, and
-/// kept in the context for the tries.
-pub async fn pick(ctx: &mut RequestCtx<'_>, pool: &PoolTarget) -> Result<Picked, ProxyError> {
+/// Claims a server of `pool` for the request, or says to wait in [`queued`] when every
+/// server is at its limit. The pool's snapshot is loaded here, once, and kept in the context
+/// for the tries. Not `async`: nearly every request is picked at once, and a future would be
+/// one more copy of the request's state.
+pub fn pick(ctx: &mut RequestCtx<'_>, pool: &PoolTarget) -> Result<Picked, Wait> {
     let snapshot = arc_swap::Guard::into_inner(pool.handle.snapshot());
     let session = pool
         .affinity
         .as_ref()
         .map(|affinity| affinity.lookup(ctx.req, &snapshot));
-    let (claim, snapshot) = match bound_claim(&snapshot, pool, session.as_ref()) {
-        Some(claim) => (claim, snapshot),
-        None => balanced(ctx, pool, snapshot).await?,
+    let claim = match bound_claim(&snapshot, pool, session.as_ref()) {
+        Some(claim) => claim,
+        None => match snapshot.pick(ctx.req) {
+            Ok(claim) => claim,
+            Err(PickError::Saturated) => return Err(Wait::Saturated(session)),
+            Err(PickError::Unavailable) => return Err(Wait::Refused(ProxyError::NoServer)),
+        },
     };
+    Ok(picked(ctx, snapshot, claim, session))
+}
+
+/// Why [`pick`] found no server now.
+pub enum Wait {
+    /// Every server is at its limit: wait in [`queued`] (with the request's session).
+    Saturated(Option<Session>),
+    /// None can take the request.
+    Refused(ProxyError),
+}
+
+/// Waits up to the pool's `queue_timeout` for a server with a free slot, looking at the pool
+/// as it is each time.
+pub async fn queued(
+    ctx: &mut RequestCtx<'_>,
+    pool: &PoolTarget,
+    session: Option<Session>,
+) -> Result<Picked, ProxyError> {
+    let deadline = Instant::now() + pool.settings.queue_timeout.get();
+    loop {
+        if Instant::now() >= deadline {
+            return Err(ProxyError::NoServer);
+        }
+        actix_rt::time::sleep(QUEUE_POLL).await;
+        let snapshot = arc_swap::Guard::into_inner(pool.handle.snapshot());
+        match snapshot.pick(ctx.req) {
+            Ok(claim) => return Ok(picked(ctx, snapshot, claim, session)),
+            Err(PickError::Saturated) => {}
+            Err(PickError::Unavailable) => return Err(ProxyError::NoServer),
+        }
+    }
+}
+
+/// The claim made, noted in the log record and the context.
+fn picked(
+    ctx: &mut RequestCtx<'_>,
+    snapshot: Arc<PoolSnapshot>,
+    claim: InFlight,
+    session: Option<Session>,
+) -> Picked {
     ctx.record.upstream = Some(claim.server().address.clone());
     ctx.snapshot = Some(snapshot);
-    Ok(Picked { claim, session })
+    Picked { claim, session }
 }
 
 /// The server a session is bound to, if it can take the request.
@@ -48,31 +94,6 @@ fn bound_claim(
 ) -> Option<InFlight> {
     let address = session?.bound.as_deref()?;
     snapshot.claim_bound(address, pool.settings.drain_timeout.get())
-}
-
-/// The balancer's choice and the snapshot it was made in; while the pool is saturated,
-/// looked for again in the pool as it is then.
-async fn balanced(
-    ctx: &RequestCtx<'_>,
-    pool: &PoolTarget,
-    mut current: Arc<PoolSnapshot>,
-) -> Result<(InFlight, Arc<PoolSnapshot>), ProxyError> {
-    let mut deadline = None;
-    loop {
-        match current.pick(ctx.req) {
-            Ok(claim) => return Ok((claim, current)),
-            Err(PickError::Saturated) => {
-                let queue_timeout = pool.settings.queue_timeout.get();
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + queue_timeout);
-                if Instant::now() >= deadline {
-                    return Err(ProxyError::NoServer);
-                }
-                actix_rt::time::sleep(QUEUE_POLL).await;
-                current = arc_swap::Guard::into_inner(pool.handle.snapshot());
-            }
-            Err(PickError::Unavailable) => return Err(ProxyError::NoServer),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -99,9 +120,21 @@ mod tests {
         )
     }
 
+    /// The pick as the request path makes it: at once, else queued.
+    async fn pick_or_wait(
+        ctx: &mut RequestCtx<'_>,
+        pool: &PoolTarget,
+    ) -> Result<Picked, ProxyError> {
+        match pick(ctx, pool) {
+            Ok(picked) => Ok(picked),
+            Err(Wait::Saturated(session)) => queued(ctx, pool, session).await,
+            Err(Wait::Refused(err)) => Err(err),
+        }
+    }
+
     async fn pick_for_get(proxy: &crate::proxy::Proxy) -> Result<Picked, ProxyError> {
         let req = TestRequest::get().to_http_request();
-        pick(&mut RequestCtx::new(&req, proxy), &proxy.pools[0]).await
+        pick_or_wait(&mut RequestCtx::new(&req, proxy), &proxy.pools[0]).await
     }
 
     #[actix_rt::test]
@@ -161,7 +194,7 @@ mod tests {
         let req = request.to_http_request();
         let mut ctx = RequestCtx::new(&req, proxy);
         let pool = &proxy.pools[0];
-        let Picked { claim, session } = pick(&mut ctx, pool).await.expect("a server");
+        let Picked { claim, session } = pick_or_wait(&mut ctx, pool).await.expect("a server");
         let affinity = pool.affinity.as_ref().expect("the pool is sticky");
         if let Some(session) = &session {
             affinity.bind(session, claim.server(), &mut HttpResponse::Ok().finish());

@@ -31,25 +31,65 @@ pub struct Answer {
     pub claim: InFlight,
 }
 
-/// Sends the request to the picked server, retrying elsewhere when allowed.
+/// Sends the request to the picked server, retrying elsewhere when allowed. One `async`
+/// function for every try: each nested future is one more copy of its state per request.
 pub async fn tries(
     ctx: &mut RequestCtx<'_>,
     route: &Route<PoolTarget>,
-    claim: InFlight,
+    mut claim: InFlight,
     payload: web::Payload,
     upstreams: &Upstreams,
 ) -> Result<Answer, ProxyError> {
-    let pool = &route.target;
-    let retry = &pool.settings.retry;
-    if retry.attempts > 1 {
+    let (req, pool) = (ctx.req, &route.target);
+    let settings = &pool.settings;
+    if settings.retry.attempts > 1 {
         pool.handle.budget().request();
     }
-    let framing = RequestFraming::of(ctx.req, ctx.declared_length);
-    let intake = Intake::new(ctx.req, route.max_body_size, &ctx.proxy.security.settings);
-    let body = OutgoingBody::prepare(payload, framing, intake, retry).await?;
+    let framing = RequestFraming::of(req, ctx.declared_length);
+    let intake = Intake::new(req, route.max_body_size, &ctx.proxy.security.settings);
+    let mut body = OutgoingBody::prepare(payload, framing, intake, &settings.retry).await?;
     let sent_at = ctx.proxy.log.enabled().then(Instant::now);
-    let tries = Tries { pool, upstreams };
-    let (response, claim) = tries.run(ctx, claim, body).await?;
+    let deadline = settings
+        .retry
+        .per_try_timeout
+        .unwrap_or(settings.response_timeout)
+        .get();
+    let mut tried: Vec<Arc<Server>> = Vec::new();
+    let result = loop {
+        let client = upstreams.client(pool);
+        let uri = upstream_uri(req, claim.server());
+        let mut request = client.request(req.method().clone(), uri);
+        *request.headers_mut() = upstream_headers(ctx, pool);
+        let result = send(request, body.for_try(), deadline).await;
+        let status = result.as_ref().map(|response| response.status().as_u16());
+        let outcome = Outcome::of(status, &settings.passive.fail_statuses);
+        observe(ctx, pool, &claim, &outcome, "");
+        let Some(cause) = outcome.retry_cause() else {
+            break result;
+        };
+        if !may_retry(pool, req.method(), cause, &body, tried.len() + 1) {
+            break result;
+        }
+        let Some(snapshot) = &ctx.snapshot else {
+            break result;
+        };
+        tried.push(claim.server().clone());
+        match snapshot.pick_other(req, &tried) {
+            Ok(next) => {
+                log::debug!(
+                    "retrying {} {} in pool {} after {}",
+                    req.method(),
+                    req.uri().path(),
+                    pool.name,
+                    String::from(cause)
+                );
+                ctx.record.upstream = Some(tried_list(&tried, next.server()));
+                claim = next;
+            }
+            Err(_) => break result,
+        }
+    };
+    let response = result?;
     claim.observe_head();
     let status = response.status().as_u16();
     ctx.record.status = status;
@@ -58,82 +98,22 @@ pub async fn tries(
     Ok(Answer { response, claim })
 }
 
-/// One request's tries: the first on the picked server, then, when the pool's retry settings
-/// allow, each on a server not tried yet.
-struct Tries<'a> {
-    pool: &'a PoolTarget,
-    upstreams: &'a Upstreams,
-}
-
-impl Tries<'_> {
-    async fn run(
-        &self,
-        ctx: &mut RequestCtx<'_>,
-        mut claim: InFlight,
-        mut body: OutgoingBody,
-    ) -> Result<(awc::ClientResponse, InFlight), ProxyError> {
-        let req = ctx.req;
-        let settings = &self.pool.settings;
-        let deadline = settings
-            .retry
-            .per_try_timeout
-            .unwrap_or(settings.response_timeout)
-            .get();
-        let mut tried: Vec<Arc<Server>> = Vec::new();
-        loop {
-            let client = self.upstreams.client(self.pool);
-            let uri = upstream_uri(req, claim.server());
-            let mut request = client.request(req.method().clone(), uri);
-            *request.headers_mut() = upstream_headers(ctx, self.pool);
-            let result = send(request, body.for_try(), deadline).await;
-            let status = result.as_ref().map(|response| response.status().as_u16());
-            let outcome = Outcome::of(status, &settings.passive.fail_statuses);
-            observe(ctx, self.pool, &claim, &outcome, "");
-            let Some(cause) = outcome.retry_cause() else {
-                return result.map(|response| (response, claim));
-            };
-            if !self.may_retry(req.method(), cause, &body, tried.len() + 1) {
-                return result.map(|response| (response, claim));
-            }
-            let Some(snapshot) = &ctx.snapshot else {
-                return result.map(|response| (response, claim));
-            };
-            tried.push(claim.server().clone());
-            match snapshot.pick_other(req, &tried) {
-                Ok(next) => {
-                    log::debug!(
-                        "retrying {} {} in pool {} after {}",
-                        req.method(),
-                        req.uri().path(),
-                        self.pool.name,
-                        String::from(cause)
-                    );
-                    ctx.record.upstream = Some(tried_list(&tried, next.server()));
-                    claim = next;
-                }
-                Err(_) => return result.map(|response| (response, claim)),
-            }
-        }
-    }
-
-    /// Whether a try that failed by `cause` may be followed by another. A request whose body
-    /// was streamed cannot be sent again; one that reached a server is sent again only if
-    /// its method is idempotent; and the pool's budget must allow one more retry.
-    fn may_retry(
-        &self,
-        method: &Method,
-        cause: RetryOn,
-        body: &OutgoingBody,
-        tries: usize,
-    ) -> bool {
-        let retry = &self.pool.settings.retry;
-        retry_allowed(retry, method, cause, body.replayable(), tries)
-            && self.pool.handle.budget().try_retry(
-                pool::clock(),
-                retry.budget_percent,
-                retry.budget_floor,
-            )
-    }
+/// Whether a try that failed by `cause` may be followed by another. A request whose body
+/// was streamed cannot be sent again; one that reached a server is sent again only if its
+/// method is idempotent; and the pool's budget must allow one more retry.
+fn may_retry(
+    pool: &PoolTarget,
+    method: &Method,
+    cause: RetryOn,
+    body: &OutgoingBody,
+    tries: usize,
+) -> bool {
+    let retry = &pool.settings.retry;
+    retry_allowed(retry, method, cause, body.replayable(), tries)
+        && pool
+            .handle
+            .budget()
+            .try_retry(pool::clock(), retry.budget_percent, retry.budget_floor)
 }
 
 /// Whether the retry settings allow one more try after `tries` tries, the last of which
