@@ -388,7 +388,15 @@ fn a_rapid_reset_flood_ends_with_goaway_and_others_are_served() {
         (opened, refused, ended, after)
     });
     let refused = refused.unwrap_or_else(|| panic!("all {opened} streams were opened"));
-    assert!(refused.is_go_away(), "{refused}");
+    // The server ends the flood with GOAWAY and closes the connection. A client still
+    // writing when the socket closes can meet the closed socket before it reads the GOAWAY.
+    let closed = refused.get_io().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        )
+    });
+    assert!(refused.is_go_away() || closed, "{refused}");
     assert!(ended.is_ok(), "the connection was closed");
     // Streams the client opened before it saw GOAWAY are refused, not served.
     let hits = origin.hits();
