@@ -13,7 +13,8 @@ use crate::settings::SecuritySettings;
 const LINE_OVERHEAD: usize = 2 + "HTTP/1.1".len();
 
 /// Checks the request line against `[security]`: its length (414), an absolute-form target
-/// naming another host than `Host` (400) and, when asked, `..` path segments (400).
+/// naming another host than `Host` (400), `..` segments that climb above `/` (400, always)
+/// and, when asked, any `..` segment (400).
 pub fn check_request_line(
     req: &HttpRequest,
     settings: &SecuritySettings,
@@ -33,7 +34,12 @@ pub fn check_request_line(
             return Err(ProxyError::HostMismatch);
         }
     }
-    if settings.reject_dot_segments && has_dot_segment(uri.path()) {
+    let path = uri.path();
+    // A path without `.` or `%` has no dot segment in any spelling: one scan decides.
+    let dotted = path.bytes().any(|b| b == b'.' || b == b'%');
+    if dotted
+        && (climbs_above_root(path) || (settings.reject_dot_segments && has_dot_segment(path)))
+    {
         return Err(ProxyError::DotSegment);
     }
     Ok(())
@@ -83,43 +89,83 @@ enum Unit {
     Other,
 }
 
-/// Whether `path` has a `..` segment once percent-decoded. `/`, `\` and their encodings all
-/// separate segments, since some servers decode `%2F` or treat `\` as `/`.
-pub fn has_dot_segment(path: &str) -> bool {
+/// A path segment as a server may read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Segment {
+    /// Nothing between two separators (`//`), which many servers merge away.
+    Empty,
+    /// `.`: the segment itself.
+    Dot,
+    /// `..`: one segment up.
+    DotDot,
+    Name,
+}
+
+/// The segments of `path` once percent-decoded (what precedes its leading `/` is the first,
+/// empty, one). `/`, `\` and their encodings all separate segments, since some servers
+/// decode `%2F` or treat `\` as `/`.
+fn segments(path: &str) -> impl Iterator<Item = Segment> + '_ {
     let bytes = path.as_bytes();
-    let mut at = 0;
-    let (mut dots, mut other, mut in_parameters) = (0usize, false, false);
-    loop {
-        let (unit, width) = match bytes.get(at) {
-            None => (Unit::Separator, 0),
-            Some(b'%') => match bytes.get(at + 1..at + 3).and_then(decode_hex) {
-                Some(b'.') => (Unit::Dot, 3),
-                Some(b'/' | b'\\') => (Unit::Separator, 3),
-                Some(b';') => (Unit::Parameters, 3),
-                _ => (Unit::Other, 1),
-            },
-            Some(b'.') => (Unit::Dot, 1),
-            Some(b'/' | b'\\') => (Unit::Separator, 1),
-            Some(b';') => (Unit::Parameters, 1),
-            Some(_) => (Unit::Other, 1),
-        };
-        match unit {
-            Unit::Separator => {
-                if dots == 2 && !other {
-                    return true;
-                }
-                if width == 0 {
-                    return false;
-                }
-                (dots, other, in_parameters) = (0, false, false);
-            }
-            _ if in_parameters => {}
-            Unit::Parameters => in_parameters = true,
-            Unit::Dot => dots += 1,
-            Unit::Other => other = true,
+    let (mut at, mut done) = (0, false);
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-        at += width;
+        let (mut dots, mut other, mut in_parameters) = (0usize, false, false);
+        loop {
+            let (unit, width) = match bytes.get(at) {
+                None => (Unit::Separator, 0),
+                Some(b'%') => match bytes.get(at + 1..at + 3).and_then(decode_hex) {
+                    Some(b'.') => (Unit::Dot, 3),
+                    Some(b'/' | b'\\') => (Unit::Separator, 3),
+                    Some(b';') => (Unit::Parameters, 3),
+                    _ => (Unit::Other, 1),
+                },
+                Some(b'.') => (Unit::Dot, 1),
+                Some(b'/' | b'\\') => (Unit::Separator, 1),
+                Some(b';') => (Unit::Parameters, 1),
+                Some(_) => (Unit::Other, 1),
+            };
+            at += width;
+            match unit {
+                Unit::Separator => {
+                    done = width == 0;
+                    break;
+                }
+                _ if in_parameters => {}
+                Unit::Parameters => in_parameters = true,
+                Unit::Dot => dots += 1,
+                Unit::Other => other = true,
+            }
+        }
+        Some(match (dots, other) {
+            (0, false) => Segment::Empty,
+            (1, false) => Segment::Dot,
+            (2, false) => Segment::DotDot,
+            _ => Segment::Name,
+        })
+    })
+}
+
+/// Whether `path` has a `..` segment once percent-decoded.
+pub fn has_dot_segment(path: &str) -> bool {
+    segments(path).any(|segment| segment == Segment::DotDot)
+}
+
+/// Whether `path`'s `..` segments climb above `/` (RFC 3986 5.2.4 would drop them; servers
+/// that do not may serve a file outside their root). Empty segments count for nothing, as
+/// servers that merge slashes read them.
+pub fn climbs_above_root(path: &str) -> bool {
+    let mut depth = 0usize;
+    for segment in segments(path) {
+        match segment {
+            Segment::DotDot if depth == 0 => return true,
+            Segment::DotDot => depth -= 1,
+            Segment::Name => depth += 1,
+            Segment::Empty | Segment::Dot => {}
+        }
     }
+    false
 }
 
 fn decode_hex(pair: &[u8]) -> Option<u8> {
@@ -169,6 +215,38 @@ mod tests {
             "/%zz",
         ] {
             assert!(!has_dot_segment(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn climbing_above_the_root_is_found_in_every_spelling() {
+        for above in [
+            "/..",
+            "/../etc/passwd",
+            "/../../etc/passwd",
+            "/a/../../etc/passwd",
+            "/%2e%2e/x",
+            "/%2E./x",
+            "/.%2e/x",
+            "/a/..%2f..%2fetc",
+            "/a\\..\\..\\etc",
+            "/a/..;x/../etc",
+            "/./../x",
+            "/a//../../x",
+        ] {
+            assert!(climbs_above_root(above), "{above}");
+        }
+        for within in [
+            "/",
+            "/a/..",
+            "/a/../b",
+            "/a/b/../../c",
+            "/a/./b/..",
+            "/a/..b/../c",
+            "/.well-known/x",
+            "/a/.../..",
+        ] {
+            assert!(!climbs_above_root(within), "{within}");
         }
     }
 

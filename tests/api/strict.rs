@@ -244,8 +244,9 @@ fn request_line_rows() -> Vec<Row> {
     ]
 }
 
-/// Dot segments in any spelling, refused when asked; dots that are not segments pass, and
-/// without the setting the path is forwarded byte for byte.
+/// Dot segments in any spelling, refused when asked; dots that are not segments pass; without
+/// the setting a path that stays within the root is forwarded byte for byte, and one that
+/// climbs above it is refused all the same.
 fn dot_segment_rows() -> Vec<Row> {
     const REJECT: &str = "reject_dot_segments = true";
     let refused = [
@@ -275,7 +276,22 @@ fn dot_segment_rows() -> Vec<Row> {
             forwarded(&[]),
         )
     });
-    let mut rows: Vec<Row> = refused.into_iter().chain(passed).collect();
+    // Climbing above the root is never legitimate: refused whatever the setting says.
+    let above = [
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/static/%2E./../x",
+        "/a/..%2f..%2fetc/passwd",
+    ]
+    .map(|target| {
+        row(
+            format!("dot segments: {target} climbs above the root, refused by default"),
+            "",
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Expect::Refused(400),
+        )
+    });
+    let mut rows: Vec<Row> = refused.into_iter().chain(passed).chain(above).collect();
     rows.push(row(
         "dot segments: forwarded byte for byte when not refused",
         "",
