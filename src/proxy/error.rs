@@ -94,9 +94,7 @@ impl ResponseError for ProxyError {
     /// A short, generic page: the reason phrase only, never a server's address or software.
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let mut response = HttpResponseBuilder::new(status);
-        response.insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"));
-        response.insert_header((header::CACHE_CONTROL, "no-store"));
+        let mut response = page_head(status);
         match self {
             Self::TooManyRequests(wait) => {
                 // Whole seconds, rounded up: a client retrying sooner would be refused again.
@@ -123,9 +121,23 @@ impl ResponseError for ProxyError {
             // with another request on this connection.
             response.force_close();
         }
-        let reason = status.canonical_reason().unwrap_or("Error");
-        response.body(format!("{} {reason}\n", status.as_u16()))
+        response.body(page_body(status))
     }
+}
+
+/// The head of gatehouse's generic page for `status`: plain text, never stored.
+pub fn page_head(status: StatusCode) -> HttpResponseBuilder {
+    let mut response = HttpResponseBuilder::new(status);
+    response.insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"));
+    response.insert_header((header::CACHE_CONTROL, "no-store"));
+    response
+}
+
+/// The body of gatehouse's generic page: the status and its reason phrase only, never a
+/// server's address or software.
+pub fn page_body(status: StatusCode) -> String {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    format!("{} {reason}\n", status.as_u16())
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::affinity::Affinity;
 use crate::compression::Compression;
 use crate::pool::PoolHandle;
 use crate::security::{EdgeState, RateLimit, Security};
-use crate::settings::{PoolSettings, Settings};
+use crate::settings::{PoolSettings, Settings, StatusRange};
 use phase::pick::{Picked, Wait};
 use phase::respond::{self, Source};
 use phase::Early;
@@ -89,6 +89,8 @@ pub struct Proxy {
     pub log: AccessLog,
     pub server_header: Option<HeaderValue>,
     pub max_header_bytes: usize,
+    /// `[security]`'s `intercept_errors`; routes may replace it.
+    pub intercept_errors: Vec<StatusRange>,
 }
 
 impl Proxy {
@@ -120,6 +122,7 @@ impl Proxy {
             log: AccessLog::new(settings.log.access),
             server_header,
             max_header_bytes: settings.server.max_request_header_size.get() as usize,
+            intercept_errors: settings.security.intercept_errors.clone(),
         })
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::compression::Compression;
 use crate::security::{AccessList, RateLimit};
-use crate::settings::{HostPattern, RouteSettings};
+use crate::settings::{HostPattern, RouteSettings, StatusRange};
 
 /// One route, ready to match; `T` is what it leads to (the pool, on the request path).
 pub struct Route<T> {
@@ -24,6 +24,8 @@ pub struct Route<T> {
     pub redirect_https: bool,
     /// `Strict-Transport-Security` for responses sent over TLS.
     pub hsts: Option<actix_web::http::header::HeaderValue>,
+    /// The route's own `intercept_errors`, if it sets them.
+    pub intercept_errors: Option<Vec<StatusRange>>,
 }
 
 /// Whether a route compresses as `[compression]` says or by its own rules.
@@ -75,6 +77,7 @@ impl<T> RouteTable<T> {
                     .hsts
                     .as_deref()
                     .and_then(|hsts| actix_web::http::header::HeaderValue::from_str(hsts).ok()),
+                intercept_errors: route.intercept_errors.clone(),
             });
         }
         routes.sort_by(|a, b| {

@@ -199,6 +199,9 @@ pub struct RouteSettings {
     /// `Strict-Transport-Security` on responses sent over TLS, e.g. `max-age=31536000`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<String>,
+    /// `[security]`'s `intercept_errors` for this route, replacing it whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intercept_errors: Option<Vec<StatusRange>>,
 }
 
 fn any_host() -> String {
@@ -224,6 +227,7 @@ impl RouteSettings {
             compression: None,
             redirect_https: false,
             hsts: None,
+            intercept_errors: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, Duration};
+use super::{ByteSize, Duration, StatusRange};
 
 /// `[security]`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -42,6 +42,9 @@ pub struct SecuritySettings {
     /// The slowest average upload allowed, per second, after the first `client_body_timeout`;
     /// 0 turns the check off.
     pub min_body_rate: ByteSize,
+    /// Server answers with these statuses reach the client as gatehouse's generic page for
+    /// the status (status, `Retry-After` and the request id kept); empty passes them as sent.
+    pub intercept_errors: Vec<StatusRange>,
 }
 
 impl Default for SecuritySettings {
@@ -68,6 +71,7 @@ impl Default for SecuritySettings {
             reject_dot_segments: false,
             client_body_timeout: Duration::from_secs(60),
             min_body_rate: ByteSize(0),
+            intercept_errors: Vec::new(),
         }
     }
 }

@@ -223,3 +223,50 @@ fn a_504_does_not_name_the_server() {
     assert!(!names(&response, origin.addr), "{response:?}");
     origin.set(Mode::Answer(200));
 }
+
+/// An origin failing with an error page that names its address and software, and asks
+/// clients to come back in two minutes.
+fn leaking_origin() -> RawOrigin {
+    RawOrigin::answering(|addr| {
+        let page = format!("Traceback: db at {addr} refused (Apache/2.4.1)");
+        format!(
+            "HTTP/1.1 500 Internal Server Error\r\nRetry-After: 120\r\n\
+             Content-Length: {}\r\n\r\n{page}",
+            page.len()
+        )
+        .into_bytes()
+    })
+}
+
+#[test]
+fn intercept_errors_replaces_a_server_s_error_page_with_gatehouse_s() {
+    let origin = leaking_origin();
+    let passed = proxy_with(origin.addr, "", "");
+    let sent = get(passed.addr, "/");
+    assert_eq!(sent.status, 500);
+    assert!(names(&sent, origin.addr), "off by default: the page passes");
+
+    let intercepting = proxy_with(origin.addr, "", "intercept_errors = [\"500-599\"]");
+    let response = get(intercepting.addr, "/");
+    assert_eq!(response.status, 500);
+    assert_eq!(response.text(), "500 Internal Server Error\n");
+    assert!(!names(&response, origin.addr));
+    assert_eq!(response.header("retry-after"), Some("120"));
+    assert!(response.header("x-request-id").is_some());
+    assert_eq!(response.all("server"), ["gatehouse"]);
+}
+
+#[test]
+fn a_route_s_intercept_errors_replaces_security_s() {
+    let origin = leaking_origin();
+    let toml = Toml::base()
+        .route("path = \"/\"\npool = \"web\"")
+        .route("path = \"/raw/\"\npool = \"web\"\nintercept_errors = [\"503\"]")
+        .pool("web", &[origin.addr])
+        .add("security", "intercept_errors = [\"500-599\"]");
+    let proxy = Proxy::from_toml(toml);
+    assert_eq!(get(proxy.addr, "/").text(), "500 Internal Server Error\n");
+    let raw = get(proxy.addr, "/raw/x");
+    assert_eq!(raw.status, 500);
+    assert!(names(&raw, origin.addr), "the route passes 500 as sent");
+}

@@ -9,6 +9,7 @@ use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::super::body::{Framing, ResponseBody};
+use super::super::error::{page_body, page_head};
 use super::super::headers::{self, X_REQUEST_ID};
 use super::super::route::Route;
 use super::super::{PoolTarget, RequestCtx};
@@ -39,6 +40,17 @@ pub fn proxied<'r>(
     answer: Answer,
     session: Option<Session>,
 ) -> (HttpResponse, Source<'r>) {
+    let status = answer.response.status();
+    let intercept = route
+        .intercept_errors
+        .as_deref()
+        .unwrap_or(&ctx.proxy.intercept_errors);
+    if intercept
+        .iter()
+        .any(|range| range.contains(status.as_u16()))
+    {
+        return (intercepted(ctx, answer), Source::Own);
+    }
     let pool = &route.target;
     let server = answer.claim.server().clone();
     let compression = route.compression.or(ctx.proxy.compression.as_ref());
@@ -57,6 +69,20 @@ pub fn proxied<'r>(
         session,
     };
     (response, source)
+}
+
+/// Gatehouse's generic page in place of a server's answer whose status `intercept_errors`
+/// lists: the status and `Retry-After` kept, the server's body and other headers dropped
+/// (its connection with them).
+fn intercepted(ctx: &mut RequestCtx<'_>, answer: Answer) -> HttpResponse {
+    let status = answer.response.status();
+    let mut page = page_head(status);
+    if let Some(retry_after) = answer.response.headers().get(header::RETRY_AFTER) {
+        page.insert_header((header::RETRY_AFTER, retry_after.clone()));
+    }
+    let body = page_body(status);
+    ctx.finish(Some(answer.claim)).finish(body.len() as u64);
+    page.body(body)
 }
 
 /// Every response header rule, for a response from `source`.
