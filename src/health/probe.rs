@@ -104,7 +104,12 @@ impl HttpProbe {
     fn request(&self, server: &Server) -> Vec<u8> {
         let settings = &self.settings;
         let method: String = settings.method.into();
-        let host = settings.host.as_deref().unwrap_or(&server.address);
+        // With `port`, the probe goes to another port of the server's host, and says so.
+        let host = match (&settings.host, settings.port) {
+            (Some(host), _) => std::borrow::Cow::Borrowed(host.as_str()),
+            (None, Some(port)) => format!("{}:{port}", server.authority.host()).into(),
+            (None, None) => std::borrow::Cow::Borrowed(&*server.address),
+        };
         let mut head = format!("{method} {} HTTP/1.1\r\nHost: {host}\r\n", settings.path);
         let mut agent = false;
         for (name, value) in &settings.headers {
@@ -392,6 +397,34 @@ mod tests {
             .await
             .unwrap()
             .contains(&format!("\r\nHost: {addr}\r\n")));
+    }
+
+    #[tokio::test]
+    async fn with_a_port_the_host_is_the_server_s_host_with_that_port() {
+        let (addr, seen) = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let probe_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let server = Server::new("127.0.0.1:1", 1).unwrap();
+        assert!(probe(|s| s.port = Some(probe_port))
+            .check(&server)
+            .await
+            .is_ok());
+        let head = seen.await.unwrap();
+        assert!(
+            head.contains(&format!("\r\nHost: 127.0.0.1:{probe_port}\r\n")),
+            "{head}"
+        );
+        // `host`, when set, wins.
+        let (addr, seen) = serve_once(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let probe_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let named = probe(|s| {
+            s.port = Some(probe_port);
+            s.host = Some("health.internal".into());
+        });
+        assert!(named.check(&server).await.is_ok());
+        assert!(seen
+            .await
+            .unwrap()
+            .contains("\r\nHost: health.internal\r\n"));
     }
 
     #[tokio::test]
