@@ -35,11 +35,14 @@ pub fn check_request_line(
         }
     }
     let path = uri.path();
-    // A path without `.` or `%` has no dot segment in any spelling: one scan decides.
+    // A path without `.` or `%` has no dot segment in any spelling: one scan decides. Every
+    // climb above the root has a dot segment, so one walk of the segments answers either way.
     let dotted = path.bytes().any(|b| b == b'.' || b == b'%');
-    if dotted
-        && (climbs_above_root(path) || (settings.reject_dot_segments && has_dot_segment(path)))
-    {
+    let refused = |path| match settings.reject_dot_segments {
+        true => has_dot_segment(path),
+        false => climbs_above_root(path),
+    };
+    if dotted && refused(path) {
         return Err(ProxyError::DotSegment);
     }
     Ok(())
